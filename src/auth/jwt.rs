@@ -1,0 +1,504 @@
+//! JWT validation: the issuer picks the key source, the header's `alg` must be on that issuer's
+//! allow-list and of the key's family, then signature, `exp`, `nbf`, `iss`, `aud` and `sub` are
+//! checked with a `Validation` pinned to that one algorithm (no HS/RS confusion).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+
+use super::jwks::{JwksCache, JwksError, fetch_json};
+use super::{AuthError, Principal};
+use crate::config::{AuthConfig, IssuerConfig, is_hmac, parse_algorithm};
+
+/// Where an issuer's verification keys come from.
+enum KeySource {
+    /// An HMAC secret read from the environment at start-up.
+    Secret(DecodingKey),
+    /// The issuer's JWKS, found directly or by OIDC discovery.
+    Jwks(Arc<JwksCache>),
+}
+
+struct Issuer {
+    name: String,
+    algorithms: Vec<Algorithm>,
+    keys: KeySource,
+    discovery: bool,
+    refresh: Duration,
+}
+
+/// Validates bearer tokens against the configured issuers.
+pub struct Authenticator {
+    issuers: HashMap<String, Issuer>,
+    audiences: Vec<String>,
+    leeway: u64,
+    required_scopes: Vec<String>,
+    client: reqwest::Client,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("environment variable `{0}` (secret_env) is not set")]
+    MissingSecret(String),
+    #[error("building the HTTP client failed: {0}")]
+    Client(String),
+}
+
+impl Authenticator {
+    /// Builds the validators. HMAC secrets are read from `env` now; JWKS are fetched by
+    /// [`Authenticator::load_keys`].
+    pub fn new(
+        config: &AuthConfig,
+        audiences: Vec<String>,
+        env: &[(String, String)],
+    ) -> Result<Self, AuthSetupError> {
+        let client = reqwest::Client::builder()
+            .timeout(super::jwks::FETCH_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("mcp-auth-proxy/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AuthSetupError::Client(e.to_string()))?;
+        let mut issuers = HashMap::new();
+        for issuer in &config.issuers {
+            let built = build_issuer(issuer, env, &client)?;
+            issuers.insert(issuer.issuer.clone(), built);
+        }
+        Ok(Self {
+            issuers,
+            audiences,
+            leeway: config.leeway_secs,
+            required_scopes: config.required_scopes.clone(),
+            client,
+        })
+    }
+
+    /// The accepted audiences.
+    pub fn audiences(&self) -> &[String] {
+        &self.audiences
+    }
+
+    /// The configured issuer identifiers (for RFC 9728 `authorization_servers`).
+    pub fn issuer_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.issuers.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// True when every JWKS issuer has a key set loaded.
+    pub fn keys_loaded(&self) -> bool {
+        self.issuers.values().all(|i| match &i.keys {
+            KeySource::Secret(_) => true,
+            KeySource::Jwks(cache) => cache.is_loaded(),
+        })
+    }
+
+    /// Loads every issuer's JWKS once (after discovery where configured). Errors are returned
+    /// per issuer; the caller retries.
+    pub async fn load_keys(&self) -> Vec<(String, JwksError)> {
+        let mut failures = Vec::new();
+        for issuer in self.issuers.values() {
+            let KeySource::Jwks(cache) = &issuer.keys else {
+                continue;
+            };
+            if cache.is_loaded() {
+                continue;
+            }
+            if issuer.discovery && cache.url().is_none() {
+                match discover_jwks_uri(&self.client, &issuer.name).await {
+                    Ok(url) => cache.set_url(url),
+                    Err(e) => {
+                        failures.push((issuer.name.clone(), e));
+                        continue;
+                    }
+                }
+            }
+            if let Err(e) = cache.refresh().await {
+                failures.push((issuer.name.clone(), e));
+            }
+        }
+        failures
+    }
+
+    /// Every JWKS cache with its refresh interval, for the background refresher.
+    pub fn jwks_caches(&self) -> Vec<(Arc<JwksCache>, Duration)> {
+        self.issuers
+            .values()
+            .filter_map(|i| match &i.keys {
+                KeySource::Jwks(cache) => Some((cache.clone(), i.refresh)),
+                KeySource::Secret(_) => None,
+            })
+            .collect()
+    }
+
+    /// Validates a token and checks the global required scopes.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let principal = self.validate(token).await?;
+        principal
+            .has_scopes(&self.required_scopes)
+            .map_err(|scope| AuthError::InsufficientScope { scope })?;
+        Ok(principal)
+    }
+
+    /// Validates a token: signature, algorithm, time, issuer, audience, subject.
+    pub async fn validate(&self, token: &str) -> Result<Principal, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::InvalidAlgorithmName => AuthError::AlgorithmNotAllowed("unknown".into()),
+            _ => AuthError::Malformed("bad header"),
+        })?;
+        let iss = unverified_issuer(token)?;
+        let issuer = self.issuers.get(&iss).ok_or(AuthError::UnknownIssuer)?;
+        let alg = header.alg;
+        if !issuer.algorithms.contains(&alg) {
+            return Err(AuthError::AlgorithmNotAllowed(format!("{alg:?}")));
+        }
+        let key = match &issuer.keys {
+            KeySource::Secret(key) => {
+                if !is_hmac(alg) {
+                    return Err(AuthError::KeyMismatch("HMAC issuer"));
+                }
+                key.clone()
+            }
+            KeySource::Jwks(cache) => {
+                if is_hmac(alg) {
+                    // Never build an HMAC key from public JWKS material.
+                    return Err(AuthError::KeyMismatch("HMAC with a JWKS issuer"));
+                }
+                let jwk = cache
+                    .key(header.kid.as_deref())
+                    .await
+                    .ok_or(AuthError::UnknownKey)?;
+                decoding_key_for(&jwk, alg)?
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.leeway;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&issuer.name]);
+        validation.set_audience(&self.audiences);
+        // Without these, jsonwebtoken checks iss/aud only when present.
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
+            .map_err(map_jwt_error)?;
+        principal_from_claims(data.claims, self.leeway)
+    }
+}
+
+fn build_issuer(
+    config: &IssuerConfig,
+    env: &[(String, String)],
+    client: &reqwest::Client,
+) -> Result<Issuer, AuthSetupError> {
+    let algorithms: Vec<Algorithm> = config
+        .algorithms
+        .iter()
+        .filter_map(|a| parse_algorithm(a))
+        .collect();
+    let keys = if let Some(var) = &config.secret_env {
+        let secret = env
+            .iter()
+            .find(|(k, _)| k == var)
+            .map(|(_, v)| v)
+            .ok_or_else(|| AuthSetupError::MissingSecret(var.clone()))?;
+        KeySource::Secret(DecodingKey::from_secret(secret.as_bytes()))
+    } else {
+        let cache = JwksCache::new(
+            config.jwks_url.clone(),
+            client.clone(),
+            Duration::from_secs(config.jwks_min_refetch_secs),
+        );
+        KeySource::Jwks(Arc::new(cache))
+    };
+    Ok(Issuer {
+        name: config.issuer.clone(),
+        algorithms,
+        keys,
+        discovery: config.discovery,
+        refresh: Duration::from_secs(config.jwks_refresh_secs),
+    })
+}
+
+/// OIDC discovery: `{issuer}/.well-known/openid-configuration`, whose `issuer` must equal ours
+/// exactly (OpenID Connect Discovery §4.3), gives the `jwks_uri`.
+async fn discover_jwks_uri(client: &reqwest::Client, issuer: &str) -> Result<String, JwksError> {
+    #[derive(serde::Deserialize)]
+    struct Discovery {
+        issuer: String,
+        jwks_uri: String,
+    }
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let doc: Discovery = fetch_json(client, &url).await?;
+    if doc.issuer != issuer {
+        return Err(JwksError::Parse {
+            url,
+            reason: format!(
+                "discovery document names issuer `{}`, expected `{issuer}`",
+                doc.issuer
+            ),
+        });
+    }
+    Ok(doc.jwks_uri)
+}
+
+/// Reads `iss` from the payload without verifying it, only to choose the issuer's keys; the
+/// signature check that follows pins `iss` again.
+fn unverified_issuer(token: &str) -> Result<String, AuthError> {
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(AuthError::Malformed("not three segments"));
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| AuthError::Malformed("payload is not base64url"))?;
+    #[derive(serde::Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    let parsed: Iss =
+        serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed("payload is not JSON"))?;
+    parsed
+        .iss
+        .ok_or_else(|| AuthError::MissingClaim("iss".into()))
+}
+
+/// Builds the verification key from a JWK, refusing a JWK whose declared `alg`, `use` or key
+/// type does not fit the token's algorithm.
+fn decoding_key_for(jwk: &Jwk, alg: Algorithm) -> Result<DecodingKey, AuthError> {
+    if let Some(key_alg) = jwk.common.key_algorithm
+        && !key_algorithm_matches(key_alg, alg)
+    {
+        return Err(AuthError::KeyMismatch("JWK alg differs from the token's"));
+    }
+    if let Some(key_use) = &jwk.common.public_key_use
+        && *key_use != PublicKeyUse::Signature
+    {
+        return Err(AuthError::KeyMismatch("JWK is not a signing key"));
+    }
+    let key = DecodingKey::from_jwk(jwk).map_err(|_| AuthError::KeyMismatch("unusable JWK"))?;
+    if key.family() != alg.family() {
+        return Err(AuthError::KeyMismatch(
+            "key family differs from the token's",
+        ));
+    }
+    Ok(key)
+}
+
+fn key_algorithm_matches(key: KeyAlgorithm, alg: Algorithm) -> bool {
+    matches!(
+        (key, alg),
+        (KeyAlgorithm::RS256, Algorithm::RS256)
+            | (KeyAlgorithm::RS384, Algorithm::RS384)
+            | (KeyAlgorithm::RS512, Algorithm::RS512)
+            | (KeyAlgorithm::PS256, Algorithm::PS256)
+            | (KeyAlgorithm::PS384, Algorithm::PS384)
+            | (KeyAlgorithm::PS512, Algorithm::PS512)
+            | (KeyAlgorithm::ES256, Algorithm::ES256)
+            | (KeyAlgorithm::ES384, Algorithm::ES384)
+            | (KeyAlgorithm::EdDSA, Algorithm::EdDSA)
+    )
+}
+
+fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
+    match e.kind() {
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        ErrorKind::InvalidAudience => AuthError::BadAudience,
+        ErrorKind::InvalidIssuer => AuthError::BadIssuer,
+        ErrorKind::MissingRequiredClaim(c) => AuthError::MissingClaim(c.clone()),
+        ErrorKind::InvalidAlgorithm => AuthError::AlgorithmNotAllowed("mismatch".into()),
+        ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_)
+        | ErrorKind::InvalidToken => AuthError::Malformed("undecodable"),
+        other => AuthError::Invalid(format!("{other:?}")),
+    }
+}
+
+fn principal_from_claims(claims: Map<String, Value>, leeway: u64) -> Result<Principal, AuthError> {
+    let iss = claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .ok_or_else(|| AuthError::MissingClaim("iss".into()))?
+        .to_owned();
+    let sub = match claims.get("sub").and_then(Value::as_str) {
+        Some(s) if !s.is_empty() => s.to_owned(),
+        _ => return Err(AuthError::MissingClaim("sub".into())),
+    };
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| AuthError::MissingClaim("exp".into()))? as u64;
+    // `iat` in the future (beyond leeway) means a broken clock or a forged token.
+    if let Some(iat) = claims.get("iat").and_then(Value::as_f64)
+        && iat as u64 > jsonwebtoken::get_current_timestamp() + leeway
+    {
+        return Err(AuthError::NotYetValid);
+    }
+    let mut scopes: Vec<String> = Vec::new();
+    if let Some(scope) = claims.get("scope").and_then(Value::as_str) {
+        scopes.extend(scope.split_whitespace().map(str::to_owned));
+    }
+    match claims.get("scp") {
+        Some(Value::Array(items)) => {
+            scopes.extend(items.iter().filter_map(Value::as_str).map(str::to_owned))
+        }
+        Some(Value::String(s)) => scopes.extend(s.split_whitespace().map(str::to_owned)),
+        _ => {}
+    }
+    Ok(Principal {
+        iss,
+        sub,
+        scopes,
+        exp,
+        claims,
+    })
+}
+
+/// Signs an HMAC token (the `token` subcommand: development and tests).
+pub fn mint_hmac_token(
+    secret: &[u8],
+    alg: Algorithm,
+    claims: &Map<String, Value>,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IssuerConfig;
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    const AUD: &str = "http://127.0.0.1:8080";
+
+    fn install_crypto() {
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    }
+
+    fn authenticator() -> Authenticator {
+        install_crypto();
+        let config = AuthConfig {
+            issuers: vec![IssuerConfig {
+                issuer: "dev".into(),
+                discovery: false,
+                jwks_url: None,
+                algorithms: vec!["HS256".into()],
+                jwks_refresh_secs: 300,
+                jwks_min_refetch_secs: 10,
+                secret_env: Some("S".into()),
+            }],
+            ..AuthConfig::default()
+        };
+        Authenticator::new(&config, vec![AUD.into()], &[("S".into(), SECRET.into())])
+            .expect("authenticator")
+    }
+
+    fn claims(overrides: Value) -> Map<String, Value> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut base = json!({"iss": "dev", "sub": "alice", "aud": AUD, "exp": now + 600, "iat": now, "scope": "a b"});
+        if let (Some(b), Some(o)) = (base.as_object_mut(), overrides.as_object()) {
+            for (k, v) in o {
+                if v.is_null() {
+                    b.remove(k);
+                } else {
+                    b.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        base.as_object().cloned().unwrap_or_default()
+    }
+
+    fn token(overrides: Value) -> String {
+        mint_hmac_token(SECRET.as_bytes(), Algorithm::HS256, &claims(overrides)).expect("sign")
+    }
+
+    #[tokio::test]
+    async fn accepts_a_good_token_and_reads_scopes() {
+        let p = authenticator()
+            .authenticate(&token(json!({})))
+            .await
+            .expect("valid");
+        assert_eq!((p.iss.as_str(), p.sub.as_str()), ("dev", "alice"));
+        assert_eq!(p.scopes, vec!["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn rejection_table() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let a = authenticator();
+        let other_secret = mint_hmac_token(
+            b"another-secret-another-secret-123",
+            Algorithm::HS256,
+            &claims(json!({})),
+        )
+        .expect("sign");
+        let hs384 =
+            mint_hmac_token(SECRET.as_bytes(), Algorithm::HS384, &claims(json!({}))).expect("sign");
+        let cases: Vec<(&str, String, &str)> = vec![
+            ("expired", token(json!({"exp": now - 3600})), "expired"),
+            (
+                "nbf future",
+                token(json!({"nbf": now + 3600})),
+                "not_yet_valid",
+            ),
+            (
+                "iat future",
+                token(json!({"iat": now + 3600})),
+                "not_yet_valid",
+            ),
+            (
+                "wrong aud",
+                token(json!({"aud": "http://evil"})),
+                "audience",
+            ),
+            ("no aud", token(json!({"aud": null})), "missing_claim"),
+            ("no sub", token(json!({"sub": null})), "missing_claim"),
+            ("no exp", token(json!({"exp": null})), "missing_claim"),
+            (
+                "unknown iss",
+                token(json!({"iss": "evil"})),
+                "unknown_issuer",
+            ),
+            ("bad signature", other_secret, "signature"),
+            ("alg not listed", hs384, "algorithm"),
+            ("garbage", "a.b.c".into(), "malformed"),
+            ("two parts", "abc.def".into(), "malformed"),
+        ];
+        for (name, t, reason) in cases {
+            let err = a.authenticate(&t).await.expect_err(name);
+            assert_eq!(err.reason(), reason, "{name}: {err}");
+        }
+        // alg: none, crafted by hand.
+        let b64 = |v: Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+        };
+        let none = format!(
+            "{}.{}.",
+            b64(json!({"alg": "none", "typ": "JWT"})),
+            b64(Value::Object(claims(json!({}))))
+        );
+        assert!(a.authenticate(&none).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn global_required_scope_gives_insufficient_scope() {
+        let mut a = authenticator();
+        a.required_scopes = vec!["mcp:admin".into()];
+        let err = a.authenticate(&token(json!({}))).await.expect_err("scope");
+        assert_eq!(err.reason(), "insufficient_scope");
+        let ok = token(json!({"scp": ["mcp:admin"]}));
+        assert!(a.authenticate(&ok).await.is_ok());
+    }
+}

@@ -1,0 +1,265 @@
+//! Authentication: the bearer token of every request becomes a [`Principal`] or an [`AuthError`]
+//! (DESIGN §4; spec 2025-11-25 "Authorization" §Access Token Usage and §Token Audience Binding).
+
+pub mod jwks;
+pub mod jwt;
+pub mod metadata;
+
+use std::fmt;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+pub use jwt::Authenticator;
+
+/// Who made a request: the token's `(iss, sub)`, its scopes and its claims.
+#[derive(Clone)]
+pub struct Principal {
+    pub iss: String,
+    pub sub: String,
+    pub scopes: Vec<String>,
+    /// `exp` as seconds since the epoch.
+    pub exp: u64,
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Principal {
+    /// The identity that owns sessions and children.
+    pub fn key(&self) -> PrincipalKey {
+        PrincipalKey {
+            iss: self.iss.clone(),
+            sub: self.sub.clone(),
+        }
+    }
+
+    pub fn has_scopes(&self, required: &[String]) -> Result<(), String> {
+        let missing: Vec<&str> = required
+            .iter()
+            .filter(|s| !self.scopes.iter().any(|have| have == *s))
+            .map(String::as_str)
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(required.join(" "))
+        }
+    }
+}
+
+// Claims can hold personal data: keep them out of Debug output.
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Principal")
+            .field("iss", &self.iss)
+            .field("sub", &self.sub)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The owner of a session: issuer and subject together (a `sub` is only unique per issuer).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PrincipalKey {
+    pub iss: String,
+    pub sub: String,
+}
+
+/// Why a request was not authenticated. The client sees only the category; detail goes to the log.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("token passed in the query string")]
+    TokenInQuery,
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    #[error("token issuer is not configured")]
+    UnknownIssuer,
+    #[error("algorithm {0} is not allowed for this issuer")]
+    AlgorithmNotAllowed(String),
+    #[error("no key with this kid")]
+    UnknownKey,
+    #[error("key does not match the token's algorithm: {0}")]
+    KeyMismatch(&'static str),
+    #[error("token expired")]
+    Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("token is for another audience")]
+    BadAudience,
+    #[error("token issuer mismatch")]
+    BadIssuer,
+    #[error("required claim missing: {0}")]
+    MissingClaim(String),
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    #[error("insufficient scope")]
+    InsufficientScope { scope: String },
+}
+
+impl AuthError {
+    /// A short label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::TokenInQuery => "token_in_query",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::UnknownIssuer => "unknown_issuer",
+            AuthError::AlgorithmNotAllowed(_) => "algorithm",
+            AuthError::UnknownKey => "unknown_kid",
+            AuthError::KeyMismatch(_) => "key_mismatch",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::BadSignature => "signature",
+            AuthError::BadAudience => "audience",
+            AuthError::BadIssuer => "issuer",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::Invalid(_) => "invalid",
+            AuthError::InsufficientScope { .. } => "insufficient_scope",
+        }
+    }
+
+    /// The HTTP answer: 401 (or 400 for a token in the query) with `WWW-Authenticate`, or 403
+    /// for a missing scope. `resource_metadata` is the RFC 9728 URL for the requested endpoint.
+    pub fn into_response_with(self, resource_metadata: &str) -> Response {
+        let (status, params, description) = match &self {
+            AuthError::Missing => (StatusCode::UNAUTHORIZED, String::new(), None),
+            AuthError::TokenInQuery => (
+                StatusCode::UNAUTHORIZED,
+                "error=\"invalid_request\", ".to_owned(),
+                Some("tokens are accepted only in the Authorization header"),
+            ),
+            AuthError::InsufficientScope { scope } => (
+                StatusCode::FORBIDDEN,
+                format!(
+                    "error=\"insufficient_scope\", scope=\"{}\", ",
+                    quote_safe(scope)
+                ),
+                Some("the token lacks a required scope"),
+            ),
+            AuthError::Expired => (
+                StatusCode::UNAUTHORIZED,
+                "error=\"invalid_token\", error_description=\"token expired\", ".to_owned(),
+                Some("token expired"),
+            ),
+            _ => (
+                StatusCode::UNAUTHORIZED,
+                "error=\"invalid_token\", ".to_owned(),
+                Some("the token is not valid for this resource"),
+            ),
+        };
+        let challenge = format!(
+            "Bearer {params}resource_metadata=\"{}\"",
+            quote_safe(resource_metadata)
+        );
+        let error = match &self {
+            AuthError::Missing => "unauthorized",
+            AuthError::TokenInQuery => "invalid_request",
+            AuthError::InsufficientScope { .. } => "insufficient_scope",
+            _ => "invalid_token",
+        };
+        let body = serde_json::json!({
+            "error": error,
+            "error_description": description.unwrap_or("a bearer token is required"),
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+        response
+    }
+}
+
+/// Characters that would break a quoted-string are dropped (values come from our own config).
+fn quote_safe(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
+}
+
+/// Upper bound on a bearer token; real access tokens are a few KiB.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// The bearer token of a request: exactly one `Authorization: Bearer …` header.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(AuthError::Missing);
+    };
+    if values.next().is_some() {
+        return Err(AuthError::Malformed("several Authorization headers"));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Malformed("non-ASCII Authorization header"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or(AuthError::Malformed("not a Bearer authorization"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Malformed("not a Bearer authorization"));
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthError::Malformed("token too large"));
+    }
+    Ok(token)
+}
+
+/// True when the query string carries a token (`access_token=`), which we refuse
+/// (spec 2025-11-25 Authorization §Access Token Usage: "MUST NOT be included in the URI query string").
+pub fn query_has_token(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.split('=').next() == Some("access_token"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(bearer_token(&h), Err(AuthError::Missing)));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(matches!(bearer_token(&h), Err(AuthError::Malformed(_))));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
+        assert_eq!(bearer_token(&h).ok(), Some("abc"));
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert!(matches!(bearer_token(&h), Err(AuthError::Malformed(_))));
+    }
+
+    #[test]
+    fn query_tokens_are_detected() {
+        assert!(query_has_token(Some("sessionId=1&access_token=x")));
+        assert!(!query_has_token(Some("sessionId=1")));
+        assert!(!query_has_token(None));
+    }
+
+    #[test]
+    fn challenge_never_carries_the_error_detail_or_token() {
+        let r = AuthError::InsufficientScope {
+            scope: "mcp:admin".into(),
+        }
+        .into_response_with("http://x/.well-known/oauth-protected-resource/mcp");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let h = r.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap_or_default();
+        assert_eq!(
+            h,
+            "Bearer error=\"insufficient_scope\", scope=\"mcp:admin\", resource_metadata=\"http://x/.well-known/oauth-protected-resource/mcp\""
+        );
+    }
+}

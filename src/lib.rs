@@ -1,0 +1,187 @@
+//! mcp-auth-proxy: an authenticating reverse proxy in front of stdio MCP servers.
+//!
+//! Module map (the path of one message, DESIGN §1):
+//! - [`config`]: the TOML file, environment overrides, validation.
+//! - [`auth`]: bearer token → [`auth::Principal`] (JWT, JWKS, RFC 9728 metadata).
+//! - [`router`]: routes and the shared [`state::AppState`].
+//! - [`transport`]: legacy HTTP+SSE (`/sse`, `/message`).
+//! - [`session`]: the registry of sessions and their owners; caps.
+//! - [`child`]: one stdio server process as an actor.
+//! - [`jsonrpc`]: message classification and framing.
+
+pub mod auth;
+pub mod child;
+pub mod config;
+pub mod jsonrpc;
+pub mod router;
+pub mod session;
+pub mod state;
+pub mod transport;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::session::SessionRegistry;
+use crate::state::{AppState, ServerRuntime};
+
+/// Errors that stop the proxy from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Auth(#[from] auth::jwt::AuthSetupError),
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Installs the JWT crypto backend as the process default (exactly one must be active, or
+/// the first verification panics; DEPENDENCIES.md).
+pub fn install_crypto_provider() {
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+}
+
+/// Builds the shared state from a validated config, for a proxy reachable at `local_addr`.
+pub fn build_state(
+    config: Config,
+    local_addr: std::net::SocketAddr,
+    env: &[(String, String)],
+) -> Result<Arc<AppState>, StartError> {
+    install_crypto_provider();
+    let public_url = match &config.http.public_url {
+        Some(url) => config::parse_public_url(url)?,
+        None => format!("http://{local_addr}"),
+    };
+    let audiences = if config.auth.audiences.is_empty() {
+        router::default_audiences(&public_url, &config)
+    } else {
+        config.auth.audiences.clone()
+    };
+    let authenticator = Authenticator::new(&config.auth, audiences, env)?;
+    // The child must not inherit the proxy's secrets or settings.
+    let mut env_remove: Vec<String> = env
+        .iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with(config::ENV_PREFIX))
+        .cloned()
+        .collect();
+    env_remove.extend(
+        config
+            .auth
+            .issuers
+            .iter()
+            .filter_map(|i| i.secret_env.clone()),
+    );
+    let servers = config
+        .servers
+        .iter()
+        .map(|(name, server)| {
+            (
+                name.clone(),
+                ServerRuntime::new(name, server.clone(), env_remove.clone()),
+            )
+        })
+        .collect();
+    let sessions = SessionRegistry::new(
+        config.sessions.max_sessions,
+        config.sessions.max_sessions_per_principal,
+    );
+    Ok(Arc::new(AppState {
+        public_url,
+        auth: Arc::new(authenticator),
+        sessions: Arc::new(sessions),
+        servers,
+        tracker: TaskTracker::new(),
+        shutdown: CancellationToken::new(),
+        config: Arc::new(config),
+    }))
+}
+
+/// Runs the proxy on an already bound listener until `shutdown` resolves, then stops every
+/// session and waits (bounded by `shutdown_grace_secs`) for every child to be reaped.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let state = build_state(config, listener.local_addr()?, &env)?;
+    serve(state, listener, shutdown).await
+}
+
+/// Serves a prepared state (tests build the state themselves).
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    tracing::info!(addr = %listener.local_addr()?, public_url = %state.public_url, "listening");
+    start_key_loading(&state);
+    let app = router::router(state.clone());
+    let token = state.shutdown.clone();
+    let stop = async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        token.cancel();
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await?;
+    for session in state.sessions.all() {
+        state.sessions.remove(&session.id);
+    }
+    state.tracker.close();
+    let grace = Duration::from_secs(state.config.http.shutdown_grace_secs);
+    if tokio::time::timeout(grace, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some children did not stop within shutdown_grace_secs");
+    }
+    Ok(())
+}
+
+/// Fetches every issuer's keys (retrying with backoff until they load), then refreshes them
+/// in the background. Readiness waits for the first load.
+fn start_key_loading(state: &Arc<AppState>) {
+    let auth = state.auth.clone();
+    let shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let failures = auth.load_keys().await;
+            if failures.is_empty() {
+                break;
+            }
+            for (issuer, e) in failures {
+                tracing::warn!(issuer, error = %e, "loading keys failed; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+        for (cache, every) in auth.jwks_caches() {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                    if let Err(e) = cache.refresh().await {
+                        tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set");
+                    }
+                }
+            });
+        }
+    });
+}

@@ -1,0 +1,260 @@
+//! The `mcp-auth-proxy` binary: CLI, logging, config loading (exit 64 on error, before any
+//! port is bound), then `mcp_auth_proxy::run`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use mcp_auth_proxy::config::{Config, is_hmac, parse_algorithm};
+
+/// Exit code for a configuration error (sysexits.h EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "mcp-auth-proxy",
+    version,
+    about = "An authenticating reverse proxy in front of stdio MCP servers"
+)]
+struct Cli {
+    /// The config file.
+    #[arg(long, short, env = "MCP_PROXY_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    /// Log format (the level comes from RUST_LOG, default `info`).
+    #[arg(long, env = "MCP_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and print what it would serve.
+    Check,
+    /// Print an HMAC-signed token from a configured HS issuer (development and tests).
+    Token {
+        /// The token's subject.
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Which HS issuer signs (default: the first one).
+        #[arg(long)]
+        issuer: Option<String>,
+        /// The audience (default: the proxy's public URL).
+        #[arg(long)]
+        aud: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let Some(path) = cli.config.clone() else {
+        eprintln!("mcp-auth-proxy: no config file: pass --config FILE or set MCP_PROXY_CONFIG");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mcp-auth-proxy: {}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command {
+        Some(Command::Check) => check(&config),
+        Some(Command::Token {
+            sub,
+            scope,
+            ttl,
+            issuer,
+            aud,
+        }) => token(&config, &sub, scope, ttl, issuer, aud),
+        None => serve(config),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcp-auth-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let addr = match config.listen_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("mcp-auth-proxy: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("mcp-auth-proxy: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match mcp_auth_proxy::run(config, listener, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mcp-auth-proxy: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn check(config: &Config) -> ExitCode {
+    println!("config OK");
+    println!("listen: {}", config.listen.addr);
+    let public = config
+        .http
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.listen.addr));
+    println!("public_url: {public}");
+    for issuer in &config.auth.issuers {
+        let source = if let Some(var) = &issuer.secret_env {
+            format!("secret from ${var}")
+        } else if issuer.discovery {
+            "OIDC discovery".to_owned()
+        } else {
+            format!("JWKS {}", issuer.jwks_url.as_deref().unwrap_or("?"))
+        };
+        println!(
+            "issuer: {} [{}] ({source})",
+            issuer.issuer,
+            issuer.algorithms.join(", ")
+        );
+    }
+    let root = config.root_server();
+    for (name, server) in &config.servers {
+        let mut routes = format!("/servers/{name}/{{sse,message,mcp}}");
+        if root == Some(name.as_str()) {
+            routes = format!("/sse, /message, /mcp, {routes}");
+        }
+        println!(
+            "server {name}: {} {} (child_scope = {:?}) at {routes}",
+            server.command,
+            server.args.join(" "),
+            server.child_scope
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn token(
+    config: &Config,
+    sub: &str,
+    scope: Option<String>,
+    ttl: u64,
+    issuer: Option<String>,
+    aud: Option<String>,
+) -> ExitCode {
+    mcp_auth_proxy::install_crypto_provider();
+    let hs =
+        config.auth.issuers.iter().find(|i| {
+            i.secret_env.is_some() && issuer.as_ref().is_none_or(|want| *want == i.issuer)
+        });
+    let Some(hs) = hs else {
+        eprintln!(
+            "mcp-auth-proxy: no HS issuer{} in the config",
+            issuer.map(|i| format!(" `{i}`")).unwrap_or_default()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let Some(alg) = hs
+        .algorithms
+        .iter()
+        .filter_map(|a| parse_algorithm(a))
+        .find(|a| is_hmac(*a))
+    else {
+        eprintln!("mcp-auth-proxy: issuer `{}` has no HS algorithm", hs.issuer);
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let secret = hs
+        .secret_env
+        .as_ref()
+        .and_then(|var| std::env::var(var).ok())
+        .unwrap_or_default();
+    let aud = aud.unwrap_or_else(|| {
+        config
+            .auth
+            .audiences
+            .first()
+            .cloned()
+            .or_else(|| {
+                config
+                    .http
+                    .public_url
+                    .clone()
+                    .map(|u| u.trim_end_matches('/').to_owned())
+            })
+            .unwrap_or_else(|| format!("http://{}", config.listen.addr))
+    });
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut claims = serde_json::Map::new();
+    claims.insert("iss".into(), hs.issuer.clone().into());
+    claims.insert("sub".into(), sub.into());
+    claims.insert("aud".into(), aud.into());
+    claims.insert("iat".into(), now.into());
+    claims.insert("nbf".into(), now.into());
+    claims.insert("exp".into(), (now + ttl).into());
+    if let Some(scope) = scope {
+        claims.insert("scope".into(), scope.into());
+    }
+    match mcp_auth_proxy::auth::jwt::mint_hmac_token(secret.as_bytes(), alg, &claims) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mcp-auth-proxy: signing failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The state every handler shares, and per-server runtime settings.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Authenticator, Principal};
+use crate::child::ChildSpec;
+use crate::config::{Config, ServerConfig};
+use crate::session::SessionRegistry;
+
+/// Longest claim value copied into a child's environment.
+pub const MAX_CLAIM_ENV_BYTES: usize = 4096;
+
+pub struct AppState {
+    pub config: Arc<Config>,
+    /// `http.public_url`, or `http://<bound address>`; no trailing slash.
+    pub public_url: String,
+    pub auth: Arc<Authenticator>,
+    pub sessions: Arc<SessionRegistry>,
+    pub servers: HashMap<String, ServerRuntime>,
+    /// Every child actor runs on this tracker, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled when the proxy shuts down: every stream ends.
+    pub shutdown: CancellationToken,
+}
+
+/// A configured server and what is needed to spawn its children.
+pub struct ServerRuntime {
+    pub name: String,
+    pub config: ServerConfig,
+    env_remove: Vec<String>,
+}
+
+/// Why a child environment could not be built from the caller's claims.
+#[derive(Debug, thiserror::Error)]
+#[error("claim `{claim}` for {var} is missing or unusable")]
+pub struct ClaimEnvError {
+    pub var: String,
+    pub claim: String,
+}
+
+impl ServerRuntime {
+    pub fn new(name: &str, config: ServerConfig, env_remove: Vec<String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            config,
+            env_remove,
+        }
+    }
+
+    /// The spawn recipe for a child serving `principal`: the server's `env`, then
+    /// `env_from_claims` (string, number or boolean claims; no NUL; bounded length).
+    /// The client's token itself is never passed (DESIGN §3).
+    pub fn child_spec(&self, principal: Option<&Principal>) -> Result<ChildSpec, ClaimEnvError> {
+        let mut env: Vec<(String, String)> = self
+            .config
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(principal) = principal {
+            for (var, claim) in &self.config.env_from_claims {
+                let value = match principal.claims.get(claim) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(serde_json::Value::Number(n)) => n.to_string(),
+                    Some(serde_json::Value::Bool(b)) => b.to_string(),
+                    _ => String::new(),
+                };
+                if value.is_empty() || value.contains('\0') || value.len() > MAX_CLAIM_ENV_BYTES {
+                    return Err(ClaimEnvError {
+                        var: var.clone(),
+                        claim: claim.clone(),
+                    });
+                }
+                env.push((var.clone(), value));
+            }
+        }
+        Ok(ChildSpec {
+            command: self.config.command.clone(),
+            args: self.config.args.clone(),
+            env,
+            env_remove: self.env_remove.clone(),
+            cwd: self.config.cwd.clone(),
+            max_line_bytes: self.config.max_line_bytes,
+        })
+    }
+}

@@ -1,0 +1,85 @@
+//! The HTTP transports, and what they share: authenticating a request for one server and
+//! the error answers of DESIGN §6.
+
+pub mod sse;
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::auth::metadata::metadata_url;
+use crate::auth::{AuthError, Principal, bearer_token, query_has_token};
+use crate::jsonrpc;
+use crate::session::CapError;
+use crate::state::AppState;
+
+/// Which server a route serves, and its base path (`""` or `/servers/NAME`).
+#[derive(Debug, Clone)]
+pub struct ServerRoute {
+    pub name: Arc<str>,
+    pub base: Arc<str>,
+}
+
+/// Authenticates a request for `route`'s server: the token, the global and the server's
+/// required scopes. The error is the complete 401/403 answer.
+pub async fn authorize(
+    state: &AppState,
+    route: &ServerRoute,
+    endpoint: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Principal, Response> {
+    let resource_metadata = metadata_url(&state.public_url, &format!("{}{endpoint}", route.base));
+    let result = async {
+        if query_has_token(query) {
+            return Err(AuthError::TokenInQuery);
+        }
+        let token = bearer_token(headers)?;
+        let principal = state.auth.authenticate(token).await?;
+        if let Some(server) = state.servers.get(&*route.name) {
+            principal
+                .has_scopes(&server.config.required_scopes)
+                .map_err(|scope| AuthError::InsufficientScope { scope })?;
+        }
+        Ok(principal)
+    }
+    .await;
+    result.map_err(|e| {
+        tracing::info!(reason = e.reason(), detail = %e, server = %route.name, "request refused");
+        e.into_response_with(&resource_metadata)
+    })
+}
+
+/// A JSON-RPC error body with an HTTP status (400 for bad bodies).
+pub fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> Response {
+    let body = jsonrpc::error_response("null", code, message);
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// A plain error with a small JSON body.
+pub fn http_error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// 503 with `Retry-After` when a session cap is reached (DESIGN §6).
+pub fn cap_reached(e: CapError) -> Response {
+    tracing::warn!(error = %e, "session refused");
+    let mut r = http_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
+/// 404 for an unknown, ended or someone else's session: the same answer for all three.
+pub fn no_session() -> Response {
+    http_error(StatusCode::NOT_FOUND, "session not found")
+}

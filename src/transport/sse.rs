@@ -1,0 +1,227 @@
+//! The legacy HTTP+SSE transport (spec 2024-11-05 "Transports" §HTTP with SSE): `GET /sse`
+//! opens a session with its own child and streams the child's output; `POST /message`
+//! delivers one client message to that child.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{ServerRoute, authorize, cap_reached, http_error, jsonrpc_error, no_session};
+use crate::child::{self, ChildError};
+use crate::jsonrpc;
+use crate::session::{Session, SessionRegistry};
+use crate::state::AppState;
+
+/// The response header that carries the session id, so a load balancer can learn it
+/// (DESIGN §5) and clients can correlate.
+pub const SESSION_HEADER: &str = "mcp-session-id";
+
+/// `GET /sse`: authenticate, spawn a child for a new session, stream its output.
+pub async fn open(
+    State(state): State<Arc<AppState>>,
+    Extension(route): Extension<ServerRoute>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let principal = match authorize(&state, &route, "/sse", &headers, uri.query()).await {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
+    if state.shutdown.is_cancelled() {
+        return http_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    let Some(server) = state.servers.get(&*route.name) else {
+        return no_session();
+    };
+    // Caps are checked before anything is spawned (DESIGN §3).
+    let slot = match state.sessions.reserve(&principal.key()) {
+        Ok(slot) => slot,
+        Err(e) => return cap_reached(e),
+    };
+    let spec = match server.child_spec(Some(&principal)) {
+        Ok(spec) => spec,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the child environment");
+            return http_error(
+                StatusCode::FORBIDDEN,
+                "the token lacks a claim this server needs",
+            );
+        }
+    };
+    let id = crate::session::new_session_id();
+    let span = tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name);
+    let (child, out_rx) = match child::spawn(&spec, span.clone(), &state.tracker) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::error!(parent: &span, error = %e, "spawning the server failed");
+            return http_error(
+                StatusCode::BAD_GATEWAY,
+                "the MCP server could not be started",
+            );
+        }
+    };
+    let session = state.sessions.insert(id, slot, &route.name, child);
+    tracing::info!(parent: &span, "legacy SSE session opened");
+
+    // The endpoint event names the POST URL, built from public_url so that it survives any
+    // path prefix and proxy in between (spec 2024-11-05 §HTTP with SSE: "endpoint" event).
+    let endpoint = format!(
+        "{}{}/message?sessionId={}",
+        state.public_url, route.base, session.id
+    );
+    let expiry = state
+        .config
+        .auth
+        .close_streams_on_expiry
+        .then(|| expiry_in(principal.exp));
+    let stream = session_stream(
+        endpoint,
+        out_rx,
+        SessionGuard {
+            registry: state.sessions.clone(),
+            session: session.clone(),
+            span: span.clone(),
+        },
+        state.shutdown.clone(),
+        expiry,
+    );
+    let keepalive = KeepAlive::new()
+        .interval(Duration::from_secs(state.config.http.sse_keepalive_secs))
+        .text("");
+    let mut response = Sse::new(stream).keep_alive(keepalive).into_response();
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&session.id) {
+        h.insert(SESSION_HEADER, v);
+    }
+    // nginx and others buffer responses unless told not to; SSE must flow event by event.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    h.insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    response
+}
+
+/// Time left until a token's `exp`.
+fn expiry_in(exp: u64) -> Duration {
+    let now = jsonwebtoken::get_current_timestamp();
+    Duration::from_secs(exp.saturating_sub(now))
+}
+
+/// Removes the session (and so stops its child) when the stream is dropped: client gone,
+/// child gone, token expired or shutdown (STYLE habit 8).
+struct SessionGuard {
+    registry: Arc<SessionRegistry>,
+    session: Arc<Session>,
+    span: tracing::Span,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.registry.remove(&self.session.id);
+        tracing::info!(parent: &self.span, "session closed");
+    }
+}
+
+struct StreamState {
+    endpoint: Option<String>,
+    out_rx: mpsc::Receiver<String>,
+    guard: SessionGuard,
+    shutdown: CancellationToken,
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+fn session_stream(
+    endpoint: String,
+    out_rx: mpsc::Receiver<String>,
+    guard: SessionGuard,
+    shutdown: CancellationToken,
+    expiry: Option<Duration>,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    let span = guard.span.clone();
+    let state = StreamState {
+        endpoint: Some(endpoint),
+        out_rx,
+        guard,
+        shutdown,
+        expiry: expiry.map(|d| Box::pin(tokio::time::sleep(d))),
+    };
+    futures::stream::unfold(state, move |mut st| {
+        async move {
+            if let Some(endpoint) = st.endpoint.take() {
+                return Some((Ok(Event::default().event("endpoint").data(endpoint)), st));
+            }
+            let expired = async {
+                match st.expiry.as_mut() {
+                    Some(sleep) => sleep.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                line = st.out_rx.recv() => {
+                    let line = line?;
+                    st.guard.session.touch();
+                    Some((Ok(Event::default().event("message").data(line)), st))
+                }
+                _ = st.shutdown.cancelled() => None,
+                _ = expired => {
+                    tracing::info!("token expired; closing the stream");
+                    None
+                }
+            }
+        }
+        .instrument(span.clone())
+    })
+}
+
+/// `POST /message?sessionId=…` (also `session_id`, as the Python SDK sends): one client
+/// message for the session's child; `202 Accepted`, the answer comes on the stream.
+pub async fn message(
+    State(state): State<Arc<AppState>>,
+    Extension(route): Extension<ServerRoute>,
+    Query(params): Query<HashMap<String, String>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let principal = match authorize(&state, &route, "/sse", &headers, uri.query()).await {
+        Ok(p) => p,
+        Err(response) => return response,
+    };
+    let Some(id) = params.get("sessionId").or_else(|| params.get("session_id")) else {
+        return http_error(StatusCode::BAD_REQUEST, "missing sessionId");
+    };
+    let Some(session) = state.sessions.get(id, &principal.key(), &route.name) else {
+        return no_session();
+    };
+    let message = match jsonrpc::client_message(&body) {
+        Ok(m) => m,
+        Err(e) => return jsonrpc_error(StatusCode::BAD_REQUEST, e.code(), e.message()),
+    };
+    session.touch();
+    match session.child.send(message.line, &message.request_ids).await {
+        Ok(()) => (StatusCode::ACCEPTED, "Accepted").into_response(),
+        Err(ChildError::Gone) => no_session(),
+        Err(e) => {
+            tracing::warn!(session = %session.id, error = %e, "message not delivered");
+            state.sessions.remove(&session.id);
+            http_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the MCP server is not accepting input",
+            )
+        }
+    }
+}
