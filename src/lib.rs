@@ -100,6 +100,7 @@ pub fn build_state(
         servers,
         tracker: TaskTracker::new(),
         shutdown: CancellationToken::new(),
+        spawned: Default::default(),
         config: Arc::new(config),
     }))
 }

@@ -40,7 +40,7 @@ pub struct JwksCache {
     client: reqwest::Client,
     min_refetch: Duration,
     current: ArcSwapOption<Snapshot>,
-    /// Serializes fetches; holds the time of the last fetch attempt (successful or not).
+    /// Serializes fetches; holds the time of the last refetch caused by an unknown `kid`.
     fetch_lock: AsyncMutex<Option<Instant>>,
 }
 
@@ -74,9 +74,10 @@ impl JwksCache {
     }
 
     /// Fetches now, regardless of the refetch limit (start-up and background refresh).
+    /// Scheduled fetches do not count against the unknown-`kid` limit, which exists to keep
+    /// a flood of made-up kids from hammering the identity provider.
     pub async fn refresh(&self) -> Result<usize, JwksError> {
-        let mut last = self.fetch_lock.lock().await;
-        *last = Some(Instant::now());
+        let _serialized = self.fetch_lock.lock().await;
         self.fetch_and_store().await
     }
 

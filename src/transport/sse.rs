@@ -73,6 +73,9 @@ pub async fn open(
             );
         }
     };
+    state
+        .spawned
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let session = state.sessions.insert(id, slot, &route.name, child);
     tracing::info!(parent: &span, "legacy SSE session opened");
 

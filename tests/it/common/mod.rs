@@ -1,0 +1,228 @@
+//! Test helpers: an in-process proxy on port 0, token minting, keys, a minimal legacy SSE
+//! client, and process checks.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod keys;
+pub mod sse;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_auth_proxy::config::Config;
+use mcp_auth_proxy::state::AppState;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+pub const HS_ISSUER: &str = "test-hs";
+
+/// The bundled example server binary.
+pub fn example_server() -> &'static str {
+    env!("CARGO_BIN_EXE_mcp-example-server")
+}
+
+/// The proxy binary.
+pub fn proxy_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_mcp-auth-proxy")
+}
+
+/// A config with the HS test issuer and the example server as `default`; `extra` is appended.
+pub fn base_config(extra: &str) -> String {
+    format!(
+        r#"
+[[auth.issuers]]
+issuer = "{HS_ISSUER}"
+algorithms = ["HS256"]
+secret_env = "TEST_SECRET"
+{extra}
+"#
+    )
+}
+
+/// The default server section.
+pub fn example_server_section() -> String {
+    format!("[servers.default]\ncommand = \"{}\"\n", example_server())
+}
+
+pub struct Proxy {
+    pub url: String,
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts a proxy with the HS issuer and the example server.
+    pub async fn start() -> Proxy {
+        Self::with_config(&base_config(&example_server_section()), &[]).await
+    }
+
+    /// Starts a proxy from TOML text; `env` adds variables (TEST_SECRET is always set).
+    pub async fn with_config(toml: &str, env: &[(&str, &str)]) -> Proxy {
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.push(("TEST_SECRET".into(), SECRET.into()));
+        let config = Config::parse(toml, &env).expect("config parses");
+        config.validate(&env).expect("config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = mcp_auth_proxy::build_state(config, addr, &env).expect("state");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let stop = async {
+                    let _ = rx.await;
+                };
+                mcp_auth_proxy::serve(state, listener, stop)
+                    .await
+                    .expect("serve");
+            }
+        });
+        Proxy {
+            url: format!("http://{addr}"),
+            state,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// A valid token for `sub` from the HS issuer, for this proxy's audience.
+    pub fn token(&self, sub: &str) -> String {
+        self.token_with(sub, json!({}))
+    }
+
+    /// A token with claims overridden (`null` removes a claim).
+    pub fn token_with(&self, sub: &str, overrides: Value) -> String {
+        hs_token(&claims(&self.url, sub, overrides))
+    }
+
+    pub fn spawned(&self) -> u64 {
+        self.state
+            .spawned
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Standard claims for `aud`/`sub`, with overrides (`null` removes).
+pub fn claims(aud: &str, sub: &str, overrides: Value) -> Map<String, Value> {
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut base = json!({
+        "iss": HS_ISSUER, "sub": sub, "aud": aud,
+        "iat": now, "nbf": now, "exp": now + 600,
+    });
+    let obj = base.as_object_mut().expect("object");
+    if let Some(o) = overrides.as_object() {
+        for (k, v) in o {
+            if v.is_null() {
+                obj.remove(k);
+            } else {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    obj.clone()
+}
+
+pub fn hs_token(claims: &Map<String, Value>) -> String {
+    mcp_auth_proxy::install_crypto_provider();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// True while a process exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the parenthesized command name.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Waits (polling /proc, bounded) until the process is gone; true if it went.
+pub async fn wait_gone(pid: u32, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if !process_alive(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    !process_alive(pid)
+}
+
+/// Pids of the live processes in a process group.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit(')').next() else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // fields[0] = state, [1] = ppid, [2] = pgrp
+        if fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string() {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Waits (bounded) until a process group is empty.
+pub async fn wait_group_empty(pgid: u32, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if group_members(pgid).is_empty() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    group_members(pgid).is_empty()
+}

@@ -1,0 +1,188 @@
+//! The official MCP SDK clients (TypeScript `@modelcontextprotocol/sdk`, Python `mcp`) through
+//! the proxy, to the bundled server and to `@modelcontextprotocol/server-everything`.
+//! `scripts/test.sh` installs them (scripts/install-test-deps.sh).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{Proxy, base_config};
+
+pub(crate) struct Interop {
+    pub dir: PathBuf,
+    pub node: String,
+    pub python: String,
+}
+
+/// Where the interop clients live; panics with instructions when they are not installed.
+pub(crate) fn interop() -> Interop {
+    let dir = std::env::var("MCP_INTEROP_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop"));
+    assert!(
+        dir.join("node_modules/@modelcontextprotocol/sdk").exists(),
+        "the interop clients are not installed: run scripts/install-test-deps.sh (scripts/test.sh does)"
+    );
+    let python = std::env::var("MCP_INTEROP_PYTHON")
+        .unwrap_or_else(|_| dir.join(".venv/bin/python").to_string_lossy().into_owned());
+    let node = std::env::var("MCP_INTEROP_NODE").unwrap_or_else(|_| "node".into());
+    Interop { dir, node, python }
+}
+
+/// Runs one client; returns its one-line JSON report.
+pub(crate) async fn run_client(program: &str, script: &str, args: &[&str]) -> Value {
+    let i = interop();
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(program)
+            .arg(i.dir.join(script))
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("client finished in time")
+    .expect("client ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "{script} printed no JSON report; stdout: {stdout}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+pub(crate) async fn ts_client(args: &[&str]) -> Value {
+    let i = interop();
+    run_client(&i.node, "ts_client.mjs", args).await
+}
+
+pub(crate) async fn py_client(args: &[&str]) -> Value {
+    let i = interop();
+    run_client(&i.python, "py_client.py", args).await
+}
+
+/// server-everything, run from the installed package with node (no network at test time).
+pub(crate) fn everything_section(name: &str) -> String {
+    let i = interop();
+    let entry = i
+        .dir
+        .join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    format!(
+        "[servers.{name}]\ncommand = \"{}\"\nargs = [\"{}\", \"stdio\"]\n",
+        i.node,
+        entry.display()
+    )
+}
+
+fn proxy_config() -> String {
+    base_config(&format!(
+        "{}{}",
+        crate::common::example_server_section(),
+        everything_section("everything")
+    ))
+}
+
+fn assert_report(report: &Value, server_name: &str, tool_answer: &str) {
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["serverName"], server_name, "{report}");
+    let text = report["results"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains(tool_answer), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_over_legacy_sse() {
+    let proxy = Proxy::with_config(&proxy_config(), &[]).await;
+    let token = proxy.token("ts-user");
+    let report = ts_client(&[
+        "--url",
+        &format!("{}/sse", proxy.url),
+        "--transport",
+        "sse",
+        "--token",
+        &token,
+        "--call",
+        "add",
+        "--args",
+        r#"{"a":2,"b":40}"#,
+    ])
+    .await;
+    assert_report(&report, "mcp-example-server", "42");
+    let report = ts_client(&[
+        "--url",
+        &format!("{}/servers/everything/sse", proxy.url),
+        "--transport",
+        "sse",
+        "--token",
+        &token,
+        "--call",
+        "echo",
+        "--args",
+        r#"{"message":"via proxy"}"#,
+    ])
+    .await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert!(
+        report["tools"].as_array().is_some_and(|t| t.len() > 3),
+        "{report}"
+    );
+    let text = report["results"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("via proxy"), "{report}");
+    // Without a token the SDK sees the 401.
+    let report = ts_client(&[
+        "--url",
+        &format!("{}/sse", proxy.url),
+        "--transport",
+        "sse",
+        "--token",
+        "bogus",
+    ])
+    .await;
+    assert_eq!(report["ok"], false, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_over_legacy_sse() {
+    let proxy = Proxy::with_config(&proxy_config(), &[]).await;
+    let token = proxy.token("py-user");
+    let report = py_client(&[
+        "--url",
+        &format!("{}/sse", proxy.url),
+        "--transport",
+        "sse",
+        "--token",
+        &token,
+        "--call",
+        "echo",
+        "--args",
+        r#"{"message":"from python"}"#,
+    ])
+    .await;
+    assert_report(&report, "mcp-example-server", "from python");
+    let report = py_client(&[
+        "--url",
+        &format!("{}/servers/everything/sse", proxy.url),
+        "--transport",
+        "sse",
+        "--token",
+        &token,
+        "--call",
+        "echo",
+        "--args",
+        r#"{"message":"py everything"}"#,
+    ])
+    .await;
+    assert_eq!(report["ok"], true, "{report}");
+    let text = report["results"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("py everything"), "{report}");
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the proxy in-process on port 0, real child processes, real sockets,
+#![allow(unreachable_pub)]
+//! and the official MCP SDK clients (Node and Python) where the interop harness is installed.
+
+mod common;
+
+mod auth_rejections;
+mod cli;
+mod interop;
+mod legacy_sse;
+mod lifecycle;
