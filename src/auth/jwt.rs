@@ -39,6 +39,7 @@ pub struct Authenticator {
     leeway: u64,
     required_scopes: Vec<String>,
     client: reqwest::Client,
+    cache: super::cache::TokenCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,7 @@ impl Authenticator {
             leeway: config.leeway_secs,
             required_scopes: config.required_scopes.clone(),
             client,
+            cache: super::cache::TokenCache::new(super::cache::DEFAULT_CAPACITY),
         })
     }
 
@@ -135,9 +137,17 @@ impl Authenticator {
             .collect()
     }
 
-    /// Validates a token and checks the global required scopes.
+    /// Validates a token (or finds it validated in the cache) and checks the global
+    /// required scopes.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
-        let principal = self.validate(token).await?;
+        let principal = match self.cache.get(token) {
+            Some(principal) => principal,
+            None => {
+                let principal = self.validate(token).await?;
+                self.cache.insert(token, &principal);
+                principal
+            }
+        };
         principal
             .has_scopes(&self.required_scopes)
             .map_err(|scope| AuthError::InsufficientScope { scope })?;
