@@ -96,7 +96,23 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: each session holds a client socket
+/// and three pipes to its child, so the usual soft limit of 1024 caps the proxy at ~250
+/// sessions long before memory or CPU does.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 fn serve(config: Config) -> ExitCode {
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
