@@ -1,0 +1,731 @@
+//! `loadgen`: the load generator of issue 7. It starts the proxy (release build) with a
+//! generated config and an HS256 secret, drives it over legacy SSE and Streamable HTTP (both
+//! eras), drives supergateway and the bare child over stdio as baselines in the same run, and
+//! prints a table with the issue's targets and whether they were met.
+//!
+//! Scenarios: `lat-1x1` (one session, one call in flight), `tput-1x16` (one session, 16 in
+//! flight), `tput-50x1` (50 sessions, each its own child), `idle-N` (N idle sessions, proxy
+//! RSS), `setup` (connect → first tool result, cold and with a warm pool), and with
+//! `--scale` the 2,000-session soak. Every call is `tools/call echo` with a unique marker; an
+//! answer without the marker counts as mismatched, one with an id nobody waits for as foreign.
+//!
+//! Run through `scripts/bench.sh` (builds, installs supergateway, raises `ulimit -n`).
+//! Only loopback is ever contacted; every loop is bounded by a deadline.
+
+mod http;
+mod procs;
+mod report;
+mod transport;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use clap::Parser;
+
+use procs::{Proxy, ServerCmd, Supergateway};
+use report::{Report, Row};
+use transport::{FIRST_CALL_ID, MARKER, Session, Target, answer_matches};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "loadgen",
+    about = "Load generator for mcp-auth-proxy (issue 7)"
+)]
+struct Args {
+    /// The proxy binary (default: target/release/mcp-auth-proxy).
+    #[arg(long)]
+    proxy: Option<PathBuf>,
+    /// The wrapped stdio server (default: target/release/mcp-example-server).
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// supergateway's executable (e.g. benches/node_modules/.bin/supergateway); omitted: no
+    /// comparison rows.
+    #[arg(long)]
+    supergateway: Option<PathBuf>,
+    /// The command line of @modelcontextprotocol/server-everything for `setup`, e.g.
+    /// "node tests/interop/node_modules/@modelcontextprotocol/server-everything/dist/index.js stdio".
+    #[arg(long)]
+    everything: Option<String>,
+    /// Comma-separated scenarios: lat-1x1, tput-1x16, tput-50x1, idle, setup.
+    #[arg(long, default_value = "lat-1x1,tput-1x16,tput-50x1,idle,setup")]
+    scenarios: String,
+    /// Comma-separated targets: direct, proxy-sse, proxy-streamable, proxy-modern, supergateway.
+    #[arg(
+        long,
+        default_value = "direct,proxy-sse,proxy-streamable,proxy-modern,supergateway"
+    )]
+    targets: String,
+    /// Measured seconds per load run.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Unmeasured warm-up seconds before each load run.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Sessions held by the idle scenario.
+    #[arg(long, default_value_t = 1000)]
+    idle_sessions: usize,
+    /// Sessions set up one after another by the setup scenario, per variant.
+    #[arg(long, default_value_t = 10)]
+    setup_iterations: usize,
+    /// Run only the scale soak: --scale-sessions sessions, each its own child, one call per
+    /// second each for --scale-secs.
+    #[arg(long)]
+    scale: bool,
+    #[arg(long, default_value_t = 2000)]
+    scale_sessions: usize,
+    #[arg(long, default_value_t = 60)]
+    scale_secs: u64,
+    /// RUST_LOG for the proxy.
+    #[arg(long, default_value = "warn")]
+    proxy_log: String,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the report as Markdown here.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Free text describing the machine, printed with the table.
+    #[arg(long, default_value = "")]
+    machine: String,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let (soft, hard) = procs::raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut report = runtime.block_on(run(args.clone(), soft, hard))?;
+    report.compute_checks(args.idle_sessions);
+    print!("{}", report.text());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, report.markdown())?;
+    }
+    Ok(())
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|x| x.trim().to_owned())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
+    let proxy_bin = args
+        .proxy
+        .clone()
+        .unwrap_or_else(|| procs::default_bin("mcp-auth-proxy"));
+    let server_bin = args
+        .server
+        .clone()
+        .unwrap_or_else(|| procs::default_bin("mcp-example-server"));
+    for bin in [&proxy_bin, &server_bin] {
+        if !bin.exists() {
+            bail!(
+                "{} not found (build with cargo build --release)",
+                bin.display()
+            );
+        }
+    }
+    let server = server_bin.to_string_lossy().into_owned();
+    let mut report = Report {
+        machine: format!(
+            "{}; {} cores; loadgen open-file limit {soft}/{hard}",
+            if args.machine.is_empty() {
+                "unnamed".into()
+            } else {
+                args.machine.clone()
+            },
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        ..Report::default()
+    };
+    let proxy = Proxy::start(
+        &proxy_bin,
+        &ServerCmd {
+            command: server.clone(),
+            args: vec![],
+            warm_pool: 0,
+        },
+        &args.proxy_log,
+    )
+    .await?;
+    eprintln!("proxy pid {} on {}", proxy.pid, proxy.addr);
+    if args.scale {
+        let row = scale(&args, &proxy).await;
+        report.rows.push(row);
+        proxy.stop().await;
+        return Ok(report);
+    }
+
+    let scenarios = list(&args.scenarios);
+    let wanted = list(&args.targets);
+    let sg = match (
+        &args.supergateway,
+        wanted.iter().any(|t| t == "supergateway"),
+    ) {
+        (Some(bin), true) => match Supergateway::start(bin, &server).await {
+            Ok(sg) => Some(sg),
+            Err(e) => {
+                report.notes.push(format!("supergateway not run: {e:#}"));
+                None
+            }
+        },
+        _ => None,
+    };
+    let token: Arc<str> = proxy.token("bench", Duration::from_secs(6 * 3600))?.into();
+    let mut targets: Vec<(&str, Target)> = Vec::new();
+    for name in &wanted {
+        let t = match name.as_str() {
+            "direct" => Target::Stdio {
+                program: server.clone(),
+                args: vec![],
+            },
+            "proxy-sse" => Target::LegacySse {
+                addr: proxy.addr.clone(),
+                path: "/sse".into(),
+                token: Some(token.clone()),
+            },
+            "proxy-streamable" => Target::Streamable {
+                addr: proxy.addr.clone(),
+                path: "/mcp".into(),
+                token: Some(token.clone()),
+            },
+            "proxy-modern" => Target::Modern {
+                addr: proxy.addr.clone(),
+                path: "/mcp".into(),
+                token: Some(token.clone()),
+            },
+            "supergateway" => match &sg {
+                Some(sg) => Target::LegacySse {
+                    addr: sg.addr.clone(),
+                    path: "/sse".into(),
+                    token: None,
+                },
+                None => continue,
+            },
+            other => bail!("unknown target {other}"),
+        };
+        targets.push((name.as_str(), t));
+    }
+
+    let duration = Duration::from_secs_f64(args.duration);
+    let warmup = Duration::from_secs_f64(args.warmup);
+    for scenario in &scenarios {
+        let (sessions, lanes) = match scenario.as_str() {
+            "lat-1x1" => (1, 1),
+            "tput-1x16" => (1, 16),
+            "tput-50x1" => (50, 1),
+            _ => (0, 0),
+        };
+        if sessions > 0 {
+            for (name, target) in &targets {
+                // supergateway shares one child between all its sessions and broadcasts
+                // every answer to all of them: only single-session runs compare.
+                if *name == "supergateway" && sessions > 1 {
+                    continue;
+                }
+                eprintln!("{scenario} {name} ...");
+                let mut row = load(target, sessions, lanes, warmup, duration).await;
+                row.scenario = scenario.clone();
+                row.target = (*name).into();
+                row.rss_mib = match *name {
+                    "direct" => None,
+                    "supergateway" => sg
+                        .as_ref()
+                        .and_then(|s| s.pid())
+                        .and_then(procs::rss_of)
+                        .map(mib),
+                    _ => row.rss_mib.or(proxy.rss().map(mib)),
+                };
+                report.rows.push(row);
+                // Let the proxy reap the children of the run before the next.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        match scenario.as_str() {
+            "idle" => {
+                eprintln!("idle-{} proxy-sse ...", args.idle_sessions);
+                report
+                    .rows
+                    .push(idle(&proxy, &token, args.idle_sessions).await);
+            }
+            "setup" => setup(&args, &proxy_bin, &server, &proxy, &token, &mut report).await,
+            _ => {}
+        }
+    }
+    if let Some(sg) = sg {
+        sg.stop().await;
+    }
+    proxy.stop().await;
+    report.notes.push(
+        "latency = POST sent → answer received (for legacy SSE: the 202 and the event both in); \
+         calls/s over the measured window; RSS = VmRSS of the proxy process only"
+            .into(),
+    );
+    Ok(report)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Results gathered by the lanes of one run.
+#[derive(Default)]
+struct Tally {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    mismatched: AtomicU64,
+}
+
+/// One call of echo with a fresh marker; true when the answer carries it.
+async fn echo(session: &Session, lane: &mut transport::Lane, id: u64) -> Result<bool> {
+    let marker = format!("m{}", MARKER.fetch_add(1, Ordering::Relaxed));
+    let args = format!(r#"{{"message":"{marker}"}}"#);
+    let answer = session.call_tool(lane, id, "echo", &args).await?;
+    Ok(answer_matches(&answer, &marker))
+}
+
+/// `sessions` × `lanes` calls in flight for `warmup + duration`; the latencies of calls that
+/// start after the warm-up are kept.
+async fn load(
+    target: &Target,
+    sessions: usize,
+    lanes: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Row {
+    let mut row = Row::new("", "");
+    let mut opened = Vec::new();
+    for _ in 0..sessions {
+        match Session::open(target).await {
+            Ok(s) => opened.push(Arc::new(s)),
+            Err(e) => {
+                row.errors += 1;
+                row.note = format!("session failed: {e:#}");
+                break;
+            }
+        }
+    }
+    if opened.len() < sessions {
+        for s in opened {
+            if let Ok(s) = Arc::try_unwrap(s) {
+                s.close().await;
+            }
+        }
+        return row;
+    }
+    let tally = Arc::new(Tally::default());
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for session in &opened {
+        let next_id = Arc::new(AtomicU64::new(FIRST_CALL_ID));
+        for _ in 0..lanes {
+            let session = session.clone();
+            let tally = tally.clone();
+            let next_id = next_id.clone();
+            tasks.spawn(async move {
+                let mut samples: Vec<u64> = Vec::with_capacity(1 << 16);
+                let mut lane = match session.lane().await {
+                    Ok(l) => l,
+                    Err(_) => {
+                        tally.errors.fetch_add(1, Ordering::Relaxed);
+                        return samples;
+                    }
+                };
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    let outcome = echo(&session, &mut lane, id).await;
+                    let measured = t0 >= measure_from;
+                    match outcome {
+                        Ok(matched) => {
+                            if measured {
+                                samples.push(t0.elapsed().as_nanos() as u64);
+                                tally.calls.fetch_add(1, Ordering::Relaxed);
+                                if !matched {
+                                    tally.mismatched.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            if measured {
+                                tally.errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // A broken lane gets a fresh connection, not a busy loop.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            if let Ok(l) = session.lane().await {
+                                lane = l;
+                            }
+                        }
+                    }
+                }
+                samples
+            });
+        }
+    }
+    let mut samples = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(s) = r {
+            samples.extend(s);
+        }
+    }
+    let elapsed = Instant::now()
+        .saturating_duration_since(measure_from)
+        .as_secs_f64();
+    row.calls = tally.calls.load(Ordering::Relaxed);
+    row.errors += tally.errors.load(Ordering::Relaxed);
+    row.mismatched = tally.mismatched.load(Ordering::Relaxed);
+    row.foreign = opened
+        .iter()
+        .map(|s| s.counters().foreign.load(Ordering::Relaxed))
+        .sum();
+    row.calls_per_sec = (elapsed > 0.0).then(|| row.calls as f64 / elapsed);
+    row.set_latencies(&mut samples);
+    for s in opened {
+        if let Ok(s) = Arc::try_unwrap(s) {
+            s.close().await;
+        }
+    }
+    row
+}
+
+/// Opens `n` sessions concurrently (at most `parallel` at a time).
+async fn open_many(target: &Target, n: usize, parallel: usize) -> (Vec<Session>, u64, String) {
+    let mut out = Vec::with_capacity(n);
+    let mut errors = 0;
+    let mut note = String::new();
+    let mut started = 0;
+    let mut set = tokio::task::JoinSet::new();
+    while started < n || !set.is_empty() {
+        while started < n && set.len() < parallel {
+            let t = target.clone();
+            set.spawn(async move { Session::open(&t).await });
+            started += 1;
+        }
+        match set.join_next().await {
+            Some(Ok(Ok(s))) => out.push(s),
+            Some(Ok(Err(e))) => {
+                errors += 1;
+                note = format!("{e:#}");
+            }
+            Some(Err(_)) => errors += 1,
+            None => break,
+        }
+    }
+    (out, errors, note)
+}
+
+/// `n` idle legacy SSE sessions (each with its child); the proxy's RSS with them open.
+async fn idle(proxy: &Proxy, token: &Arc<str>, n: usize) -> Row {
+    let mut row = Row::new(&format!("idle-{n}"), "proxy-sse");
+    let before = proxy.rss();
+    let target = Target::LegacySse {
+        addr: proxy.addr.clone(),
+        path: "/sse".into(),
+        token: Some(token.clone()),
+    };
+    let t0 = Instant::now();
+    let (sessions, errors, note) = open_many(&target, n, 32).await;
+    let opened_in = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = proxy.rss();
+    row.calls = sessions.len() as u64;
+    row.errors = errors;
+    row.rss_mib = after.map(mib);
+    let children = procs::children_of(proxy.pid).len();
+    row.note = format!(
+        "{} sessions open ({children} children) in {:.1} s; RSS before {} MiB, {:.1} KiB/session; proxy fds {}, threads {}{}",
+        sessions.len(),
+        opened_in.as_secs_f64(),
+        before.map(mib).map_or("-".into(), |m| format!("{m:.1}")),
+        match (before, after) {
+            (Some(b), Some(a)) if !sessions.is_empty() =>
+                (a.saturating_sub(b)) as f64 / 1024.0 / sessions.len() as f64,
+            _ => 0.0,
+        },
+        procs::fd_count(proxy.pid).unwrap_or(0),
+        procs::thread_count(proxy.pid).unwrap_or(0),
+        if note.is_empty() {
+            String::new()
+        } else {
+            format!("; last error: {note}")
+        }
+    );
+    for s in sessions {
+        s.close().await;
+    }
+    wait_children(proxy.pid, Duration::from_secs(30)).await;
+    row
+}
+
+/// Waits (bounded) until the proxy has no children left.
+async fn wait_children(pid: u32, within: Duration) {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline && !procs::children_of(pid).is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Time from connect to the first tool result, one session after another.
+async fn setup_series(target: &Target, n: usize, pause: Duration) -> Row {
+    let mut row = Row::new("setup", "");
+    let mut samples = Vec::new();
+    for i in 0..n {
+        let t0 = Instant::now();
+        let result = async {
+            let session = Session::open(target).await?;
+            let mut lane = session.lane().await?;
+            let ok = echo(&session, &mut lane, FIRST_CALL_ID).await?;
+            Ok::<_, anyhow::Error>((session, ok))
+        }
+        .await;
+        match result {
+            Ok((session, ok)) => {
+                samples.push(t0.elapsed().as_nanos() as u64);
+                row.calls += 1;
+                if !ok {
+                    row.mismatched += 1;
+                }
+                session.close().await;
+            }
+            Err(e) => {
+                row.errors += 1;
+                row.note = format!("{e:#}");
+            }
+        }
+        if i + 1 < n {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    row.set_latencies(&mut samples);
+    row
+}
+
+async fn setup(
+    args: &Args,
+    proxy_bin: &std::path::Path,
+    server: &str,
+    proxy: &Proxy,
+    token: &Arc<str>,
+    report: &mut Report,
+) {
+    let n = args.setup_iterations;
+    let pause = Duration::from_millis(1500);
+    eprintln!("setup (bundled server) ...");
+    let mut row = setup_series(
+        &Target::Stdio {
+            program: server.into(),
+            args: vec![],
+        },
+        n,
+        Duration::from_millis(100),
+    )
+    .await;
+    row.target = "direct example".into();
+    report.rows.push(row);
+    let mut row = setup_series(
+        &Target::LegacySse {
+            addr: proxy.addr.clone(),
+            path: "/sse".into(),
+            token: Some(token.clone()),
+        },
+        n,
+        Duration::from_millis(100),
+    )
+    .await;
+    row.target = "proxy-sse example cold".into();
+    report.rows.push(row);
+
+    let Some(everything) = &args.everything else {
+        report
+            .notes
+            .push("setup with server-everything not run (no --everything)".into());
+        return;
+    };
+    let mut parts = everything.split_whitespace().map(str::to_owned);
+    let Some(command) = parts.next() else {
+        return;
+    };
+    let cmd_args: Vec<String> = parts.collect();
+    eprintln!("setup (server-everything) ...");
+    let mut row = setup_series(
+        &Target::Stdio {
+            program: command.clone(),
+            args: cmd_args.clone(),
+        },
+        n,
+        pause,
+    )
+    .await;
+    row.target = "direct everything".into();
+    report.rows.push(row);
+    for (label, warm_pool) in [("cold", 0), ("warm4", 4)] {
+        let server = ServerCmd {
+            command: command.clone(),
+            args: cmd_args.clone(),
+            warm_pool,
+        };
+        let p = match Proxy::start(proxy_bin, &server, &args.proxy_log).await {
+            Ok(p) => p,
+            Err(e) => {
+                report
+                    .notes
+                    .push(format!("setup {label}: proxy did not start: {e:#}"));
+                continue;
+            }
+        };
+        // A pool fills after start-up: give it time, as a deployed proxy would have had.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let t = match p.token("setup", Duration::from_secs(3600)) {
+            Ok(t) => t,
+            Err(_) => continue,
+        };
+        let target = Target::LegacySse {
+            addr: p.addr.clone(),
+            path: "/sse".into(),
+            token: Some(t.into()),
+        };
+        let mut row = setup_series(&target, n, pause).await;
+        row.target = format!("proxy-sse everything {label}");
+        report.rows.push(row);
+        p.stop().await;
+    }
+}
+
+/// The scale soak: `scale_sessions` legacy SSE sessions, each its own child, each making one
+/// call per second for `scale_secs`.
+async fn scale(args: &Args, proxy: &Proxy) -> Row {
+    let n = args.scale_sessions;
+    let mut row = Row::new(&format!("scale-{n}x{}s", args.scale_secs), "proxy-sse");
+    let token: Arc<str> = match proxy.token("scale", Duration::from_secs(6 * 3600)) {
+        Ok(t) => t.into(),
+        Err(e) => {
+            row.note = format!("{e:#}");
+            return row;
+        }
+    };
+    let target = Target::LegacySse {
+        addr: proxy.addr.clone(),
+        path: "/sse".into(),
+        token: Some(token),
+    };
+    eprintln!("opening {n} sessions ...");
+    let t0 = Instant::now();
+    let (sessions, open_errors, note) = open_many(&target, n, 32).await;
+    let opened_in = t0.elapsed();
+    eprintln!(
+        "{} sessions open in {:.1} s ({open_errors} failed)",
+        sessions.len(),
+        opened_in.as_secs_f64()
+    );
+    let children = procs::children_of(proxy.pid).len();
+    let fds_open = procs::fd_count(proxy.pid).unwrap_or(0);
+    let threads = procs::thread_count(proxy.pid).unwrap_or(0);
+    let tally = Arc::new(Tally::default());
+    let period = Duration::from_secs(1);
+    let start = Instant::now() + Duration::from_millis(200);
+    let end = start + Duration::from_secs(args.scale_secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    let count = sessions.len().max(1);
+    let mut max_rss = 0u64;
+    for (i, session) in sessions.into_iter().enumerate() {
+        let tally = tally.clone();
+        // Spread the sessions' calls evenly over each second.
+        let offset = period.mul_f64(i as f64 / count as f64);
+        tasks.spawn(async move {
+            let mut samples = Vec::with_capacity(args_cap(period, end.duration_since(start)));
+            let mut lane = match session.lane().await {
+                Ok(l) => l,
+                Err(_) => {
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                    return (samples, session);
+                }
+            };
+            let mut next = start + offset;
+            let mut id = FIRST_CALL_ID;
+            while next < end {
+                tokio::time::sleep_until(next.into()).await;
+                let t0 = Instant::now();
+                match echo(&session, &mut lane, id).await {
+                    Ok(ok) => {
+                        samples.push(t0.elapsed().as_nanos() as u64);
+                        tally.calls.fetch_add(1, Ordering::Relaxed);
+                        if !ok {
+                            tally.mismatched.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => {
+                        tally.errors.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(l) = session.lane().await {
+                            lane = l;
+                        }
+                    }
+                }
+                id += 1;
+                next += period;
+            }
+            (samples, session)
+        });
+    }
+    // Sample the proxy's RSS while the soak runs.
+    let sampler_end = end;
+    while Instant::now() < sampler_end {
+        if let Some(r) = proxy.rss() {
+            max_rss = max_rss.max(r);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut samples = Vec::new();
+    let mut done = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok((s, session)) = r {
+            samples.extend(s);
+            done.push(session);
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    row.calls = tally.calls.load(Ordering::Relaxed);
+    row.errors = open_errors + tally.errors.load(Ordering::Relaxed);
+    row.mismatched = tally.mismatched.load(Ordering::Relaxed);
+    row.foreign = done
+        .iter()
+        .map(|s| s.counters().foreign.load(Ordering::Relaxed))
+        .sum();
+    row.calls_per_sec = Some(row.calls as f64 / elapsed);
+    row.rss_mib = Some(mib(max_rss));
+    row.set_latencies(&mut samples);
+    row.note = format!(
+        "{} sessions opened in {:.1} s; proxy: {children} children, {fds_open} fds, {threads} threads, peak RSS {:.1} MiB{}",
+        done.len(),
+        opened_in.as_secs_f64(),
+        mib(max_rss),
+        if note.is_empty() {
+            String::new()
+        } else {
+            format!("; last open error: {note}")
+        }
+    );
+    for s in done {
+        s.close().await;
+    }
+    wait_children(proxy.pid, Duration::from_secs(60)).await;
+    row
+}
+
+fn args_cap(period: Duration, total: Duration) -> usize {
+    (total.as_secs_f64() / period.as_secs_f64()).ceil() as usize + 1
+}

@@ -1,0 +1,289 @@
+//! Results, the target checks of issue 7, and their output as a text table, Markdown or JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+/// One scenario run against one target.
+#[derive(Debug, Clone, Serialize, Default)]
+pub(crate) struct Row {
+    pub(crate) scenario: String,
+    pub(crate) target: String,
+    pub(crate) calls: u64,
+    pub(crate) errors: u64,
+    pub(crate) mismatched: u64,
+    pub(crate) foreign: u64,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p90_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
+    pub(crate) max_ms: Option<f64>,
+    pub(crate) calls_per_sec: Option<f64>,
+    /// Proxy (or gateway) RSS at the end of the run, children excluded.
+    pub(crate) rss_mib: Option<f64>,
+    pub(crate) note: String,
+}
+
+impl Row {
+    pub(crate) fn new(scenario: &str, target: &str) -> Row {
+        Row {
+            scenario: scenario.into(),
+            target: target.into(),
+            ..Row::default()
+        }
+    }
+
+    /// Fills the latency columns from samples in nanoseconds.
+    pub(crate) fn set_latencies(&mut self, samples: &mut [u64]) {
+        samples.sort_unstable();
+        let pick = |q: f64| -> Option<f64> {
+            if samples.is_empty() {
+                return None;
+            }
+            let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+            samples.get(i).map(|ns| *ns as f64 / 1e6)
+        };
+        self.p50_ms = pick(0.50);
+        self.p90_ms = pick(0.90);
+        self.p99_ms = pick(0.99);
+        self.max_ms = samples.last().map(|ns| *ns as f64 / 1e6);
+    }
+}
+
+/// A target of issue 7 and whether this run met it (`None`: not measured).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Check {
+    pub(crate) name: String,
+    pub(crate) measured: String,
+    pub(crate) target: String,
+    pub(crate) pass: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub(crate) struct Report {
+    pub(crate) machine: String,
+    pub(crate) command: String,
+    pub(crate) rows: Vec<Row>,
+    pub(crate) checks: Vec<Check>,
+    pub(crate) notes: Vec<String>,
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn verdict(pass: Option<bool>) -> &'static str {
+    match pass {
+        Some(true) => "PASS",
+        Some(false) => "FAIL",
+        None => "n/a",
+    }
+}
+
+impl Report {
+    pub(crate) fn find(&self, scenario: &str, target: &str) -> Option<&Row> {
+        self.rows
+            .iter()
+            .find(|r| r.scenario == scenario && r.target == target)
+    }
+
+    pub(crate) fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "machine: {}", self.machine);
+        let _ = writeln!(
+            out,
+            "{:<10} {:<22} {:>8} {:>6} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8}  note",
+            "scenario",
+            "target",
+            "calls",
+            "errors",
+            "mism",
+            "forgn",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "calls/s",
+            "RSS MiB"
+        );
+        for r in &self.rows {
+            let _ = writeln!(
+                out,
+                "{:<10} {:<22} {:>8} {:>6} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8}  {}",
+                r.scenario,
+                r.target,
+                r.calls,
+                r.errors,
+                r.mismatched,
+                r.foreign,
+                opt(r.p50_ms, 3),
+                opt(r.p90_ms, 3),
+                opt(r.p99_ms, 3),
+                opt(r.max_ms, 3),
+                opt(r.calls_per_sec, 0),
+                opt(r.rss_mib, 1),
+                r.note
+            );
+        }
+        let _ = writeln!(out, "\ntargets (issue 7):");
+        for c in &self.checks {
+            let _ = writeln!(
+                out,
+                "  [{}] {:<44} measured {:<34} target {}",
+                verdict(c.pass),
+                c.name,
+                c.measured,
+                c.target
+            );
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "note: {n}");
+        }
+        out
+    }
+
+    pub(crate) fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "Machine: {}\n", self.machine);
+        let _ = writeln!(out, "Command: `{}`\n", self.command);
+        let _ = writeln!(
+            out,
+            "| scenario | target | calls | errors | mismatched | foreign | p50 ms | p90 ms | p99 ms | max ms | calls/s | RSS MiB | note |"
+        );
+        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+        for r in &self.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.scenario,
+                r.target,
+                r.calls,
+                r.errors,
+                r.mismatched,
+                r.foreign,
+                opt(r.p50_ms, 3),
+                opt(r.p90_ms, 3),
+                opt(r.p99_ms, 3),
+                opt(r.max_ms, 3),
+                opt(r.calls_per_sec, 0),
+                opt(r.rss_mib, 1),
+                r.note
+            );
+        }
+        let _ = writeln!(out, "\n| target (issue 7) | measured | required | result |");
+        let _ = writeln!(out, "|---|---|---|---|");
+        for c in &self.checks {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                c.name,
+                c.measured,
+                c.target,
+                verdict(c.pass)
+            );
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "\n- {n}");
+        }
+        out
+    }
+
+    /// The checks of issue 7 from the rows present.
+    pub(crate) fn compute_checks(&mut self, idle_sessions: usize) {
+        let mut checks = Vec::new();
+        let direct_lat = self.find("lat-1x1", "direct").and_then(|r| r.p50_ms);
+        for target in ["proxy-sse", "proxy-streamable"] {
+            let row = self.find("lat-1x1", target);
+            let added = row
+                .and_then(|r| r.p50_ms)
+                .zip(direct_lat)
+                .map(|(p, d)| p - d);
+            checks.push(Check {
+                name: format!("lat-1x1 {target}: p50 added over direct"),
+                measured: added
+                    .map(|a| format!("{a:.3} ms"))
+                    .unwrap_or_else(|| row.map(|r| r.note.clone()).unwrap_or("not run".into())),
+                target: "<= 0.100 ms".into(),
+                pass: added.map(|a| a <= 0.100),
+            });
+        }
+        let rate = |s: &str, t: &str| self.find(s, t).and_then(|r| r.calls_per_sec);
+        let clean = |s: &str, t: &str| {
+            self.find(s, t)
+                .map(|r| r.errors == 0 && r.foreign == 0 && r.mismatched == 0)
+        };
+        for target in ["proxy-sse", "proxy-streamable", "proxy-modern"] {
+            if let (Some(p), Some(d)) = (rate("tput-1x16", target), rate("tput-1x16", "direct")) {
+                checks.push(Check {
+                    name: format!("tput-1x16 {target}: share of direct"),
+                    measured: format!("{:.1}% ({p:.0} / {d:.0})", 100.0 * p / d),
+                    target: ">= 25%".into(),
+                    pass: Some(p / d >= 0.25),
+                });
+            }
+            if let (Some(p), Some(s)) =
+                (rate("tput-1x16", target), rate("tput-1x16", "supergateway"))
+            {
+                checks.push(Check {
+                    name: format!("tput-1x16 {target}: vs supergateway"),
+                    measured: format!("{:.1}x ({p:.0} / {s:.0})", p / s),
+                    target: ">= 6x".into(),
+                    pass: Some(p / s >= 6.0),
+                });
+            }
+            if let (Some(p), Some(d)) = (rate("tput-50x1", target), rate("tput-50x1", "direct")) {
+                let ok = clean("tput-50x1", target).unwrap_or(false);
+                let r = self.find("tput-50x1", target);
+                checks.push(Check {
+                    name: format!("tput-50x1 {target}: share of direct, clean"),
+                    measured: format!(
+                        "{:.1}% ({p:.0} / {d:.0}), {} err, {} foreign",
+                        100.0 * p / d,
+                        r.map(|r| r.errors).unwrap_or(0),
+                        r.map(|r| r.foreign).unwrap_or(0)
+                    ),
+                    target: ">= 60%, 0 errors, 0 foreign".into(),
+                    pass: Some(p / d >= 0.60 && ok),
+                });
+            }
+        }
+        let idle = format!("idle-{idle_sessions}");
+        if let Some(r) = self.find(&idle, "proxy-sse") {
+            let limit = 20.0 + 64.0 * idle_sessions as f64 / 1024.0;
+            checks.push(Check {
+                name: format!("{idle} proxy RSS (children excluded)"),
+                measured: opt(r.rss_mib, 1) + " MiB",
+                target: format!("<= {limit:.1} MiB"),
+                pass: r.rss_mib.map(|m| m <= limit),
+            });
+        }
+        let cold = self
+            .find("setup", "proxy-sse everything cold")
+            .and_then(|r| r.p50_ms);
+        let warm_row = self.find("setup", "proxy-sse everything warm4");
+        let warm = warm_row.and_then(|r| r.p50_ms);
+        if cold.is_some() || warm.is_some() {
+            checks.push(Check {
+                name: "setup warm_pool=4 p50 vs cold (server-everything)".into(),
+                measured: match (warm, cold) {
+                    (Some(w), Some(c)) => format!("{:.1}% ({w:.1} / {c:.1} ms)", 100.0 * w / c),
+                    _ => "not run".into(),
+                },
+                target: "<= 10%".into(),
+                pass: warm.zip(cold).map(|(w, c)| w / c <= 0.10),
+            });
+        }
+        if let Some(r) = self.rows.iter().find(|r| r.scenario.starts_with("scale")) {
+            checks.push(Check {
+                name: format!("{} proxy-sse: zero errors", r.scenario),
+                measured: format!(
+                    "{} calls, {} err, {} mism, {} foreign",
+                    r.calls, r.errors, r.mismatched, r.foreign
+                ),
+                target: "0 errors".into(),
+                pass: Some(r.errors == 0 && r.mismatched == 0 && r.foreign == 0 && r.calls > 0),
+            });
+        }
+        self.checks = checks;
+    }
+}
