@@ -35,6 +35,8 @@ pub const TERM_GRACE: Duration = Duration::from_secs(2);
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(300);
 /// How long a write to stdin may wait for queue space before the child counts as stalled.
 pub const STDIN_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Queued messages are joined into one write up to about this many bytes.
+const STDIN_BATCH_BYTES: usize = 64 * 1024;
 /// Longest stderr line logged; longer ones are cut.
 const MAX_STDERR_LINE: usize = 8 * 1024;
 
@@ -92,7 +94,7 @@ impl ChildHandle {
 
     /// Queues one line (without newline) for the child's stdin and records the ids of the
     /// requests in it as in flight.
-    pub async fn send(&self, line: Vec<u8>, request_ids: &[String]) -> Result<(), ChildError> {
+    pub async fn send(&self, mut line: Vec<u8>, request_ids: &[String]) -> Result<(), ChildError> {
         if self.exited.is_cancelled() || self.stop.is_cancelled() {
             return Err(ChildError::Gone);
         }
@@ -100,6 +102,9 @@ impl ChildHandle {
             let mut pending = lock(&self.pending);
             pending.extend(request_ids.iter().cloned());
         }
+        // The newline goes with the message, so the writer needs one write (and the child one
+        // wake-up) per message, not two.
+        line.push(b'\n');
         match tokio::time::timeout(STDIN_SEND_TIMEOUT, self.stdin_tx.send(Bytes::from(line))).await
         {
             Ok(Ok(())) => Ok(()),
@@ -252,11 +257,14 @@ fn set_parent_death_signal(cmd: &mut std::process::Command) {
     }
 }
 
+/// Writes queued messages (each already ending in a newline) to the child's stdin. When
+/// several are waiting they go out in one write: one syscall and one wake-up of the child.
 async fn write_stdin(
     mut stdin: ChildStdin,
     mut rx: mpsc::Receiver<Bytes>,
     stop: CancellationToken,
 ) {
+    let mut batch: Vec<u8> = Vec::new();
     loop {
         let line = tokio::select! {
             _ = stop.cancelled() => break,
@@ -265,14 +273,29 @@ async fn write_stdin(
                 None => break,
             },
         };
+        let out: &[u8] = if rx.is_empty() {
+            &line
+        } else {
+            batch.clear();
+            batch.extend_from_slice(&line);
+            while batch.len() < STDIN_BATCH_BYTES {
+                match rx.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            &batch
+        };
         let written = tokio::select! {
             _ = stop.cancelled() => break,
             r = async {
-                stdin.write_all(&line).await?;
-                stdin.write_all(b"\n").await?;
+                stdin.write_all(out).await?;
                 stdin.flush().await
             } => r,
         };
+        if batch.capacity() > 4 * STDIN_BATCH_BYTES {
+            batch = Vec::new();
+        }
         if let Err(e) = written {
             tracing::debug!(error = %e, "child stdin closed");
             break;
