@@ -30,7 +30,6 @@ pub async fn authorize(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Principal, Response> {
-    let resource_metadata = metadata_url(&state.public_url, &format!("{}{endpoint}", route.base));
     let result = async {
         if query_has_token(query) {
             return Err(AuthError::TokenInQuery);
@@ -47,6 +46,9 @@ pub async fn authorize(
     .await;
     result.map_err(|e| {
         tracing::info!(reason = e.reason(), detail = %e, server = %route.name, "request refused");
+        // Built only for a refusal: a granted request does not pay for the URL.
+        let resource_metadata =
+            metadata_url(&state.public_url, &format!("{}{endpoint}", route.base));
         e.into_response_with(&resource_metadata)
     })
 }

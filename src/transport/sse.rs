@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Extension;
@@ -16,8 +18,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::{ServerRoute, authorize, cap_reached, http_error, jsonrpc_error, no_session};
 use crate::child::{self, ChildError};
@@ -139,12 +140,17 @@ impl Drop for SessionGuard {
     }
 }
 
-struct StreamState {
+/// The session's event stream: the endpoint event, then one `message` event per child line,
+/// until the child is gone, shutdown, or the token expires. A hand-written `Stream` so that
+/// the shutdown and expiry futures are registered once per session, not once per event (a
+/// `select!` in `unfold` re-created them, taking the shutdown token's lock twice per message).
+struct SessionStream {
     endpoint: Option<String>,
     out_rx: mpsc::Receiver<String>,
     guard: SessionGuard,
-    shutdown: CancellationToken,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    done: bool,
 }
 
 fn session_stream(
@@ -154,40 +160,50 @@ fn session_stream(
     shutdown: CancellationToken,
     expiry: Option<Duration>,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    let span = guard.span.clone();
-    let state = StreamState {
+    SessionStream {
         endpoint: Some(endpoint),
         out_rx,
         guard,
-        shutdown,
+        shutdown: Box::pin(shutdown.cancelled_owned()),
         expiry: expiry.map(|d| Box::pin(tokio::time::sleep(d))),
-    };
-    futures::stream::unfold(state, move |mut st| {
-        async move {
-            if let Some(endpoint) = st.endpoint.take() {
-                return Some((Ok(Event::default().event("endpoint").data(endpoint)), st));
-            }
-            let expired = async {
-                match st.expiry.as_mut() {
-                    Some(sleep) => sleep.await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                line = st.out_rx.recv() => {
-                    let line = line?;
-                    st.guard.session.touch();
-                    Some((Ok(Event::default().event("message").data(line)), st))
-                }
-                _ = st.shutdown.cancelled() => None,
-                _ = expired => {
-                    tracing::info!("token expired; closing the stream");
-                    None
-                }
-            }
+        done: false,
+    }
+}
+
+impl Stream for SessionStream {
+    type Item = Result<Event, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
         }
-        .instrument(span.clone())
-    })
+        if let Some(endpoint) = this.endpoint.take() {
+            return Poll::Ready(Some(Ok(Event::default().event("endpoint").data(endpoint))));
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        if let Some(expiry) = this.expiry.as_mut()
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            tracing::info!(parent: &this.guard.span, "token expired; closing the stream");
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        match this.out_rx.poll_recv(cx) {
+            Poll::Ready(Some(line)) => {
+                this.guard.session.touch();
+                Poll::Ready(Some(Ok(Event::default().event("message").data(line))))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// `POST /message?sessionId=…` (also `session_id`, as the Python SDK sends): one client
