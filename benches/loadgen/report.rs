@@ -20,6 +20,9 @@ pub(crate) struct Row {
     pub(crate) calls_per_sec: Option<f64>,
     /// Proxy (or gateway) RSS at the end of the run, children excluded.
     pub(crate) rss_mib: Option<f64>,
+    /// CPU time the proxy (or gateway) process used per call in the measured window: a
+    /// figure that, unlike calls/s, holds up while other work shares the cores.
+    pub(crate) cpu_us_per_call: Option<f64>,
     pub(crate) note: String,
 }
 
@@ -92,7 +95,7 @@ impl Report {
         let _ = writeln!(out, "machine: {}", self.machine);
         let _ = writeln!(
             out,
-            "{:<10} {:<22} {:>8} {:>6} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8}  note",
+            "{:<10} {:<22} {:>8} {:>6} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}  note",
             "scenario",
             "target",
             "calls",
@@ -104,12 +107,13 @@ impl Report {
             "p99 ms",
             "max ms",
             "calls/s",
-            "RSS MiB"
+            "RSS MiB",
+            "cpu us"
         );
         for r in &self.rows {
             let _ = writeln!(
                 out,
-                "{:<10} {:<22} {:>8} {:>6} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8}  {}",
+                "{:<10} {:<22} {:>8} {:>6} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}  {}",
                 r.scenario,
                 r.target,
                 r.calls,
@@ -122,6 +126,7 @@ impl Report {
                 opt(r.max_ms, 3),
                 opt(r.calls_per_sec, 0),
                 opt(r.rss_mib, 1),
+                opt(r.cpu_us_per_call, 1),
                 r.note
             );
         }
@@ -148,13 +153,16 @@ impl Report {
         let _ = writeln!(out, "Command: `{}`\n", self.command);
         let _ = writeln!(
             out,
-            "| scenario | target | calls | errors | mismatched | foreign | p50 ms | p90 ms | p99 ms | max ms | calls/s | RSS MiB | note |"
+            "| scenario | target | calls | errors | mismatched | foreign | p50 ms | p90 ms | p99 ms | max ms | calls/s | RSS MiB | CPU µs/call | note |"
         );
-        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|");
+        let _ = writeln!(
+            out,
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
+        );
         for r in &self.rows {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.scenario,
                 r.target,
                 r.calls,
@@ -167,6 +175,7 @@ impl Report {
                 opt(r.max_ms, 3),
                 opt(r.calls_per_sec, 0),
                 opt(r.rss_mib, 1),
+                opt(r.cpu_us_per_call, 1),
                 r.note
             );
         }
