@@ -6,6 +6,7 @@ mod common;
 
 mod auth_rejections;
 mod cli;
+mod config_files;
 mod interop;
 mod legacy_sse;
 mod lifecycle;
