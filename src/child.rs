@@ -75,6 +75,20 @@ pub enum ExitReason {
     ConsumerGone,
 }
 
+/// Where a child's stdout lines go: a channel (one consumer, with backpressure) or a sink
+/// that routes each line synchronously (the multiplexer of [`crate::mux`]).
+pub trait LineSink: Send + Sync + 'static {
+    /// One JSON line from the child; `false` stops reading (nobody is listening any more).
+    fn line(&self, line: String) -> bool;
+    /// The child is gone: fail whatever still waits for it.
+    fn closed(&self);
+}
+
+enum Output {
+    Channel(mpsc::Sender<String>),
+    Sink(Arc<dyn LineSink>),
+}
+
 /// The handle that owns a running child. Dropping it stops the child and its process group.
 #[derive(Debug)]
 pub struct ChildHandle {
@@ -110,6 +124,12 @@ impl ChildHandle {
                 Err(ChildError::Stalled)
             }
         }
+    }
+
+    /// Queues a line without waiting (for cancellations sent from `Drop`); false if the queue
+    /// is full or the child is gone.
+    pub fn try_send(&self, line: Vec<u8>) -> bool {
+        self.stdin_tx.try_send(Bytes::from(line)).is_ok()
     }
 
     /// Asks the child to stop (close stdin, SIGTERM, SIGKILL); returns at once.
@@ -151,6 +171,27 @@ pub fn spawn(
     span: tracing::Span,
     tracker: &TaskTracker,
 ) -> Result<(ChildHandle, mpsc::Receiver<String>), ChildError> {
+    let (out_tx, out_rx) = mpsc::channel(STDOUT_QUEUE);
+    let handle = start(spec, span, tracker, Output::Channel(out_tx))?;
+    Ok((handle, out_rx))
+}
+
+/// Spawns the child with its stdout routed line by line into `sink`.
+pub fn spawn_with_sink(
+    spec: &ChildSpec,
+    span: tracing::Span,
+    tracker: &TaskTracker,
+    sink: Arc<dyn LineSink>,
+) -> Result<ChildHandle, ChildError> {
+    start(spec, span, tracker, Output::Sink(sink))
+}
+
+fn start(
+    spec: &ChildSpec,
+    span: tracing::Span,
+    tracker: &TaskTracker,
+    output: Output,
+) -> Result<ChildHandle, ChildError> {
     let mut child = command(spec).spawn().map_err(|source| ChildError::Spawn {
         command: spec.command.clone(),
         source,
@@ -170,7 +211,6 @@ pub fn spawn(
     tracing::info!(parent: &span, pid, command = %spec.command, "child spawned");
 
     let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
-    let (out_tx, out_rx) = mpsc::channel(STDOUT_QUEUE);
     let stop = CancellationToken::new();
     let exited = CancellationToken::new();
     let pending = Arc::new(Mutex::new(HashSet::new()));
@@ -180,23 +220,20 @@ pub fn spawn(
     let actor = Actor {
         child,
         pgid: Pid::from_raw(pid as i32),
-        out_tx,
+        output,
         pending: pending.clone(),
         stop: stop.clone(),
         exited: exited.clone(),
         max_line_bytes: spec.max_line_bytes,
     };
     tracker.spawn(actor.run(stdout).instrument(span));
-    Ok((
-        ChildHandle {
-            pid,
-            stdin_tx,
-            pending,
-            stop,
-            exited,
-        },
-        out_rx,
-    ))
+    Ok(ChildHandle {
+        pid,
+        stdin_tx,
+        pending,
+        stop,
+        exited,
+    })
 }
 
 /// The command: no shell, piped stdio, own process group, parent-death signal.
@@ -297,7 +334,7 @@ async fn drain_stderr(stderr: tokio::process::ChildStderr) {
 struct Actor {
     child: Child,
     pgid: Pid,
-    out_tx: mpsc::Sender<String>,
+    output: Output,
     pending: Arc<Mutex<HashSet<String>>>,
     stop: CancellationToken,
     exited: CancellationToken,
@@ -370,9 +407,12 @@ impl Actor {
     }
 
     async fn send_out(&self, line: String) -> bool {
-        tokio::select! {
-            r = self.out_tx.send(line) => r.is_ok(),
-            _ = self.stop.cancelled() => false,
+        match &self.output {
+            Output::Channel(tx) => tokio::select! {
+                r = tx.send(line) => r.is_ok(),
+                _ = self.stop.cancelled() => false,
+            },
+            Output::Sink(sink) => sink.line(line),
         }
     }
 
@@ -421,12 +461,19 @@ impl Actor {
     }
 
     async fn fail_pending(&mut self) {
+        let tx = match &self.output {
+            Output::Sink(sink) => {
+                sink.closed();
+                return;
+            }
+            Output::Channel(tx) => tx,
+        };
         let ids: Vec<String> = lock(&self.pending).drain().collect();
         for id in ids {
             let line =
                 jsonrpc::error_response(&id, jsonrpc::INTERNAL_ERROR, "server process exited");
             // The consumer may be gone or stuck: do not wait for it long.
-            let sent = tokio::time::timeout(Duration::from_secs(1), self.out_tx.send(line)).await;
+            let sent = tokio::time::timeout(Duration::from_secs(1), tx.send(line)).await;
             if !matches!(sent, Ok(Ok(()))) {
                 break;
             }

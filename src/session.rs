@@ -8,6 +8,20 @@ use std::time::Instant;
 
 use crate::auth::PrincipalKey;
 use crate::child::ChildHandle;
+use crate::mux::Mux;
+use crate::transport::standalone::Standalone;
+
+/// How a session talks to its child.
+#[derive(Debug)]
+pub enum Pipe {
+    /// Legacy HTTP+SSE: every child line goes to the session's one stream.
+    Direct(ChildHandle),
+    /// Streamable HTTP: answers routed to each request's stream; the rest to the GET stream.
+    Mux {
+        mux: Arc<Mux>,
+        standalone: Arc<Standalone>,
+    },
+}
 
 /// One MCP conversation and the child that serves it.
 #[derive(Debug)]
@@ -15,7 +29,9 @@ pub struct Session {
     pub id: String,
     pub owner: PrincipalKey,
     pub server: String,
-    pub child: ChildHandle,
+    pub pipe: Pipe,
+    /// A number unique among sessions, naming this session inside a shared multiplexer.
+    pub tag: u64,
     created: Instant,
     /// Milliseconds after `created` of the last client or child activity.
     last_activity_ms: AtomicU64,
@@ -23,6 +39,13 @@ pub struct Session {
 }
 
 impl Session {
+    pub fn child(&self) -> &ChildHandle {
+        match &self.pipe {
+            Pipe::Direct(child) => child,
+            Pipe::Mux { mux, .. } => mux.child(),
+        }
+    }
+
     pub fn touch(&self) {
         let ms = self.created.elapsed().as_millis() as u64;
         self.last_activity_ms.store(ms, Ordering::Relaxed);
@@ -119,12 +142,14 @@ impl SessionRegistry {
     }
 
     /// Registers a session under `id` (from [`new_session_id`]).
-    pub fn insert(&self, id: String, slot: Slot, server: &str, child: ChildHandle) -> Arc<Session> {
+    pub fn insert(&self, id: String, slot: Slot, server: &str, pipe: Pipe) -> Arc<Session> {
+        static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
         let session = Arc::new(Session {
             id: id.clone(),
             owner: slot.owner.clone(),
             server: server.to_owned(),
-            child,
+            pipe,
+            tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
             created: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
             _slot: slot,
@@ -143,7 +168,7 @@ impl SessionRegistry {
     /// Removes a session and stops its child.
     pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
         let session = lock(&self.sessions).remove(id)?;
-        session.child.stop();
+        session.child().stop();
         Some(session)
     }
 

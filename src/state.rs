@@ -25,6 +25,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Cancelled when the proxy shuts down: every stream ends.
     pub shutdown: CancellationToken,
+    /// Children serving the modern era (per principal, or shared).
+    pub pool: Arc<crate::pool::ChildPool>,
     /// Children spawned since start (tests assert that refused requests spawn nothing).
     pub spawned: std::sync::atomic::AtomicU64,
 }

@@ -76,7 +76,9 @@ pub async fn open(
     state
         .spawned
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let session = state.sessions.insert(id, slot, &route.name, child);
+    let session = state
+        .sessions
+        .insert(id, slot, &route.name, crate::session::Pipe::Direct(child));
     tracing::info!(parent: &span, "legacy SSE session opened");
 
     // The endpoint event names the POST URL, built from public_url so that it survives any
@@ -210,12 +212,20 @@ pub async fn message(
     let Some(session) = state.sessions.get(id, &principal.key(), &route.name) else {
         return no_session();
     };
+    if !matches!(session.pipe, crate::session::Pipe::Direct(_)) {
+        // A Streamable HTTP session is not reachable through the legacy POST endpoint.
+        return no_session();
+    }
     let message = match jsonrpc::client_message(&body) {
         Ok(m) => m,
         Err(e) => return jsonrpc_error(StatusCode::BAD_REQUEST, e.code(), e.message()),
     };
     session.touch();
-    match session.child.send(message.line, &message.request_ids).await {
+    match session
+        .child()
+        .send(message.line, &message.request_ids)
+        .await
+    {
         Ok(()) => (StatusCode::ACCEPTED, "Accepted").into_response(),
         Err(ChildError::Gone) => no_session(),
         Err(e) => {

@@ -10,3 +10,4 @@ mod config_files;
 mod interop;
 mod legacy_sse;
 mod lifecycle;
+mod streamable;
