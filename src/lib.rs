@@ -14,6 +14,7 @@ pub mod child;
 pub mod config;
 pub mod jsonrpc;
 pub mod mux;
+pub mod policy;
 pub mod pool;
 pub mod router;
 pub mod session;
@@ -171,7 +172,7 @@ fn start_idle_reaper(state: &Arc<AppState>) {
             for session in state.sessions.all() {
                 let busy = match &session.pipe {
                     session::Pipe::Mux { mux, .. } => mux.in_flight() > 0,
-                    session::Pipe::Direct(_) => false,
+                    session::Pipe::Direct { .. } => false,
                 };
                 if !busy
                     && session.idle_for() >= idle

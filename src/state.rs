@@ -35,6 +35,7 @@ pub struct AppState {
 pub struct ServerRuntime {
     pub name: String,
     pub config: ServerConfig,
+    pub policy: crate::policy::ToolPolicy,
     env_remove: Vec<String>,
 }
 
@@ -50,6 +51,7 @@ impl ServerRuntime {
     pub fn new(name: &str, config: ServerConfig, env_remove: Vec<String>) -> Self {
         Self {
             name: name.to_owned(),
+            policy: crate::policy::ToolPolicy::new(&config.tool_rules),
             config,
             env_remove,
         }

@@ -33,6 +33,7 @@ use crate::auth::Principal;
 use crate::child::ChildError;
 use crate::jsonrpc::{self, ClientMessage, Kind};
 use crate::mux::{Item, Mux, ROUTE_QUEUE, RouteError, Ticket};
+use crate::policy::{TOOL_DENIED, ToolPolicy, Verdict};
 use crate::pool::PoolError;
 use crate::session::{Pipe, Session};
 use crate::state::AppState;
@@ -141,6 +142,10 @@ async fn initialize(
     let Some(server) = state.servers.get(&*route.name) else {
         return no_session();
     };
+    let list_filter = match tool_gate(state, route, principal, message) {
+        Ok(f) => f,
+        Err(response) => return response,
+    };
     let slot = match state.sessions.reserve(&principal.key()) {
         Ok(slot) => slot,
         Err(e) => return cap_reached(e),
@@ -200,6 +205,7 @@ async fn initialize(
         accepts_sse(headers),
         false,
         timeout_for(state, route, message),
+        list_filter,
     )
     .await;
     if let Ok(v) = HeaderValue::from_str(&session.id) {
@@ -247,6 +253,10 @@ async fn session_post(
         );
     }
     session.touch();
+    let list_filter = match tool_gate(state, route, principal, message) {
+        Ok(f) => f,
+        Err(response) => return response,
+    };
     respond(
         state,
         mux,
@@ -255,6 +265,7 @@ async fn session_post(
         accepts_sse(headers),
         false,
         timeout_for(state, route, message),
+        list_filter,
     )
     .await
 }
@@ -417,6 +428,10 @@ async fn modern_post(
     let Some(server) = state.servers.get(&*route.name) else {
         return no_session();
     };
+    let list_filter = match tool_gate(state, route, principal, message) {
+        Ok(f) => f,
+        Err(response) => return response,
+    };
     let mux = match state
         .pool
         .get_or_spawn(server, principal, &state.sessions, &state.tracker)
@@ -446,11 +461,51 @@ async fn modern_post(
         accepts_sse(headers),
         true,
         timeout_for(state, route, message),
+        list_filter,
     )
     .await
 }
 
+/// A `tools/list` answer to filter: the server's policy and the caller's scopes.
+type ListFilter = Option<(ToolPolicy, Vec<String>)>;
+
+/// Applies the server's tool rules (DESIGN §4): a denied `tools/call` is answered here with a
+/// JSON-RPC error and never reaches the child; a `tools/list` gets its answer filtered.
+fn tool_gate(
+    state: &AppState,
+    route: &ServerRoute,
+    principal: &Principal,
+    message: &ClientMessage,
+) -> Result<ListFilter, Response> {
+    let Some(server) = state.servers.get(&*route.name) else {
+        return Ok(None);
+    };
+    if server.policy.is_empty() || message.batch {
+        return Ok(None);
+    }
+    match server.policy.judge(&message.line, &principal.scopes) {
+        Verdict::Allow => Ok(None),
+        Verdict::FilterList => Ok(Some((server.policy.clone(), principal.scopes.clone()))),
+        Verdict::Deny(why) => {
+            tracing::info!(sub = %principal.sub, "{why}");
+            let id = message.request_ids.first().map_or("null", String::as_str);
+            Err(json_response(
+                &jsonrpc::error_response(id, TOOL_DENIED, &why),
+                false,
+            ))
+        }
+    }
+}
+
+fn apply_filter(filter: &ListFilter, line: String) -> String {
+    match filter {
+        Some((policy, scopes)) => policy.filter_list(&line, scopes).unwrap_or(line),
+        None => line,
+    }
+}
+
 /// Sends the message to the child and answers with what comes back for it.
+#[allow(clippy::too_many_arguments)]
 async fn respond(
     state: &Arc<AppState>,
     mux: &Arc<Mux>,
@@ -459,6 +514,7 @@ async fn respond(
     sse_ok: bool,
     cancel_on_drop: bool,
     timeout: Option<Duration>,
+    list_filter: ListFilter,
 ) -> Response {
     let Ok(text) = std::str::from_utf8(&message.line) else {
         return jsonrpc_error(StatusCode::BAD_REQUEST, jsonrpc::PARSE_ERROR, "Parse error");
@@ -514,10 +570,10 @@ async fn respond(
         Next::Closed => return http_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     };
     if !message.batch
-        && let Item::Final(line) = &first
+        && let Item::Final(line) = first
     {
         ticket.complete_one();
-        return json_response(line, owner.is_none());
+        return json_response(&apply_filter(&list_filter, line), owner.is_none());
     }
     if !sse_ok {
         // The client takes JSON only: wait for the answers, drop the notifications.
@@ -525,7 +581,7 @@ async fn respond(
         let mut item = Some(first);
         loop {
             if let Some(Item::Final(line)) = item.take() {
-                finals.push(line);
+                finals.push(apply_filter(&list_filter, line));
                 if ticket.complete_one() {
                     break;
                 }
@@ -552,6 +608,7 @@ async fn respond(
         deadline,
         state.shutdown.clone(),
         original_id,
+        list_filter,
     );
     let keepalive = KeepAlive::new()
         .interval(Duration::from_secs(state.config.http.sse_keepalive_secs))
@@ -624,6 +681,7 @@ struct RequestStream {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     shutdown: CancellationToken,
     original_id: String,
+    list_filter: ListFilter,
     done: bool,
 }
 
@@ -634,6 +692,7 @@ fn request_stream(
     deadline: Option<tokio::time::Instant>,
     shutdown: CancellationToken,
     original_id: String,
+    list_filter: ListFilter,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let st = RequestStream {
         first: Some(first),
@@ -642,6 +701,7 @@ fn request_stream(
         deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         shutdown,
         original_id,
+        list_filter,
         done: false,
     };
     futures::stream::unfold(st, |mut st| async move {
@@ -677,7 +737,7 @@ fn request_stream(
                 if st.ticket.complete_one() {
                     st.done = true;
                 }
-                line
+                apply_filter(&st.list_filter, line)
             }
         };
         Some((Ok(Event::default().data(line)), st))

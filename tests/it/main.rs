@@ -11,3 +11,4 @@ mod interop;
 mod legacy_sse;
 mod lifecycle;
 mod streamable;
+mod tool_rules;
