@@ -471,6 +471,7 @@ type ListFilter = Option<(ToolPolicy, Vec<String>)>;
 
 /// Applies the server's tool rules (DESIGN §4): a denied `tools/call` is answered here with a
 /// JSON-RPC error and never reaches the child; a `tools/list` gets its answer filtered.
+#[allow(clippy::result_large_err)] // an early answer, built once per request
 fn tool_gate(
     state: &AppState,
     route: &ServerRoute,
