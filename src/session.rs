@@ -20,6 +20,8 @@ pub enum Pipe {
     Mux {
         mux: Arc<Mux>,
         standalone: Arc<Standalone>,
+        /// Set when the child serves several sessions (`child_scope = "principal" | "shared"`).
+        share: Option<Arc<crate::pool::SessionShare>>,
     },
 }
 
@@ -198,7 +200,10 @@ impl SessionRegistry {
     /// Removes a session and stops its child.
     pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
         let session = lock(&self.sessions).remove(id)?;
-        session.child().stop();
+        // A child shared with other sessions stays; the pool reaps it when idle.
+        if !matches!(session.pipe, Pipe::Mux { share: Some(_), .. }) {
+            session.child().stop();
+        }
         Some(session)
     }
 

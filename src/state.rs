@@ -36,6 +36,8 @@ pub struct ServerRuntime {
     pub name: String,
     pub config: ServerConfig,
     pub policy: crate::policy::ToolPolicy,
+    /// Children spawned ahead (`warm_pool`), when configured.
+    pub warm: std::sync::OnceLock<Arc<crate::warm::WarmPool>>,
     env_remove: Vec<String>,
 }
 
@@ -52,6 +54,7 @@ impl ServerRuntime {
         Self {
             name: name.to_owned(),
             policy: crate::policy::ToolPolicy::new(&config.tool_rules),
+            warm: std::sync::OnceLock::new(),
             config,
             env_remove,
         }
@@ -91,6 +94,7 @@ impl ServerRuntime {
             env_remove: self.env_remove.clone(),
             cwd: self.config.cwd.clone(),
             max_line_bytes: self.config.max_line_bytes,
+            request_timeout: std::time::Duration::from_secs(self.config.request_timeout_secs),
         })
     }
 }

@@ -64,7 +64,15 @@ pub async fn open(
     };
     let id = crate::session::new_session_id();
     let span = tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name);
-    let (child, out_rx) = match child::spawn(&spec, span.clone(), &state.tracker) {
+    let warm = server.warm.get().and_then(|w| w.take());
+    let spawned = match warm {
+        Some(w) => {
+            tracing::info!(parent: &span, pid = w.child.pid(), "warm child handed to the session");
+            Ok((w.child, w.output))
+        }
+        None => child::spawn(&spec, span.clone(), &state.tracker),
+    };
+    let (child, out_rx) = match spawned {
         Ok(pair) => pair,
         Err(e) => {
             tracing::error!(parent: &span, error = %e, "spawning the server failed");

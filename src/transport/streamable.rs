@@ -146,6 +146,9 @@ async fn initialize(
         Ok(f) => f,
         Err(response) => return response,
     };
+    if server.config.child_scope != crate::config::ChildScope::Session {
+        return initialize_shared(state, route, principal, message).await;
+    }
     let slot = match state.sessions.reserve(&principal.key()) {
         Ok(slot) => slot,
         Err(e) => return cap_reached(e),
@@ -162,7 +165,14 @@ async fn initialize(
     };
     let id = crate::session::new_session_id();
     let span = tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name);
-    let mux = match Mux::spawn(&spec, span.clone(), &state.tracker) {
+    let spawned = match server.warm.get().and_then(|w| w.take()) {
+        Some(w) => {
+            tracing::info!(parent: &span, pid = w.child.pid(), "warm child handed to the session");
+            Ok(Mux::adopt(w.child, w.output, &state.tracker))
+        }
+        None => Mux::spawn(&spec, span.clone(), &state.tracker),
+    };
+    let mux = match spawned {
         Ok(mux) => mux,
         Err(e) => {
             tracing::error!(parent: &span, error = %e, "spawning the server failed");
@@ -184,6 +194,7 @@ async fn initialize(
         Pipe::Mux {
             mux: mux.clone(),
             standalone,
+            share: None,
         },
     );
     tracing::info!(parent: &span, "streamable HTTP session opened");
@@ -214,6 +225,145 @@ async fn initialize(
     response
 }
 
+/// `initialize` under `child_scope = "principal" | "shared"`: the session joins the child that
+/// the principal's (or everyone's) sessions share. The child is initialized once; later
+/// sessions get that `InitializeResult` with their own id. Ids of all sessions are rewritten by
+/// the multiplexer, so they never collide.
+async fn initialize_shared(
+    state: &Arc<AppState>,
+    route: &ServerRoute,
+    principal: &Principal,
+    message: &ClientMessage,
+) -> Response {
+    let Some(server) = state.servers.get(&*route.name) else {
+        return no_session();
+    };
+    let slot = match state.sessions.reserve(&principal.key()) {
+        Ok(slot) => slot,
+        Err(e) => return cap_reached(e),
+    };
+    let (mux, share) = match state.pool.get_or_spawn_for_sessions(
+        server,
+        principal,
+        &state.sessions,
+        &state.tracker,
+    ) {
+        Ok(pair) => pair,
+        Err(e) => return pool_error(route, e),
+    };
+    let id = crate::session::new_session_id();
+    let span = tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name);
+    let standalone = Arc::new(Standalone::new());
+    share.broadcast.add(&standalone);
+    let session = state.sessions.insert(
+        id,
+        slot,
+        &route.name,
+        Pipe::Mux {
+            mux: mux.clone(),
+            standalone,
+            share: Some(share.clone()),
+        },
+    );
+    tracing::info!(parent: &span, pid = mux.child().pid(), "session joined a shared child");
+    watch_child_exit(state, &mux, &session.id, span);
+    let client_id = message
+        .request_ids
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "null".into());
+    let mut init = share.init.lock().await;
+    if init.is_none() {
+        let Ok(text) = std::str::from_utf8(&message.line) else {
+            return jsonrpc_error(StatusCode::BAD_REQUEST, jsonrpc::PARSE_ERROR, "Parse error");
+        };
+        let (tx, mut rx) = mpsc::channel(ROUTE_QUEUE);
+        let _ticket = match mux.send_requests(text, Some(session.tag), tx, true).await {
+            Ok(t) => t,
+            Err(_) => return http_error(StatusCode::BAD_GATEWAY, "the MCP server process exited"),
+        };
+        let deadline = timeout_for(state, route, message).map(|t| tokio::time::Instant::now() + t);
+        let result = loop {
+            match next_item(&mut rx, deadline, &state.shutdown).await {
+                Next::Item(Item::Final(line)) => break line,
+                Next::Item(Item::Message(_)) => continue,
+                Next::TimedOut | Next::Closed => {
+                    state.sessions.remove(&session.id);
+                    return http_error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the MCP server did not answer initialize",
+                    );
+                }
+            }
+        };
+        let parsed: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
+        match parsed.get("result") {
+            Some(r) => *init = Some(r.to_string()),
+            None => {
+                // The child refused: pass its error on, cache nothing.
+                state.sessions.remove(&session.id);
+                return json_response(&result, false);
+            }
+        }
+    }
+    let cached = init.clone().unwrap_or_else(|| "{}".into());
+    drop(init);
+    let body = format!(r#"{{"jsonrpc":"2.0","id":{client_id},"result":{cached}}}"#);
+    let mut response = json_response(&body, false);
+    if let Ok(v) = HeaderValue::from_str(&session.id) {
+        response.headers_mut().insert(SESSION_HEADER, v);
+    }
+    response
+}
+
+/// Ends a session when its child exits.
+fn watch_child_exit(state: &Arc<AppState>, mux: &Arc<Mux>, session_id: &str, span: tracing::Span) {
+    let sessions = state.sessions.clone();
+    let exited = mux.child().exited_token();
+    let session_id = session_id.to_owned();
+    state.tracker.spawn(async move {
+        exited.cancelled().await;
+        if sessions.remove(&session_id).is_some() {
+            tracing::info!(parent: &span, "session ended: the server process exited");
+        }
+    });
+}
+
+fn pool_error(route: &ServerRoute, e: PoolError) -> Response {
+    match e {
+        PoolError::Cap(e) => cap_reached(e),
+        PoolError::Backoff {
+            crashes,
+            retry_after,
+        } => {
+            tracing::warn!(server = %route.name, crashes, "child restart delayed");
+            let mut r = http_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the MCP server keeps exiting; retry later",
+            );
+            let secs = retry_after.as_secs().max(1).to_string();
+            if let Ok(v) = HeaderValue::from_str(&secs) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        PoolError::Claims(e) => {
+            tracing::warn!(error = %e, "cannot build the child environment");
+            http_error(
+                StatusCode::FORBIDDEN,
+                "the token lacks a claim this server needs",
+            )
+        }
+        PoolError::Spawn(e) => {
+            tracing::error!(error = %e, server = %route.name, "spawning the server failed");
+            http_error(
+                StatusCode::BAD_GATEWAY,
+                "the MCP server could not be started",
+            )
+        }
+    }
+}
+
 /// A POST that names a session.
 async fn session_post(
     state: &Arc<AppState>,
@@ -230,9 +380,18 @@ async fn session_post(
     else {
         return no_session();
     };
-    let Pipe::Mux { mux, .. } = &session.pipe else {
+    let Pipe::Mux { mux, share, .. } = &session.pipe else {
         return no_session();
     };
+    // On a shared child only the first session's `notifications/initialized` is forwarded.
+    if let Some(share) = share
+        && message.first_method.as_deref() == Some("notifications/initialized")
+        && share
+            .initialized_sent
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
+        return StatusCode::ACCEPTED.into_response();
+    }
     let version = version.unwrap_or(DEFAULT_SESSION_VERSION);
     if !SESSION_VERSIONS.contains(&version) {
         return unsupported_version(version, message);
@@ -437,21 +596,7 @@ async fn modern_post(
         .get_or_spawn(server, principal, &state.sessions, &state.tracker)
     {
         Ok(mux) => mux,
-        Err(PoolError::Cap(e)) => return cap_reached(e),
-        Err(PoolError::Claims(e)) => {
-            tracing::warn!(error = %e, "cannot build the child environment");
-            return http_error(
-                StatusCode::FORBIDDEN,
-                "the token lacks a claim this server needs",
-            );
-        }
-        Err(PoolError::Spawn(e)) => {
-            tracing::error!(error = %e, server = %route.name, "spawning the server failed");
-            return http_error(
-                StatusCode::BAD_GATEWAY,
-                "the MCP server could not be started",
-            );
-        }
+        Err(e) => return pool_error(route, e),
     };
     respond(
         state,
