@@ -221,7 +221,14 @@ async fn idle_sessions_are_reaped_even_with_an_open_stream() {
         "stream closed by the reaper"
     );
     assert!(wait_group_empty(pid, Duration::from_secs(10)).await);
-    assert!(proxy.state.sessions.is_empty());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !proxy.state.sessions.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle Streamable session was not reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         s.call_tool(json!(1), "echo", json!({"message":"x"}))
             .await
