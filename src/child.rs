@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -335,15 +335,62 @@ async fn write_stdin(
     // Dropping stdin closes the pipe: the polite first step of stopping a stdio server.
 }
 
+/// One frame of a child's output.
+#[derive(Debug)]
+enum Frame {
+    Line(String),
+    /// A line over the limit (discarded up to its newline).
+    Oversized,
+    /// A line that is not UTF-8 (discarded).
+    NotUtf8,
+}
+
+/// Newline framing with a length limit that survives bad lines. `FramedRead` ends the stream
+/// after any decoder error, so `LinesCodec`'s recoverable errors (an over-long line, which it
+/// discards up to the next newline; a line that is not UTF-8, already consumed) are turned into
+/// frames here instead: one bad line must not end the session.
+struct BoundedLines(LinesCodec);
+
+impl BoundedLines {
+    fn new(max: usize) -> Self {
+        Self(LinesCodec::new_with_max_length(max))
+    }
+
+    fn map(r: Result<Option<String>, LinesCodecError>) -> Result<Option<Frame>, std::io::Error> {
+        match r {
+            Ok(line) => Ok(line.map(Frame::Line)),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Frame::Oversized)),
+            Err(LinesCodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Ok(Some(Frame::NotUtf8))
+            }
+            Err(LinesCodecError::Io(e)) => Err(e),
+        }
+    }
+}
+
+impl Decoder for BoundedLines {
+    type Item = Frame;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Frame>, std::io::Error> {
+        Self::map(self.0.decode(buf))
+    }
+
+    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Frame>, std::io::Error> {
+        Self::map(self.0.decode_eof(buf))
+    }
+}
+
 async fn drain_stderr(stderr: tokio::process::ChildStderr) {
-    let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(MAX_STDERR_LINE));
-    while let Some(line) = lines.next().await {
-        match line {
-            Ok(line) => tracing::info!(target: "child_stderr", "{line}"),
-            Err(LinesCodecError::MaxLineLengthExceeded) => {
+    let mut lines = FramedRead::new(stderr, BoundedLines::new(MAX_STDERR_LINE));
+    while let Some(frame) = lines.next().await {
+        match frame {
+            Ok(Frame::Line(line)) => tracing::info!(target: "child_stderr", "{line}"),
+            Ok(Frame::Oversized) => {
                 tracing::info!(target: "child_stderr", "(stderr line over {MAX_STDERR_LINE} bytes dropped)")
             }
-            Err(LinesCodecError::Io(_)) => break,
+            Ok(Frame::NotUtf8) => tracing::info!(target: "child_stderr", "(stderr line not UTF-8)"),
+            Err(_) => break,
         }
     }
 }
@@ -364,8 +411,7 @@ struct Actor {
 
 impl Actor {
     async fn run(mut self, stdout: ChildStdout) {
-        let mut lines =
-            FramedRead::new(stdout, LinesCodec::new_with_max_length(self.max_line_bytes));
+        let mut lines = FramedRead::new(stdout, BoundedLines::new(self.max_line_bytes));
         let mut status: Option<ExitStatus> = None;
         let tick_every =
             (self.request_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
@@ -388,8 +434,8 @@ impl Actor {
                         tokio::select! {
                             _ = &mut deadline => break,
                             line = lines.next() => match line {
-                                Some(Ok(line)) => { if !self.forward(line).await { break; } }
-                                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => self.oversized(),
+                                Some(Ok(Frame::Line(line))) => { if !self.forward(line).await { break; } }
+                                Some(Ok(bad)) => self.dropped(&bad),
                                 _ => break,
                             }
                         }
@@ -397,13 +443,13 @@ impl Actor {
                     break ExitReason::Exited;
                 }
                 line = lines.next() => match line {
-                    Some(Ok(line)) => {
+                    Some(Ok(Frame::Line(line))) => {
                         if !self.forward(line).await {
                             break ExitReason::ConsumerGone;
                         }
                     }
-                    Some(Err(LinesCodecError::MaxLineLengthExceeded)) => self.oversized(),
-                    Some(Err(LinesCodecError::Io(e))) => {
+                    Some(Ok(bad)) => self.dropped(&bad),
+                    Some(Err(e)) => {
                         tracing::warn!(error = %e, "reading child stdout failed");
                         break ExitReason::Exited;
                     }
@@ -493,11 +539,14 @@ impl Actor {
         true
     }
 
-    fn oversized(&self) {
-        tracing::warn!(
-            max_line_bytes = self.max_line_bytes,
-            "child wrote a line over max_line_bytes; dropped"
-        );
+    fn dropped(&self, frame: &Frame) {
+        match frame {
+            Frame::Oversized => tracing::warn!(
+                max_line_bytes = self.max_line_bytes,
+                "child wrote a line over max_line_bytes; dropped"
+            ),
+            _ => tracing::warn!("child wrote a line that is not UTF-8; dropped"),
+        }
     }
 
     /// Stops the child and every process in its group; returns the child's exit status.

@@ -8,6 +8,7 @@ mod auth_rejections;
 mod child_policy;
 mod cli;
 mod config_files;
+mod faults;
 mod interop;
 mod legacy_sse;
 mod lifecycle;
