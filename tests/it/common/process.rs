@@ -94,10 +94,11 @@ pub fn descendants(root: u32) -> Vec<u32> {
                 continue;
             };
             let f: Vec<&str> = rest.split_whitespace().collect();
-            if f.len() > 1 && f[0] != "Z" {
-                if let Ok(ppid) = f[1].parse::<u32>() {
-                    parent_of.push((pid, ppid));
-                }
+            if f.len() > 1
+                && f[0] != "Z"
+                && let Ok(ppid) = f[1].parse::<u32>()
+            {
+                parent_of.push((pid, ppid));
             }
         }
     }
@@ -138,12 +139,11 @@ pub fn processes_with_env(marker: &str) -> Vec<u32> {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
-            if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-                if env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes())
-                    && super::process_alive(pid)
-                {
-                    out.push(pid);
-                }
+            if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+                && env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes())
+                && super::process_alive(pid)
+            {
+                out.push(pid);
             }
         }
     }
