@@ -12,5 +12,6 @@ mod faults;
 mod interop;
 mod legacy_sse;
 mod lifecycle;
+mod soak;
 mod streamable;
 mod tool_rules;
