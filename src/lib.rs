@@ -149,40 +149,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// Fetches every issuer's keys (retrying with backoff until they load), then refreshes them
-/// in the background. Readiness waits for the first load.
+/// Starts one task per JWKS issuer that loads its keys (retrying until they load; readiness
+/// waits for every issuer) and then keeps them fresh until shutdown.
 fn start_key_loading(state: &Arc<AppState>) {
-    let auth = state.auth.clone();
-    let shutdown = state.shutdown.clone();
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            let failures = auth.load_keys().await;
-            if failures.is_empty() {
-                break;
-            }
-            for (issuer, e) in failures {
-                tracing::warn!(issuer, error = %e, "loading keys failed; retrying");
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-        }
-        for (cache, every) in auth.jwks_caches() {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(every) => {}
-                    }
-                    if let Err(e) = cache.refresh().await {
-                        tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set");
-                    }
-                }
-            });
-        }
-    });
+    for cache in state.auth.jwks_caches() {
+        tokio::spawn(cache.maintain(state.shutdown.clone()));
+    }
 }

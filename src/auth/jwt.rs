@@ -12,7 +12,7 @@ use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
-use super::jwks::{JwksCache, JwksError, fetch_json};
+use super::jwks::{JwksCache, JwksSource, JwksStats};
 use super::{AuthError, Principal};
 use crate::config::{AuthConfig, IssuerConfig, is_hmac, parse_algorithm};
 
@@ -28,8 +28,6 @@ struct Issuer {
     name: String,
     algorithms: Vec<Algorithm>,
     keys: KeySource,
-    discovery: bool,
-    refresh: Duration,
 }
 
 /// Validates bearer tokens against the configured issuers.
@@ -38,7 +36,6 @@ pub struct Authenticator {
     audiences: Vec<String>,
     leeway: u64,
     required_scopes: Vec<String>,
-    client: reqwest::Client,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +47,8 @@ pub enum AuthSetupError {
 }
 
 impl Authenticator {
-    /// Builds the validators. HMAC secrets are read from `env` now; JWKS are fetched by
-    /// [`Authenticator::load_keys`].
+    /// Builds the validators. HMAC secrets are read from `env` now; JWKS are fetched by the
+    /// caches' [`JwksCache::maintain`] tasks (see [`Authenticator::jwks_caches`]).
     pub fn new(
         config: &AuthConfig,
         audiences: Vec<String>,
@@ -73,7 +70,6 @@ impl Authenticator {
             audiences,
             leeway: config.leeway_secs,
             required_scopes: config.required_scopes.clone(),
-            client,
         })
     }
 
@@ -97,42 +93,29 @@ impl Authenticator {
         })
     }
 
-    /// Loads every issuer's JWKS once (after discovery where configured). Errors are returned
-    /// per issuer; the caller retries.
-    pub async fn load_keys(&self) -> Vec<(String, JwksError)> {
-        let mut failures = Vec::new();
-        for issuer in self.issuers.values() {
-            let KeySource::Jwks(cache) = &issuer.keys else {
-                continue;
-            };
-            if cache.is_loaded() {
-                continue;
-            }
-            if issuer.discovery && cache.url().is_none() {
-                match discover_jwks_uri(&self.client, &issuer.name).await {
-                    Ok(url) => cache.set_url(url),
-                    Err(e) => {
-                        failures.push((issuer.name.clone(), e));
-                        continue;
-                    }
-                }
-            }
-            if let Err(e) = cache.refresh().await {
-                failures.push((issuer.name.clone(), e));
-            }
-        }
-        failures
-    }
-
-    /// Every JWKS cache with its refresh interval, for the background refresher.
-    pub fn jwks_caches(&self) -> Vec<(Arc<JwksCache>, Duration)> {
+    /// Every issuer's JWKS cache; each runs [`JwksCache::maintain`] in the background.
+    pub fn jwks_caches(&self) -> Vec<Arc<JwksCache>> {
         self.issuers
             .values()
             .filter_map(|i| match &i.keys {
-                KeySource::Jwks(cache) => Some((cache.clone(), i.refresh)),
+                KeySource::Jwks(cache) => Some(cache.clone()),
                 KeySource::Secret(_) => None,
             })
             .collect()
+    }
+
+    /// The JWKS counters per issuer (sorted by issuer), for metrics.
+    pub fn jwks_stats(&self) -> Vec<(String, JwksStats)> {
+        let mut out: Vec<(String, JwksStats)> = self
+            .issuers
+            .values()
+            .filter_map(|i| match &i.keys {
+                KeySource::Jwks(cache) => Some((i.name.clone(), cache.stats())),
+                KeySource::Secret(_) => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Validates a token and checks the global required scopes.
@@ -207,9 +190,16 @@ fn build_issuer(
             .ok_or_else(|| AuthSetupError::MissingSecret(var.clone()))?;
         KeySource::Secret(DecodingKey::from_secret(secret.as_bytes()))
     } else {
+        let source = match &config.jwks_url {
+            Some(url) => JwksSource::Url(url.clone()),
+            None => JwksSource::Discovery {
+                issuer: config.issuer.clone(),
+            },
+        };
         let cache = JwksCache::new(
-            config.jwks_url.clone(),
+            source,
             client.clone(),
+            Duration::from_secs(config.jwks_refresh_secs),
             Duration::from_secs(config.jwks_min_refetch_secs),
         );
         KeySource::Jwks(Arc::new(cache))
@@ -218,34 +208,7 @@ fn build_issuer(
         name: config.issuer.clone(),
         algorithms,
         keys,
-        discovery: config.discovery,
-        refresh: Duration::from_secs(config.jwks_refresh_secs),
     })
-}
-
-/// OIDC discovery: `{issuer}/.well-known/openid-configuration`, whose `issuer` must equal ours
-/// exactly (OpenID Connect Discovery §4.3), gives the `jwks_uri`.
-async fn discover_jwks_uri(client: &reqwest::Client, issuer: &str) -> Result<String, JwksError> {
-    #[derive(serde::Deserialize)]
-    struct Discovery {
-        issuer: String,
-        jwks_uri: String,
-    }
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
-    let doc: Discovery = fetch_json(client, &url).await?;
-    if doc.issuer != issuer {
-        return Err(JwksError::Parse {
-            url,
-            reason: format!(
-                "discovery document names issuer `{}`, expected `{issuer}`",
-                doc.issuer
-            ),
-        });
-    }
-    Ok(doc.jwks_uri)
 }
 
 /// Reads `iss` from the payload without verifying it, only to choose the issuer's keys; the
