@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
@@ -234,8 +236,8 @@ fn unverified_issuer(token: &str) -> Result<String, AuthError> {
         .ok_or_else(|| AuthError::MissingClaim("iss".into()))
 }
 
-/// Builds the verification key from a JWK, refusing a JWK whose declared `alg`, `use` or key
-/// type does not fit the token's algorithm.
+/// Builds the verification key from a JWK, refusing a JWK whose declared `alg`, `use`,
+/// `key_ops`, key type or curve does not fit the token's algorithm.
 fn decoding_key_for(jwk: &Jwk, alg: Algorithm) -> Result<DecodingKey, AuthError> {
     if let Some(key_alg) = jwk.common.key_algorithm
         && !key_algorithm_matches(key_alg, alg)
@@ -246,6 +248,30 @@ fn decoding_key_for(jwk: &Jwk, alg: Algorithm) -> Result<DecodingKey, AuthError>
         && *key_use != PublicKeyUse::Signature
     {
         return Err(AuthError::KeyMismatch("JWK is not a signing key"));
+    }
+    if let Some(ops) = &jwk.common.key_operations
+        && !ops.contains(&KeyOperations::Verify)
+    {
+        return Err(AuthError::KeyMismatch("JWK key_ops lacks verify"));
+    }
+    // An EC or OKP key's curve pins the algorithm (RFC 7518 §3.4, RFC 8037 §3.1).
+    let curve_fits = match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(ec) => matches!(
+            (&ec.curve, alg),
+            (EllipticCurve::P256, Algorithm::ES256) | (EllipticCurve::P384, Algorithm::ES384)
+        ),
+        AlgorithmParameters::OctetKeyPair(okp) => {
+            matches!((&okp.curve, alg), (EllipticCurve::Ed25519, Algorithm::EdDSA))
+        }
+        // Symmetric JWKs are dropped when the set is fetched; refuse them here as well.
+        AlgorithmParameters::OctetKey(_) => false,
+        // RSA; anything else fails in `from_jwk` below.
+        _ => true,
+    };
+    if !curve_fits {
+        return Err(AuthError::KeyMismatch(
+            "key type or curve differs from the token's",
+        ));
     }
     let key = DecodingKey::from_jwk(jwk).map_err(|_| AuthError::KeyMismatch("unusable JWK"))?;
     if key.family() != alg.family() {
@@ -298,27 +324,32 @@ fn principal_from_claims(claims: Map<String, Value>, leeway: u64) -> Result<Prin
         Some(s) if !s.is_empty() => s.to_owned(),
         _ => return Err(AuthError::MissingClaim("sub".into())),
     };
-    let exp = claims
-        .get("exp")
-        .and_then(Value::as_f64)
-        .ok_or_else(|| AuthError::MissingClaim("exp".into()))? as u64;
-    // `iat` in the future (beyond leeway) means a broken clock or a forged token.
-    if let Some(iat) = claims.get("iat").and_then(Value::as_f64)
-        && iat as u64 > jsonwebtoken::get_current_timestamp() + leeway
-    {
+    let exp = numeric_date(&claims, "exp")?.ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+    // `iat` in the future (beyond leeway) means a broken clock or a forged token; `nbf` or
+    // `iat` after `exp` describes a token that was never valid.
+    let now = jsonwebtoken::get_current_timestamp();
+    let iat = numeric_date(&claims, "iat")?;
+    if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
         return Err(AuthError::NotYetValid);
     }
+    let nbf = numeric_date(&claims, "nbf")?;
+    if iat.into_iter().chain(nbf).any(|t| t > exp) {
+        return Err(AuthError::Invalid("iat or nbf after exp".into()));
+    }
+    // `scope` (RFC 8693 §4.2, RFC 9068: space-separated) or `scp` (Okta: an array; Entra ID:
+    // space-separated); either form is accepted in either claim.
     let mut scopes: Vec<String> = Vec::new();
-    if let Some(scope) = claims.get("scope").and_then(Value::as_str) {
-        scopes.extend(scope.split_whitespace().map(str::to_owned));
-    }
-    match claims.get("scp") {
-        Some(Value::Array(items)) => {
-            scopes.extend(items.iter().filter_map(Value::as_str).map(str::to_owned))
+    for name in ["scope", "scp"] {
+        match claims.get(name) {
+            Some(Value::String(s)) => scopes.extend(s.split_whitespace().map(str::to_owned)),
+            Some(Value::Array(items)) => {
+                scopes.extend(items.iter().filter_map(Value::as_str).map(str::to_owned))
+            }
+            _ => {}
         }
-        Some(Value::String(s)) => scopes.extend(s.split_whitespace().map(str::to_owned)),
-        _ => {}
     }
+    scopes.sort();
+    scopes.dedup();
     Ok(Principal {
         iss,
         sub,
@@ -326,6 +357,17 @@ fn principal_from_claims(claims: Map<String, Value>, leeway: u64) -> Result<Prin
         exp,
         claims,
     })
+}
+
+/// A NumericDate claim (RFC 7519 §2): absent, or a non-negative number of seconds.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(t as u64)),
+            _ => Err(AuthError::Invalid(format!("{name} is not a NumericDate"))),
+        },
+    }
 }
 
 /// Signs an HMAC token (the `token` subcommand: development and tests).
@@ -453,6 +495,105 @@ mod tests {
             b64(Value::Object(claims(json!({}))))
         );
         assert!(a.authenticate(&none).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn claim_sanity_and_scope_forms() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let a = authenticator();
+        for (name, overrides, reason) in [
+            ("nbf after exp", json!({"nbf": now + 700}), "not_yet_valid"),
+            ("iat after exp", json!({"iat": now - 10, "exp": now - 20}), "invalid"),
+            ("iat not a date", json!({"iat": "yesterday"}), "invalid"),
+            ("exp not a date", json!({"exp": "later"}), "missing_claim"),
+            ("empty sub", json!({"sub": ""}), "missing_claim"),
+        ] {
+            let err = a.authenticate(&token(overrides)).await.expect_err(name);
+            assert_eq!(err.reason(), reason, "{name}: {err}");
+        }
+        // Issued before nbf and after exp: never valid, whatever the clock says.
+        let mut a = authenticator();
+        a.leeway = 100_000;
+        let err = a
+            .authenticate(&token(json!({"nbf": now + 50, "exp": now + 10})))
+            .await
+            .expect_err("nbf > exp");
+        assert_eq!(err.reason(), "invalid", "{err}");
+        let a = authenticator();
+        for (claims, want) in [
+            (json!({"scope": "b a", "scp": null}), vec!["a", "b"]),
+            (json!({"scope": null, "scp": ["x", "y"]}), vec!["x", "y"]),
+            (json!({"scope": null, "scp": "x y"}), vec!["x", "y"]),
+            (json!({"scope": "a", "scp": ["a", "z"]}), vec!["a", "z"]),
+            (json!({"scope": null}), vec![]),
+        ] {
+            let p = a.authenticate(&token(claims.clone())).await.expect("valid");
+            assert_eq!(p.scopes, want, "{claims}");
+        }
+    }
+
+    #[test]
+    fn jwk_must_fit_the_token_algorithm() {
+        install_crypto();
+        let jwk = |v: Value| serde_json::from_value::<Jwk>(v).expect("jwk");
+        let p256 = json!({"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"});
+        let p384 = json!({"kty": "EC", "crv": "P-384", "x": "AAAA", "y": "AAAA"});
+        let ed = json!({"kty": "OKP", "crv": "Ed25519", "x": "AAAA"});
+        let rsa = json!({"kty": "RSA", "n": "AAAA", "e": "AQAB"});
+        let with = |mut base: Value, extra: Value| {
+            if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+                b.extend(e.clone());
+            }
+            base
+        };
+        let refused = [
+            ("P-256 key for ES384", p256.clone(), Algorithm::ES384),
+            ("P-384 key for ES256", p384.clone(), Algorithm::ES256),
+            ("Ed25519 key for ES256", ed.clone(), Algorithm::ES256),
+            ("EC key for EdDSA", p256.clone(), Algorithm::EdDSA),
+            ("RSA key for ES256", rsa.clone(), Algorithm::ES256),
+            ("EC key for RS256", p256.clone(), Algorithm::RS256),
+            (
+                "JWK alg RS256 for PS256",
+                with(rsa.clone(), json!({"alg": "RS256"})),
+                Algorithm::PS256,
+            ),
+            (
+                "encryption key",
+                with(rsa.clone(), json!({"use": "enc"})),
+                Algorithm::RS256,
+            ),
+            (
+                "key_ops without verify",
+                with(rsa.clone(), json!({"key_ops": ["encrypt"]})),
+                Algorithm::RS256,
+            ),
+            (
+                "symmetric JWK",
+                json!({"kty": "oct", "k": "c2VjcmV0"}),
+                Algorithm::RS256,
+            ),
+        ];
+        for (name, key, alg) in refused {
+            assert!(
+                matches!(decoding_key_for(&jwk(key), alg), Err(AuthError::KeyMismatch(_))),
+                "{name}"
+            );
+        }
+        let accepted = [
+            ("RSA key for PS384", rsa.clone(), Algorithm::PS384),
+            (
+                "RSA key, alg and use declared",
+                with(rsa, json!({"alg": "RS512", "use": "sig", "key_ops": ["verify"]})),
+                Algorithm::RS512,
+            ),
+            ("P-384 key for ES384", p384, Algorithm::ES384),
+            ("Ed25519 key for EdDSA", ed, Algorithm::EdDSA),
+            ("P-256 key for ES256", p256, Algorithm::ES256),
+        ];
+        for (name, key, alg) in accepted {
+            assert!(decoding_key_for(&jwk(key), alg).is_ok(), "{name}");
+        }
     }
 
     #[tokio::test]
