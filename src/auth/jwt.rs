@@ -80,6 +80,11 @@ impl Authenticator {
         &self.audiences
     }
 
+    /// The globally required scopes (`auth.required_scopes`).
+    pub fn required_scopes(&self) -> &[String] {
+        &self.required_scopes
+    }
+
     /// The configured issuer identifiers (for RFC 9728 `authorization_servers`).
     pub fn issuer_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.issuers.keys().cloned().collect();
