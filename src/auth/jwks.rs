@@ -383,7 +383,10 @@ pub async fn fetch_json<T: serde::de::DeserializeOwned>(
 
 /// OIDC discovery: `{issuer}/.well-known/openid-configuration`, whose `issuer` must equal ours
 /// exactly (OpenID Connect Discovery 1.0 §4.3), gives the `jwks_uri`.
-pub async fn discover_jwks_uri(client: &reqwest::Client, issuer: &str) -> Result<String, JwksError> {
+pub async fn discover_jwks_uri(
+    client: &reqwest::Client,
+    issuer: &str,
+) -> Result<String, JwksError> {
     #[derive(serde::Deserialize)]
     struct Discovery {
         issuer: String,

@@ -85,11 +85,24 @@ impl Authenticator {
         &self.required_scopes
     }
 
-    /// The configured issuer identifiers (for RFC 9728 `authorization_servers`).
+    /// The configured issuer identifiers, sorted.
     pub fn issuer_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.issuers.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// The issuers a client can ask for a token: those whose identifier is an http(s) URL
+    /// (RFC 9728 `authorization_servers` holds RFC 8414 issuer identifiers; a bare name such as
+    /// a development HS issuer's is no authorization server a client could discover).
+    pub fn authorization_servers(&self) -> Vec<String> {
+        self.issuer_names()
+            .into_iter()
+            .filter(|name| {
+                url::Url::parse(name)
+                    .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.has_host())
+            })
+            .collect()
     }
 
     /// True when every JWKS issuer has a key set loaded.
@@ -266,7 +279,10 @@ fn decoding_key_for(jwk: &Jwk, alg: Algorithm) -> Result<DecodingKey, AuthError>
             (EllipticCurve::P256, Algorithm::ES256) | (EllipticCurve::P384, Algorithm::ES384)
         ),
         AlgorithmParameters::OctetKeyPair(okp) => {
-            matches!((&okp.curve, alg), (EllipticCurve::Ed25519, Algorithm::EdDSA))
+            matches!(
+                (&okp.curve, alg),
+                (EllipticCurve::Ed25519, Algorithm::EdDSA)
+            )
         }
         // Symmetric JWKs are dropped when the set is fetched; refuse them here as well.
         AlgorithmParameters::OctetKey(_) => false,
@@ -508,7 +524,11 @@ mod tests {
         let a = authenticator();
         for (name, overrides, reason) in [
             ("nbf after exp", json!({"nbf": now + 700}), "not_yet_valid"),
-            ("iat after exp", json!({"iat": now - 10, "exp": now - 20}), "invalid"),
+            (
+                "iat after exp",
+                json!({"iat": now - 10, "exp": now - 20}),
+                "invalid",
+            ),
             ("iat not a date", json!({"iat": "yesterday"}), "invalid"),
             ("exp not a date", json!({"exp": "later"}), "missing_claim"),
             ("empty sub", json!({"sub": ""}), "missing_claim"),
@@ -581,7 +601,10 @@ mod tests {
         ];
         for (name, key, alg) in refused {
             assert!(
-                matches!(decoding_key_for(&jwk(key), alg), Err(AuthError::KeyMismatch(_))),
+                matches!(
+                    decoding_key_for(&jwk(key), alg),
+                    Err(AuthError::KeyMismatch(_))
+                ),
                 "{name}"
             );
         }
@@ -589,7 +612,10 @@ mod tests {
             ("RSA key for PS384", rsa.clone(), Algorithm::PS384),
             (
                 "RSA key, alg and use declared",
-                with(rsa, json!({"alg": "RS512", "use": "sig", "key_ops": ["verify"]})),
+                with(
+                    rsa,
+                    json!({"alg": "RS512", "use": "sig", "key_ops": ["verify"]}),
+                ),
                 Algorithm::RS512,
             ),
             ("P-384 key for ES384", p384, Algorithm::ES384),
@@ -599,6 +625,37 @@ mod tests {
         for (name, key, alg) in accepted {
             assert!(decoding_key_for(&jwk(key), alg).is_ok(), "{name}");
         }
+    }
+
+    #[test]
+    fn only_url_issuers_are_authorization_servers() {
+        install_crypto();
+        let issuer = |name: &str| IssuerConfig {
+            issuer: name.into(),
+            discovery: false,
+            jwks_url: Some("http://127.0.0.1:1/jwks".into()),
+            algorithms: vec!["RS256".into()],
+            jwks_refresh_secs: 300,
+            jwks_min_refetch_secs: 10,
+            secret_env: None,
+        };
+        let config = AuthConfig {
+            issuers: vec![
+                issuer("https://idp.example.com/realms/mcp"),
+                issuer("mcp-auth-proxy-dev"),
+                issuer("http://127.0.0.1:4444"),
+                issuer("urn:example:issuer"),
+            ],
+            ..AuthConfig::default()
+        };
+        let a = Authenticator::new(&config, vec![AUD.into()], &[]).expect("authenticator");
+        assert_eq!(
+            a.authorization_servers(),
+            vec![
+                "http://127.0.0.1:4444",
+                "https://idp.example.com/realms/mcp"
+            ]
+        );
     }
 
     #[tokio::test]

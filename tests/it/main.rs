@@ -9,3 +9,4 @@ mod cli;
 mod interop;
 mod legacy_sse;
 mod lifecycle;
+mod metadata;
