@@ -10,3 +10,4 @@ mod interop;
 mod legacy_sse;
 mod lifecycle;
 mod metadata;
+mod oidc;
