@@ -11,3 +11,4 @@ mod legacy_sse;
 mod lifecycle;
 mod metadata;
 mod oidc;
+mod token_expiry;
