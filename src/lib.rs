@@ -2,7 +2,7 @@
 //!
 //! Module map (the path of one message, DESIGN §1):
 //! - [`config`]: the TOML file, environment overrides, validation.
-//! - [`auth`]: bearer token → [`auth::Principal`] (JWT, JWKS, RFC 9728 metadata).
+//! - [`auth`]: bearer token → [`auth::Principal`] (JWT, JWK fit, JWKS cache, RFC 9728 metadata).
 //! - [`router`]: routes and the shared [`state::AppState`].
 //! - [`transport`]: legacy HTTP+SSE (`/sse`, `/message`).
 //! - [`session`]: the registry of sessions and their owners; caps.
