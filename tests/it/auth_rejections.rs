@@ -264,7 +264,7 @@ async fn rejection_table() {
     let aud = s.proxy.url.clone();
     let now = jsonwebtoken::get_current_timestamp();
     let good = || jwks_claims(&aud, json!({}));
-    let other_rsa = TestKey::rsa("rsa-1"); // same kid, different key
+    let other_rsa = TestKey::rsa("rsa-impostor").with_kid("rsa-1"); // same kid, different key
     let hs_with_public_key = {
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some("rsa-1".into());

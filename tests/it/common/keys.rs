@@ -1,7 +1,8 @@
 //! Test signing keys (generated at test time) and a real JWKS endpoint on loopback.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::routing::get;
 use base64::Engine as _;
@@ -48,7 +49,11 @@ impl TestKey {
 
     fn generate(kid: &str, alg: Algorithm, sig: &'static rcgen::SignatureAlgorithm) -> TestKey {
         mcp_auth_proxy::install_crypto_provider();
-        let pair = rcgen::KeyPair::generate_for(sig).expect("keygen");
+        let pair = if matches!(alg.family(), jsonwebtoken::AlgorithmFamily::Rsa) {
+            rsa_pair(kid, sig)
+        } else {
+            rcgen::KeyPair::generate_for(sig).expect("keygen")
+        };
         let pem = pair.serialize_pem();
         let encoding = match alg {
             Algorithm::RS256
@@ -85,6 +90,13 @@ impl TestKey {
             jwk,
             public_pem: pair.public_key_pem(),
         }
+    }
+
+    /// The same key under another `kid` (e.g. another key material claiming a known kid).
+    pub fn with_kid(mut self, kid: &str) -> TestKey {
+        self.kid = kid.to_owned();
+        self.jwk.common.key_id = Some(kid.to_owned());
+        self
     }
 
     /// The same key, its JWK declaring another `alg`.
@@ -125,6 +137,23 @@ impl TestKey {
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("sign")
     }
+}
+
+/// RSA key generation costs about a third of a second in a debug build, and the suites use
+/// dozens of keys: the key material for a kid is generated once per test process. Tests that
+/// need two different RSA keys use two kids (see [`TestKey::with_kid`]).
+fn rsa_pair(kid: &str, sig: &'static rcgen::SignatureAlgorithm) -> rcgen::KeyPair {
+    static CACHE: LazyLock<Mutex<HashMap<String, String>>> = LazyLock::new(Default::default);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let pem = cache
+        .entry(kid.to_owned())
+        .or_insert_with(|| {
+            rcgen::KeyPair::generate_for(sig)
+                .expect("keygen")
+                .serialize_pem()
+        })
+        .clone();
+    rcgen::KeyPair::from_pem(&pem).expect("cached key")
 }
 
 /// A JWKS document served over real HTTP on 127.0.0.1:0, with a fetch counter.
