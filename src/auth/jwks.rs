@@ -406,12 +406,27 @@ pub async fn discover_jwks_uri(
             ),
         });
     }
-    match url::Url::parse(&doc.jwks_uri) {
-        Ok(u) if matches!(u.scheme(), "https" | "http") => Ok(doc.jwks_uri),
-        _ => Err(JwksError::Discovery {
+    match jwks_uri_problem(issuer, &doc.jwks_uri) {
+        None => Ok(doc.jwks_uri),
+        Some(reason) => Err(JwksError::Discovery {
             url,
-            reason: "jwks_uri is not an http(s) URL".into(),
+            reason: reason.into(),
         }),
+    }
+}
+
+/// Why a discovered `jwks_uri` is unusable: not http(s), or plain http for an https issuer
+/// (keys fetched in the clear would let anyone on the path sign tokens).
+fn jwks_uri_problem(issuer: &str, jwks_uri: &str) -> Option<&'static str> {
+    let Ok(uri) = url::Url::parse(jwks_uri) else {
+        return Some("jwks_uri is not a URL");
+    };
+    let issuer_https = url::Url::parse(issuer).is_ok_and(|u| u.scheme() == "https");
+    match uri.scheme() {
+        "https" => None,
+        "http" if !issuer_https => None,
+        "http" => Some("jwks_uri is plain http for an https issuer"),
+        _ => Some("jwks_uri is not an http(s) URL"),
     }
 }
 
@@ -477,6 +492,17 @@ mod tests {
         assert_eq!(refresh_interval(s(300), Some(s(60))), s(60));
         assert_eq!(refresh_interval(s(300), Some(s(86_400))), s(300));
         assert_eq!(refresh_interval(s(300), Some(Duration::ZERO)), MIN_REFRESH);
+    }
+
+    #[test]
+    fn discovered_jwks_uri_must_not_downgrade() {
+        let ok = |iss: &str, uri: &str| jwks_uri_problem(iss, uri).is_none();
+        assert!(ok("https://idp.example", "https://idp.example/jwks"));
+        assert!(ok("https://idp.example", "https://keys.example/jwks"));
+        assert!(ok("http://127.0.0.1:4444", "http://127.0.0.1:4444/jwks"));
+        assert!(!ok("https://idp.example", "http://idp.example/jwks"));
+        assert!(!ok("https://idp.example", "file:///etc/jwks.json"));
+        assert!(!ok("http://127.0.0.1:4444", "/jwks"));
     }
 
     #[test]

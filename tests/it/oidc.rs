@@ -351,6 +351,9 @@ async fn real_provider_tokens_rotation_and_outage() {
 async fn readiness_and_background_refresh_follow_the_provider() {
     let mut idp = OidcProvider::start(&["--algs", "RS256", "--down"]).await;
     let proxy = Proxy::with_config(&proxy_config(&idp.issuer, 1, 3600), &[]).await;
+    // The same issuer with a trailing slash: discovery is found, but its `issuer` differs.
+    let misnamed =
+        Proxy::with_config(&proxy_config(&format!("{}/", idp.issuer), 1, 3600), &[]).await;
     let readyz = format!("{}/readyz", proxy.url);
     eventually(
         Duration::from_secs(10),
@@ -363,7 +366,23 @@ async fn readiness_and_background_refresh_follow_the_provider() {
     assert!(!proxy.state.auth.keys_loaded());
 
     idp.command("UP").await;
+    let misnamed_failures = stats(&misnamed).fetches_failed;
     wait_ready(&proxy.url).await;
+    // Discovery that names another issuer is refused, however often it is retried.
+    eventually(
+        Duration::from_secs(10),
+        "the misnamed issuer's discovery was not retried",
+        async || stats(&misnamed).fetches_failed > misnamed_failures + 1,
+    )
+    .await;
+    assert!(!misnamed.state.auth.keys_loaded());
+    let r = http()
+        .get(format!("{}/readyz", misnamed.url))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(r.status(), 503);
+    drop(misnamed);
     let sse = format!("{}/sse", proxy.url);
     let first = idp.token("RS256", &proxy.url, Some("mcp:tools")).await;
     assert_eq!(probe(&sse, Some(&first)).await.0, 200);
