@@ -14,7 +14,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use crate::auth::metadata::{self, WELL_KNOWN};
 use crate::config::Config;
 use crate::state::AppState;
-use crate::transport::{ServerRoute, sse};
+use crate::transport::{ServerRoute, sse, streamable};
 
 /// The endpoints each server is mounted at, relative to its base path.
 pub const ENDPOINTS: &[&str] = &["/sse", "/message", "/mcp"];
@@ -50,6 +50,12 @@ fn server_routes(name: &str, base: &str) -> Router<Arc<AppState>> {
     Router::new()
         .route(&format!("{base}/sse"), get(sse::open))
         .route(&format!("{base}/message"), post(sse::message))
+        .route(
+            &format!("{base}/mcp"),
+            post(streamable::post)
+                .get(streamable::get)
+                .delete(streamable::delete),
+        )
         .layer(Extension(route))
 }
 

@@ -5,10 +5,14 @@
 mod common;
 
 mod auth_rejections;
+mod child_policy;
 mod cli;
+mod config_files;
 mod interop;
 mod legacy_sse;
 mod lifecycle;
 mod metadata;
 mod oidc;
+mod streamable;
 mod token_expiry;
+mod tool_rules;

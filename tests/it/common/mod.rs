@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod keys;
+pub mod mcp;
 pub mod sse;
 
 use std::sync::Arc;
