@@ -246,4 +246,24 @@ async fn typescript_sdk_discovers_the_documents() {
         format!("{}/sse", p.url),
         "{report}"
     );
+    // The same against the Streamable HTTP endpoint, as the SDK's auth() does it.
+    let report = run_client(
+        &node,
+        "ts_metadata.mjs",
+        &["--url", &format!("{}/servers/admin/mcp", p.url), "--probe"],
+    )
+    .await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["probe"]["status"], 401, "{report}");
+    assert_eq!(
+        report["probe"]["resourceMetadataUrl"],
+        format!("{}{WK}/servers/admin/mcp", p.url),
+        "{report}"
+    );
+    assert_eq!(report["probe"]["scope"], "mcp:tools mcp:admin", "{report}");
+    assert_eq!(
+        report["metadata"]["resource"],
+        format!("{}/servers/admin/mcp", p.url),
+        "{report}"
+    );
 }

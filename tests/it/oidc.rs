@@ -257,6 +257,25 @@ async fn real_provider_tokens_rotation_and_outage() {
         "es256"
     );
     drop(c);
+    // The same token over Streamable HTTP (/mcp) with the official client.
+    let report = ts_client(&[
+        "--url",
+        &format!("{}/mcp", proxy.url),
+        "--transport",
+        "streamable",
+        "--token",
+        &es,
+        "--call",
+        "echo",
+        "--args",
+        r#"{"message":"streamable es256"}"#,
+    ])
+    .await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(
+        report["results"][0]["content"][0]["text"], "streamable es256",
+        "{report}"
+    );
 
     // Scopes and audience as the provider issued them.
     let admin = format!("{}/servers/admin/sse", proxy.url);
