@@ -1,6 +1,6 @@
 //! Integration tests: the proxy in-process on port 0, real child processes, real sockets,
-#![allow(unreachable_pub)]
 //! and the official MCP SDK clients (Node and Python) where the interop harness is installed.
+#![allow(unreachable_pub)]
 
 mod common;
 
@@ -12,6 +12,9 @@ mod faults;
 mod interop;
 mod legacy_sse;
 mod lifecycle;
+mod metadata;
+mod oidc;
 mod soak;
 mod streamable;
+mod token_expiry;
 mod tool_rules;
