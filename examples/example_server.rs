@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use serde_json::{Map, Value, json};
 
 const SERVER_NAME: &str = "mcp-example-server";
@@ -148,10 +148,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Options>,
     Ok(Some(opts))
 }
 
-/// Makes SIGTERM harmless without `unsafe` (the crate denies `unsafe_code`): the signal is
-/// blocked on the main thread, and every worker thread blocks it when it starts, so a SIGTERM
-/// sent to the process stays pending forever. Children spawned with `Command` get a clean
-/// signal mask.
+/// Makes SIGTERM harmless without `unsafe` (the crate denies `unsafe_code`, and installing
+/// `SIG_IGN` with nix is `unsafe`): the signal is blocked on the main thread, and worker
+/// threads always have it blocked (see [`spawn_worker`]), so a SIGTERM sent to the process
+/// stays pending forever. Children spawned with `Command` start with a clean signal mask.
 fn ignore_sigterm() {
     if let Err(err) = SigSet::from(Signal::SIGTERM).thread_block() {
         eprintln!("{SERVER_NAME}: cannot block SIGTERM: {err}");
@@ -352,10 +352,8 @@ impl Server {
                 .filter_map(|outcome| match outcome {
                     Outcome::Silent => None,
                     Outcome::Reply(reply) => Some(Pending::Done(reply)),
-                    Outcome::Deferred(work) => Some(Pending::Running(thread::spawn(move || {
-                        block_sigterm_in_worker();
-                        work()
-                    }))),
+                    // Spawned by a worker, so SIGTERM is blocked in these threads too.
+                    Outcome::Deferred(work) => Some(Pending::Running(thread::spawn(work))),
                 })
                 .collect();
             let replies: Vec<Value> = pending
@@ -607,21 +605,21 @@ fn sleep_unless_cancelled(ms: u64, cancelled: &AtomicBool) -> bool {
     !cancelled.load(Ordering::SeqCst)
 }
 
-/// Runs `work` on its own thread (which never takes SIGTERM, see [`ignore_sigterm`]).
+/// Runs `work` on its own thread. Worker threads never take SIGTERM: it is blocked around the
+/// spawn, so the new thread starts with it blocked (threads inherit the signal mask), and the
+/// main thread's mask alone decides whether SIGTERM terminates the process (see
+/// [`ignore_sigterm`]).
 fn spawn_worker(work: impl FnOnce() + Send + 'static) {
-    let spawned = thread::Builder::new().spawn(move || {
-        block_sigterm_in_worker();
-        work();
-    });
+    let previous_mask = SigSet::from(Signal::SIGTERM).thread_swap_mask(SigmaskHow::SIG_BLOCK);
+    let spawned = thread::Builder::new().spawn(work);
+    if let Ok(mask) = previous_mask
+        && let Err(err) = mask.thread_set_mask()
+    {
+        eprintln!("{SERVER_NAME}: cannot restore the signal mask: {err}");
+    }
     if let Err(err) = spawned {
         eprintln!("{SERVER_NAME}: cannot spawn a thread: {err}");
     }
-}
-
-/// Worker threads block SIGTERM, so it is delivered to the main thread only, whose mask
-/// alone decides whether SIGTERM terminates the process.
-fn block_sigterm_in_worker() {
-    let _ = SigSet::from(Signal::SIGTERM).thread_block();
 }
 
 fn initialize(params: &Map<String, Value>) -> Value {

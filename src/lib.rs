@@ -2,7 +2,7 @@
 //!
 //! Module map (the path of one message, DESIGN §1):
 //! - [`config`]: the TOML file, environment overrides, validation.
-//! - [`auth`]: bearer token → [`auth::Principal`] (JWT, JWKS, RFC 9728 metadata).
+//! - [`auth`]: bearer token → [`auth::Principal`] (JWT, JWK fit, JWKS cache, RFC 9728 metadata).
 //! - [`router`]: routes and the shared [`state::AppState`].
 //! - [`transport`]: legacy HTTP+SSE (`/sse`, `/message`).
 //! - [`session`]: the registry of sessions and their owners; caps.
@@ -13,10 +13,14 @@ pub mod auth;
 pub mod child;
 pub mod config;
 pub mod jsonrpc;
+pub mod mux;
+pub mod policy;
+pub mod pool;
 pub mod router;
 pub mod session;
 pub mod state;
 pub mod transport;
+pub mod warm;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -93,7 +97,7 @@ pub fn build_state(
         config.sessions.max_sessions,
         config.sessions.max_sessions_per_principal,
     );
-    Ok(Arc::new(AppState {
+    let state = AppState {
         public_url,
         auth: Arc::new(authenticator),
         sessions: Arc::new(sessions),
@@ -101,8 +105,11 @@ pub fn build_state(
         tracker: TaskTracker::new(),
         shutdown: CancellationToken::new(),
         spawned: Default::default(),
+        pool: Default::default(),
         config: Arc::new(config),
-    }))
+    };
+    create_warm_pools(&state);
+    Ok(Arc::new(state))
 }
 
 /// Runs the proxy on an already bound listener until `shutdown` resolves, then stops every
@@ -125,6 +132,8 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     tracing::info!(addr = %listener.local_addr()?, public_url = %state.public_url, "listening");
     start_key_loading(&state);
+    start_idle_reaper(&state);
+    start_warm_pools(&state);
     let app = router::router(state.clone());
     let token = state.shutdown.clone();
     let stop = async move {
@@ -138,6 +147,12 @@ pub async fn serve(
     for session in state.sessions.all() {
         state.sessions.remove(&session.id);
     }
+    state.pool.clear();
+    for server in state.servers.values() {
+        if let Some(warm) = server.warm.get() {
+            warm.clear();
+        }
+    }
     state.tracker.close();
     let grace = Duration::from_secs(state.config.http.shutdown_grace_secs);
     if tokio::time::timeout(grace, state.tracker.wait())
@@ -149,40 +164,74 @@ pub async fn serve(
     Ok(())
 }
 
-/// Fetches every issuer's keys (retrying with backoff until they load), then refreshes them
-/// in the background. Readiness waits for the first load.
-fn start_key_loading(state: &Arc<AppState>) {
-    let auth = state.auth.clone();
-    let shutdown = state.shutdown.clone();
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            let failures = auth.load_keys().await;
-            if failures.is_empty() {
-                break;
-            }
-            for (issuer, e) in failures {
-                tracing::warn!(issuer, error = %e, "loading keys failed; retrying");
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+/// Creates the warm pool of every server that has `warm_pool > 0` (filled by `serve`).
+fn create_warm_pools(state: &AppState) {
+    for server in state.servers.values() {
+        if server.config.warm_pool == 0 {
+            continue;
         }
-        for (cache, every) in auth.jwks_caches() {
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(every) => {}
-                    }
-                    if let Err(e) = cache.refresh().await {
-                        tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set");
-                    }
+        let Ok(spec) = server.child_spec(None) else {
+            continue;
+        };
+        server.warm.get_or_init(|| {
+            warm::WarmPool::new(
+                &server.name,
+                server.config.warm_pool,
+                spec,
+                state.tracker.clone(),
+                state.shutdown.clone(),
+            )
+        });
+    }
+}
+
+/// Spawns the `warm_pool` children of every server that has one.
+fn start_warm_pools(state: &Arc<AppState>) {
+    for server in state.servers.values() {
+        if let Some(pool) = server.warm.get() {
+            pool.refill();
+        }
+    }
+}
+
+/// Ends sessions and pool children idle for longer than `sessions.idle_timeout_secs` — also
+/// legacy sessions whose stream is open but silent (a stream a client forgot holds a child).
+fn start_idle_reaper(state: &Arc<AppState>) {
+    let idle = Duration::from_secs(state.config.sessions.idle_timeout_secs);
+    let every = (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = state.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for session in state.sessions.all() {
+                let busy = match &session.pipe {
+                    session::Pipe::Mux { mux, .. } => mux.in_flight() > 0,
+                    session::Pipe::Direct { .. } => false,
+                };
+                if !busy
+                    && session.idle_for() >= idle
+                    && state.sessions.remove(&session.id).is_some()
+                {
+                    tracing::info!(session = %session.id, "session idle for {}s; ended", idle.as_secs());
                 }
-            });
+            }
+            let reaped = state.pool.reap_idle(idle);
+            if reaped > 0 {
+                tracing::info!(reaped, "idle children stopped");
+            }
         }
     });
+}
+
+/// Starts one task per JWKS issuer that loads its keys (retrying until they load; readiness
+/// waits for every issuer) and then keeps them fresh until shutdown.
+fn start_key_loading(state: &Arc<AppState>) {
+    for cache in state.auth.jwks_caches() {
+        tokio::spawn(cache.maintain(state.shutdown.clone()));
+    }
 }

@@ -11,10 +11,10 @@ use axum::{Extension, Json, Router};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::auth::metadata::{self, ResourceMetadata, WELL_KNOWN};
+use crate::auth::metadata::{self, WELL_KNOWN};
 use crate::config::Config;
 use crate::state::AppState;
-use crate::transport::{ServerRoute, sse};
+use crate::transport::{ServerRoute, sse, streamable};
 
 /// The endpoints each server is mounted at, relative to its base path.
 pub const ENDPOINTS: &[&str] = &["/sse", "/message", "/mcp"];
@@ -50,6 +50,12 @@ fn server_routes(name: &str, base: &str) -> Router<Arc<AppState>> {
     Router::new()
         .route(&format!("{base}/sse"), get(sse::open))
         .route(&format!("{base}/message"), post(sse::message))
+        .route(
+            &format!("{base}/mcp"),
+            post(streamable::post)
+                .get(streamable::get)
+                .delete(streamable::delete),
+        )
         .layer(Extension(route))
 }
 
@@ -95,23 +101,12 @@ async fn resource_metadata(
     metadata_document(&state, &rest)
 }
 
+/// RFC 9728 §3.2: the document for one of our endpoints; 404 for anything else (a document
+/// must describe a resource that exists, with `resource` exactly its URL).
 fn metadata_document(state: &AppState, rest: &str) -> Response {
-    let resource = metadata::resource_for(&state.public_url, rest);
-    let mut scopes: Vec<String> = state.config.auth.required_scopes.clone();
-    for server in state.config.servers.values() {
-        scopes.extend(server.required_scopes.iter().cloned());
-        for rule in &server.tool_rules {
-            scopes.extend(rule.require_scopes.iter().cloned());
-        }
+    let endpoint = metadata::endpoint_for(&state.public_url, rest);
+    match metadata::document(state, &endpoint) {
+        Some(doc) => Json(doc).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such protected resource").into_response(),
     }
-    scopes.sort();
-    scopes.dedup();
-    Json(ResourceMetadata {
-        resource,
-        authorization_servers: state.auth.issuer_names(),
-        scopes_supported: scopes,
-        bearer_methods_supported: vec!["header"],
-        resource_name: "mcp-auth-proxy",
-    })
-    .into_response()
 }

@@ -25,6 +25,8 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Cancelled when the proxy shuts down: every stream ends.
     pub shutdown: CancellationToken,
+    /// Children serving the modern era (per principal, or shared).
+    pub pool: Arc<crate::pool::ChildPool>,
     /// Children spawned since start (tests assert that refused requests spawn nothing).
     pub spawned: std::sync::atomic::AtomicU64,
 }
@@ -33,6 +35,9 @@ pub struct AppState {
 pub struct ServerRuntime {
     pub name: String,
     pub config: ServerConfig,
+    pub policy: crate::policy::ToolPolicy,
+    /// Children spawned ahead (`warm_pool`), when configured.
+    pub warm: std::sync::OnceLock<Arc<crate::warm::WarmPool>>,
     env_remove: Vec<String>,
 }
 
@@ -48,6 +53,8 @@ impl ServerRuntime {
     pub fn new(name: &str, config: ServerConfig, env_remove: Vec<String>) -> Self {
         Self {
             name: name.to_owned(),
+            policy: crate::policy::ToolPolicy::new(&config.tool_rules),
+            warm: std::sync::OnceLock::new(),
             config,
             env_remove,
         }
@@ -87,6 +94,7 @@ impl ServerRuntime {
             env_remove: self.env_remove.clone(),
             cwd: self.config.cwd.clone(),
             max_line_bytes: self.config.max_line_bytes,
+            request_timeout: std::time::Duration::from_secs(self.config.request_timeout_secs),
         })
     }
 }

@@ -6,7 +6,10 @@
 //!   (which would hand one caller another's identity) is out of reach.
 //! - An entry is never used at or past the token's `exp` (no leeway: leeway is for clock skew
 //!   with the issuer, a cached answer needs none), nor longer than [`MAX_ENTRY_AGE`] after it
-//!   was validated, so a key removed from a JWKS stops working within that time.
+//!   was validated.
+//! - Each entry carries the key-set epoch it was validated under (the caller's count of JWKS
+//!   fetches, read before validating); a lookup under another epoch misses, so a key withdrawn
+//!   from a JWKS stops working at the refresh that drops it, as without the cache.
 //! - Only successful validations are cached; a token that fails is checked again next time.
 //! - At most `capacity` entries: when full, expired entries go first, then arbitrary ones.
 
@@ -27,6 +30,7 @@ type Key = [u8; 32];
 
 struct Entry {
     principal: Principal,
+    epoch: u64,
     /// `exp` (seconds since the epoch): unusable from this second on.
     exp: u64,
     /// Unusable from this instant on.
@@ -64,16 +68,24 @@ impl TokenCache {
         }
     }
 
-    /// The principal of a token validated before, if its entry is still usable.
-    pub fn get(&self, token: &str) -> Option<Principal> {
-        self.get_at(token, jsonwebtoken::get_current_timestamp(), Instant::now())
+    /// The principal of a token validated before under key-set `epoch`, if its entry is
+    /// still usable.
+    pub fn get(&self, token: &str, epoch: u64) -> Option<Principal> {
+        self.get_at(
+            token,
+            epoch,
+            jsonwebtoken::get_current_timestamp(),
+            Instant::now(),
+        )
     }
 
-    /// Remembers a token that has just been validated.
-    pub fn insert(&self, token: &str, principal: &Principal) {
+    /// Remembers a token that has just been validated under key-set `epoch` (read before
+    /// validating).
+    pub fn insert(&self, token: &str, principal: &Principal, epoch: u64) {
         self.insert_at(
             token,
             principal,
+            epoch,
             jsonwebtoken::get_current_timestamp(),
             Instant::now(),
         );
@@ -93,21 +105,28 @@ impl TokenCache {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn get_at(&self, token: &str, now: u64, instant: Instant) -> Option<Principal> {
+    fn get_at(&self, token: &str, epoch: u64, now: u64, instant: Instant) -> Option<Principal> {
         if self.capacity == 0 {
             return None;
         }
         let k = key(token);
         let mut entries = self.lock();
         let entry = entries.get(&k)?;
-        if now < entry.exp && instant < entry.stale_at {
+        if now < entry.exp && instant < entry.stale_at && entry.epoch == epoch {
             return Some(entry.principal.clone());
         }
         entries.remove(&k);
         None
     }
 
-    fn insert_at(&self, token: &str, principal: &Principal, now: u64, instant: Instant) {
+    fn insert_at(
+        &self,
+        token: &str,
+        principal: &Principal,
+        epoch: u64,
+        now: u64,
+        instant: Instant,
+    ) {
         if self.capacity == 0 || principal.exp <= now {
             return;
         }
@@ -132,6 +151,7 @@ impl TokenCache {
             k,
             Entry {
                 principal: principal.clone(),
+                epoch,
                 exp: principal.exp,
                 stale_at: instant + MAX_ENTRY_AGE,
             },
@@ -157,28 +177,40 @@ mod tests {
     fn hit_until_exp_never_past_it() {
         let c = TokenCache::new(10);
         let t0 = Instant::now();
-        c.insert_at("tok", &principal("alice", 1000), 900, t0);
+        c.insert_at("tok", &principal("alice", 1000), 0, 900, t0);
         assert_eq!(
-            c.get_at("tok", 999, t0).map(|p| p.sub),
+            c.get_at("tok", 0, 999, t0).map(|p| p.sub),
             Some("alice".into())
         );
-        assert!(c.get_at("other", 999, t0).is_none());
-        assert!(c.get_at("tok", 1000, t0).is_none(), "at exp: revalidate");
+        assert!(c.get_at("other", 0, 999, t0).is_none());
+        assert!(c.get_at("tok", 0, 1000, t0).is_none(), "at exp: revalidate");
         assert!(c.is_empty(), "expired entry dropped on lookup");
+    }
+
+    #[test]
+    fn a_new_key_set_epoch_misses() {
+        let c = TokenCache::new(10);
+        let t0 = Instant::now();
+        c.insert_at("tok", &principal("alice", 1000), 3, 1, t0);
+        assert!(c.get_at("tok", 3, 2, t0).is_some());
+        assert!(
+            c.get_at("tok", 4, 2, t0).is_none(),
+            "keys refetched: revalidate"
+        );
     }
 
     #[test]
     fn entries_age_out() {
         let c = TokenCache::new(10);
         let t0 = Instant::now();
-        c.insert_at("tok", &principal("alice", u64::MAX), 0, t0);
-        assert!(c.get_at("tok", 1, t0 + MAX_ENTRY_AGE).is_none());
+        c.insert_at("tok", &principal("alice", u64::MAX), 0, 0, t0);
+        assert!(c.get_at("tok", 0, 1, t0 + MAX_ENTRY_AGE).is_none());
     }
 
     #[test]
     fn expired_tokens_are_not_cached() {
         let c = TokenCache::new(10);
-        c.insert_at("tok", &principal("alice", 100), 100, Instant::now());
+        c.insert_at("tok", &principal("alice", 100), 0, 100, Instant::now());
         assert!(c.is_empty());
     }
 
@@ -187,25 +219,28 @@ mod tests {
         let c = TokenCache::new(64);
         let t0 = Instant::now();
         for i in 0..1000 {
-            c.insert_at(&format!("tok{i}"), &principal("a", 1000), 1, t0);
+            c.insert_at(&format!("tok{i}"), &principal("a", 1000), 0, 1, t0);
             assert!(c.len() <= 64);
         }
-        assert!(c.get_at("tok999", 2, t0).is_some(), "latest insert is kept");
+        assert!(
+            c.get_at("tok999", 0, 2, t0).is_some(),
+            "latest insert is kept"
+        );
         // Expired entries are the first to go.
         let c = TokenCache::new(4);
         for i in 0..3 {
-            c.insert_at(&format!("old{i}"), &principal("a", 10), 1, t0);
+            c.insert_at(&format!("old{i}"), &principal("a", 10), 0, 1, t0);
         }
-        c.insert_at("keep", &principal("a", 1000), 1, t0);
-        c.insert_at("new", &principal("a", 1000), 20, t0);
+        c.insert_at("keep", &principal("a", 1000), 0, 1, t0);
+        c.insert_at("new", &principal("a", 1000), 0, 20, t0);
         assert_eq!(c.len(), 2);
-        assert!(c.get_at("keep", 20, t0).is_some());
+        assert!(c.get_at("keep", 0, 20, t0).is_some());
     }
 
     #[test]
     fn zero_capacity_disables() {
         let c = TokenCache::new(0);
-        c.insert_at("tok", &principal("a", 1000), 1, Instant::now());
-        assert!(c.get_at("tok", 2, Instant::now()).is_none());
+        c.insert_at("tok", &principal("a", 1000), 0, 1, Instant::now());
+        assert!(c.get_at("tok", 0, 2, Instant::now()).is_none());
     }
 }

@@ -23,6 +23,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use super::{ServerRoute, authorize, cap_reached, http_error, jsonrpc_error, no_session};
 use crate::child::{self, ChildError};
 use crate::jsonrpc;
+use crate::policy::{TOOL_DENIED, Verdict};
 use crate::session::{Session, SessionRegistry};
 use crate::state::AppState;
 
@@ -64,7 +65,15 @@ pub async fn open(
     };
     let id = crate::session::new_session_id();
     let span = tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name);
-    let (child, out_rx) = match child::spawn(&spec, span.clone(), &state.tracker) {
+    let warm = server.warm.get().and_then(|w| w.take());
+    let spawned = match warm {
+        Some(w) => {
+            tracing::info!(parent: &span, pid = w.child.pid(), "warm child handed to the session");
+            Ok((w.child, w.output))
+        }
+        None => child::spawn(&spec, span.clone(), &state.tracker),
+    };
+    let (child, out_rx) = match spawned {
         Ok(pair) => pair,
         Err(e) => {
             tracing::error!(parent: &span, error = %e, "spawning the server failed");
@@ -77,7 +86,17 @@ pub async fn open(
     state
         .spawned
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let session = state.sessions.insert(id, slot, &route.name, child);
+    let (inject, inject_rx) = mpsc::channel(INJECT_QUEUE);
+    let session = state.sessions.insert(
+        id,
+        slot,
+        &route.name,
+        crate::session::Pipe::Direct(crate::session::Direct {
+            child,
+            inject,
+            list_requests: Default::default(),
+        }),
+    );
     tracing::info!(parent: &span, "legacy SSE session opened");
 
     // The endpoint event names the POST URL, built from public_url so that it survives any
@@ -94,6 +113,8 @@ pub async fn open(
     let stream = session_stream(
         endpoint,
         out_rx,
+        inject_rx,
+        server.policy.clone(),
         SessionGuard {
             registry: state.sessions.clone(),
             session: session.clone(),
@@ -140,22 +161,31 @@ impl Drop for SessionGuard {
     }
 }
 
-/// The session's event stream: the endpoint event, then one `message` event per child line,
-/// until the child is gone, shutdown, or the token expires. A hand-written `Stream` so that
-/// the shutdown and expiry futures are registered once per session, not once per event (a
-/// `select!` in `unfold` re-created them, taking the shutdown token's lock twice per message).
+/// Answers the proxy itself puts on a legacy stream (denied tool calls).
+const INJECT_QUEUE: usize = 64;
+
+/// The session's event stream: the endpoint event, then one `message` event per child line
+/// (and per answer the proxy itself gives, e.g. a denied tool call), until the child is gone,
+/// shutdown, or the token expires. A hand-written `Stream` so that the shutdown and expiry
+/// futures are registered once per session, not once per event (a `select!` in `unfold`
+/// re-created them, taking the shutdown token's lock twice per message).
 struct SessionStream {
     endpoint: Option<String>,
     out_rx: mpsc::Receiver<String>,
+    inject_rx: mpsc::Receiver<String>,
+    policy: crate::policy::ToolPolicy,
     guard: SessionGuard,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn session_stream(
     endpoint: String,
     out_rx: mpsc::Receiver<String>,
+    inject_rx: mpsc::Receiver<String>,
+    policy: crate::policy::ToolPolicy,
     guard: SessionGuard,
     shutdown: CancellationToken,
     expiry: Option<Duration>,
@@ -163,6 +193,8 @@ fn session_stream(
     SessionStream {
         endpoint: Some(endpoint),
         out_rx,
+        inject_rx,
+        policy,
         guard,
         shutdown: Box::pin(shutdown.cancelled_owned()),
         expiry: expiry.map(|d| Box::pin(tokio::time::sleep(d))),
@@ -192,9 +224,17 @@ impl Stream for SessionStream {
             this.done = true;
             return Poll::Ready(None);
         }
+        // A closed inject channel just stays silent; the child's channel ends the stream.
+        if let Poll::Ready(Some(line)) = this.inject_rx.poll_recv(cx) {
+            return Poll::Ready(Some(Ok(Event::default().event("message").data(line))));
+        }
         match this.out_rx.poll_recv(cx) {
-            Poll::Ready(Some(line)) => {
+            Poll::Ready(Some(mut line)) => {
                 this.guard.session.touch();
+                if !this.policy.is_empty() {
+                    let _entered = this.guard.span.enter();
+                    line = filter_if_list_answer(&this.guard.session, &this.policy, line);
+                }
                 Poll::Ready(Some(Ok(Event::default().event("message").data(line))))
             }
             Poll::Ready(None) => {
@@ -203,6 +243,24 @@ impl Stream for SessionStream {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// Filters a `tools/list` answer for the caller that asked (their scopes at that time).
+fn filter_if_list_answer(
+    session: &Session,
+    policy: &crate::policy::ToolPolicy,
+    line: String,
+) -> String {
+    let crate::session::Pipe::Direct(direct) = &session.pipe else {
+        return line;
+    };
+    let Some(id) = jsonrpc::probe(&line).and_then(|p| p.id.map(|id| id.get().to_owned())) else {
+        return line;
+    };
+    match direct.take_filter(&id) {
+        Some(scopes) => policy.filter_list(&line, &scopes).unwrap_or(line),
+        None => line,
     }
 }
 
@@ -226,12 +284,38 @@ pub async fn message(
     let Some(session) = state.sessions.get(id, &principal.key(), &route.name) else {
         return no_session();
     };
+    let crate::session::Pipe::Direct(direct) = &session.pipe else {
+        // A Streamable HTTP session is not reachable through the legacy POST endpoint.
+        return no_session();
+    };
     let message = match jsonrpc::client_message(&body) {
         Ok(m) => m,
         Err(e) => return jsonrpc_error(StatusCode::BAD_REQUEST, e.code(), e.message()),
     };
     session.touch();
-    match session.child.send(message.line, &message.request_ids).await {
+    if let Some(server) = state.servers.get(&*route.name)
+        && !server.policy.is_empty()
+        && !message.batch
+    {
+        match server.policy.judge(&message.line, &principal.scopes) {
+            Verdict::Allow => {}
+            Verdict::FilterList => {
+                if let Some(id) = message.request_ids.first() {
+                    direct.filter_answer(id.clone(), principal.scopes.clone());
+                }
+            }
+            Verdict::Deny(why) => {
+                tracing::info!(session = %session.id, "{why}");
+                let id = message.request_ids.first().map_or("null", String::as_str);
+                let line = jsonrpc::error_response(id, TOOL_DENIED, &why);
+                return match direct.inject.try_send(line) {
+                    Ok(()) => (StatusCode::ACCEPTED, "Accepted").into_response(),
+                    Err(_) => http_error(StatusCode::SERVICE_UNAVAILABLE, "session is busy"),
+                };
+            }
+        }
+    }
+    match direct.child.send(message.line, &message.request_ids).await {
         Ok(()) => (StatusCode::ACCEPTED, "Accepted").into_response(),
         Err(ChildError::Gone) => no_session(),
         Err(e) => {

@@ -1,11 +1,20 @@
 //! Integration tests: the proxy in-process on port 0, real child processes, real sockets,
-#![allow(unreachable_pub)]
 //! and the official MCP SDK clients (Node and Python) where the interop harness is installed.
+#![allow(unreachable_pub)]
 
 mod common;
 
 mod auth_rejections;
+mod child_policy;
 mod cli;
+mod config_files;
+mod faults;
 mod interop;
 mod legacy_sse;
 mod lifecycle;
+mod metadata;
+mod oidc;
+mod soak;
+mod streamable;
+mod token_expiry;
+mod tool_rules;

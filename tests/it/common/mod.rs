@@ -4,6 +4,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod keys;
+pub mod mcp;
+pub mod process;
 pub mod sse;
 
 use std::sync::Arc;
