@@ -138,13 +138,15 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
     let server = server_bin.to_string_lossy().into_owned();
     let mut report = Report {
         machine: format!(
-            "{}; {} cores; loadgen open-file limit {soft}/{hard}",
+            "{}; loadgen open-file limit {soft}/{hard}",
             if args.machine.is_empty() {
-                "unnamed".into()
+                format!(
+                    "{} cores",
+                    std::thread::available_parallelism().map_or(0, |n| n.get())
+                )
             } else {
                 args.machine.clone()
             },
-            std::thread::available_parallelism().map_or(0, |n| n.get())
         ),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         ..Report::default()
@@ -337,9 +339,10 @@ async fn load(
     let measure_from = start + warmup;
     let end = measure_from + duration;
     // The server's CPU time over the measured window.
+    let me = std::process::id();
     let cpu_start = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
-        cpu_pid.and_then(procs::cpu_time)
+        (cpu_pid.and_then(procs::cpu_time), procs::cpu_time(me))
     });
     let mut tasks = tokio::task::JoinSet::new();
     for session in &opened {
@@ -400,13 +403,18 @@ async fn load(
     let elapsed = Instant::now()
         .saturating_duration_since(measure_from)
         .as_secs_f64();
-    let cpu_end = cpu_pid.and_then(procs::cpu_time);
-    let cpu_start = cpu_start.await.ok().flatten();
+    let (cpu_end, client_end) = (cpu_pid.and_then(procs::cpu_time), procs::cpu_time(me));
+    let (cpu_start, client_start) = cpu_start.await.unwrap_or((None, None));
     row.calls = tally.calls.load(Ordering::Relaxed);
-    if let (Some(a), Some(b)) = (cpu_start, cpu_end)
-        && row.calls > 0
-    {
-        row.cpu_us_per_call = Some(b.saturating_sub(a).as_secs_f64() * 1e6 / row.calls as f64);
+    let per_call = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+        (Some(a), Some(b)) if row.calls > 0 => {
+            Some(b.saturating_sub(a).as_secs_f64() * 1e6 / row.calls as f64)
+        }
+        _ => None,
+    };
+    row.cpu_us_per_call = per_call(cpu_start, cpu_end);
+    if let Some(c) = per_call(client_start, client_end) {
+        row.note = format!("loadgen {c:.1} µs CPU/call");
     }
     row.errors += tally.errors.load(Ordering::Relaxed);
     row.mismatched = tally.mismatched.load(Ordering::Relaxed);
