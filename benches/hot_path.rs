@@ -1,6 +1,6 @@
 //! criterion micro-benches of the per-message hot path (issue 7): token validation (HS256,
 //! RS256, ES256; uncached and through the validated-token cache), JSON-RPC classification of
-//! child output and client bodies, and SSE event encoding.
+//! child output and client bodies, id rewriting, and SSE event encoding.
 //!
 //! `cargo bench --bench hot_path`; under `cargo test --all-targets` each bench runs once.
 //! The RS256/ES256 keys are generated at start and served as a JWKS on 127.0.0.1:0.
@@ -171,6 +171,23 @@ fn jsonrpc_bench(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(line.len() as u64));
         group.bench_with_input(BenchmarkId::new("probe", name), &line, |b, l| {
             b.iter(|| jsonrpc::probe(black_box(l)).map(|p| p.kind()).is_some())
+        });
+    }
+    // Id rewriting as the modern-era multiplexer does it (src/mux.rs): find the raw id with
+    // `probe`, splice the proxy's id in (on the way in) or the client's back (on the way out).
+    for (name, line) in answers() {
+        if name == "notification" {
+            continue;
+        }
+        group.throughput(Throughput::Bytes(line.len() as u64));
+        group.bench_with_input(BenchmarkId::new("rewrite_id", name), &line, |b, l| {
+            b.iter(|| {
+                let l: &str = black_box(l);
+                jsonrpc::probe(l)
+                    .and_then(|p| p.id)
+                    .and_then(|id| jsonrpc::splice(l, id.get(), "\"client-7\""))
+                    .map(|s| s.len())
+            })
         });
     }
     let bodies: Vec<(&str, Vec<u8>)> = vec![
