@@ -21,6 +21,7 @@ pub const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 16;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 1800;
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// HMAC keys shorter than the hash output weaken the MAC (RFC 7518 §3.2); we refuse them.
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 /// The prefix of environment overrides: `MCP_PROXY__LISTEN__ADDR=…`.
@@ -56,6 +57,35 @@ pub struct Config {
     pub sessions: SessionsConfig,
     #[serde(default)]
     pub servers: BTreeMap<String, ServerConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Log output: one line per event on stderr.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json` (`--log-format`/`MCP_PROXY_LOG_FORMAT` override it).
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `info,access=warn`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: DEFAULT_LOG_LEVEL.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -285,6 +315,28 @@ impl Config {
         }
         if self.http.sse_keepalive_secs == 0 {
             return Err(ConfigError::new("http.sse_keepalive_secs", "must be > 0"));
+        }
+        for (i, host) in self.http.allowed_hosts.iter().enumerate() {
+            let ok = !host.is_empty()
+                && host.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+                });
+            if !ok {
+                return Err(ConfigError::new(
+                    format!("http.allowed_hosts[{i}]"),
+                    format!("`{host}` is not a host name like mcp.example.com or localhost:8080"),
+                ));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::new(
+                "log.level",
+                format!(
+                    "`{}` is not a filter like `info` or `info,access=warn`",
+                    self.log.level
+                ),
+            ));
         }
         for (i, origin) in self.http.allowed_origins.iter().enumerate() {
             if origin != "*" && Url::parse(origin).is_err() {
