@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::jsonrpc;
+use crate::metrics::ChildMetrics;
 
 /// Messages waiting for the child's stdin; past this, senders wait (backpressure).
 pub const STDIN_QUEUE: usize = 256;
@@ -49,6 +50,8 @@ pub struct ChildSpec {
     pub env_remove: Vec<String>,
     pub cwd: Option<PathBuf>,
     pub max_line_bytes: usize,
+    /// Where spawns, the live count and exits are recorded (`Default`: recorded nowhere).
+    pub metrics: ChildMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,9 +154,12 @@ pub fn spawn(
     span: tracing::Span,
     tracker: &TaskTracker,
 ) -> Result<(ChildHandle, mpsc::Receiver<String>), ChildError> {
-    let mut child = command(spec).spawn().map_err(|source| ChildError::Spawn {
-        command: spec.command.clone(),
-        source,
+    let mut child = command(spec).spawn().map_err(|source| {
+        spec.metrics.spawn_failed();
+        ChildError::Spawn {
+            command: spec.command.clone(),
+            source,
+        }
     })?;
     let pid = child.id().ok_or_else(|| ChildError::Spawn {
         command: spec.command.clone(),
@@ -168,6 +174,7 @@ pub fn spawn(
         });
     };
     tracing::info!(parent: &span, pid, command = %spec.command, "child spawned");
+    spec.metrics.spawned();
 
     let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
     let (out_tx, out_rx) = mpsc::channel(STDOUT_QUEUE);
@@ -185,6 +192,7 @@ pub fn spawn(
         stop: stop.clone(),
         exited: exited.clone(),
         max_line_bytes: spec.max_line_bytes,
+        metrics: spec.metrics.clone(),
     };
     tracker.spawn(actor.run(stdout).instrument(span));
     Ok((
@@ -302,6 +310,7 @@ struct Actor {
     stop: CancellationToken,
     exited: CancellationToken,
     max_line_bytes: usize,
+    metrics: ChildMetrics,
 }
 
 impl Actor {
@@ -346,6 +355,7 @@ impl Actor {
         };
         let status = self.terminate(status, reason).await;
         tracing::info!(?reason, status = %DisplayStatus(status), "child gone");
+        self.metrics.exited(reason);
         self.fail_pending().await;
         self.exited.cancel();
     }

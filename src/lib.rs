@@ -8,17 +8,20 @@
 //! - [`session`]: the registry of sessions and their owners; caps.
 //! - [`child`]: one stdio server process as an actor.
 //! - [`jsonrpc`]: message classification and framing.
+//! - [`access`]: the access log; [`metrics`]: Prometheus; [`serve`]: graceful drain.
 
+pub mod access;
 pub mod auth;
 pub mod child;
 pub mod config;
 pub mod jsonrpc;
+pub mod metrics;
 pub mod router;
 pub mod session;
 pub mod state;
 pub mod transport;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::session::SessionRegistry;
 use crate::state::{AppState, ServerRuntime};
 
@@ -79,14 +83,14 @@ pub fn build_state(
             .iter()
             .filter_map(|i| i.secret_env.clone()),
     );
+    let metrics = Metrics::new(config.servers.keys().map(String::as_str));
     let servers = config
         .servers
         .iter()
         .map(|(name, server)| {
-            (
-                name.clone(),
-                ServerRuntime::new(name, server.clone(), env_remove.clone()),
-            )
+            let runtime = ServerRuntime::new(name, server.clone(), env_remove.clone())
+                .with_metrics(metrics.server(name).cloned().unwrap_or_default());
+            (name.clone(), runtime)
         })
         .collect();
     let sessions = SessionRegistry::new(
@@ -100,13 +104,19 @@ pub fn build_state(
         servers,
         tracker: TaskTracker::new(),
         shutdown: CancellationToken::new(),
+        draining: CancellationToken::new(),
+        metrics: Arc::new(metrics),
         spawned: Default::default(),
         config: Arc::new(config),
     }))
 }
 
-/// Runs the proxy on an already bound listener until `shutdown` resolves, then stops every
-/// session and waits (bounded by `shutdown_grace_secs`) for every child to be reaped.
+/// After the drain, how long stopping the children (stdin close, SIGTERM, SIGKILL: about
+/// 2.5 s per child, in parallel) and finishing in-flight HTTP exchanges may take.
+pub const STOP_BOUND: Duration = Duration::from_secs(10);
+
+/// Runs the proxy on an already bound listener until `shutdown` resolves, then drains (see
+/// [`serve`]).
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -117,7 +127,14 @@ pub async fn run(
     serve(state, listener, shutdown).await
 }
 
-/// Serves a prepared state (tests build the state themselves).
+/// Serves a prepared state (tests build the state themselves) until `shutdown` resolves, then
+/// drains (DESIGN §5):
+/// 1. `draining`: `/readyz` answers 503 and new sessions get 503 at once; the listener stays
+///    open, so existing sessions (whose POSTs may come on new connections) keep working;
+/// 2. when the last session ends, or `shutdown_grace_secs` has passed, every remaining child is
+///    stopped — its in-flight requests are answered with a JSON-RPC error and its stream ends;
+/// 3. streams still open are cancelled, the listener closes, in-flight exchanges finish
+///    (bounded by [`STOP_BOUND`]), and every child is reaped.
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
@@ -126,26 +143,55 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, public_url = %state.public_url, "listening");
     start_key_loading(&state);
     let app = router::router(state.clone());
-    let token = state.shutdown.clone();
-    let stop = async move {
-        shutdown.await;
-        tracing::info!("shutting down");
-        token.cancel();
-    };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await?;
+    let close_listener = CancellationToken::new();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(close_listener.clone().cancelled_owned())
+        .into_future();
+    let mut server = tokio::spawn(server);
+    tokio::select! {
+        _ = shutdown => {}
+        // Not expected: axum::serve returns only after the graceful shutdown asked for below.
+        result = &mut server => {
+            state.shutdown.cancel();
+            return match result {
+                Ok(r) => r.map_err(StartError::Io),
+                Err(e) => Err(StartError::Io(std::io::Error::other(e))),
+            };
+        }
+    }
+    let grace = Duration::from_secs(state.config.http.shutdown_grace_secs);
+    tracing::info!(
+        sessions = state.sessions.len(),
+        grace_secs = grace.as_secs(),
+        "draining: new sessions refused, existing sessions may finish"
+    );
+    state.draining.cancel();
+    if tokio::time::timeout(grace, state.sessions.wait_empty())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            sessions = state.sessions.len(),
+            "shutdown_grace_secs passed; stopping the remaining sessions"
+        );
+    }
     for session in state.sessions.all() {
         state.sessions.remove(&session.id);
     }
     state.tracker.close();
-    let grace = Duration::from_secs(state.config.http.shutdown_grace_secs);
-    if tokio::time::timeout(grace, state.tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some children did not stop within shutdown_grace_secs");
+    let stopped = tokio::time::timeout(STOP_BOUND, async {
+        state.tracker.wait().await;
+        state.shutdown.cancel();
+        close_listener.cancel();
+        let _ = (&mut server).await;
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!("children or connections did not stop in time");
+        state.shutdown.cancel();
+        server.abort();
     }
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -154,14 +200,24 @@ pub async fn serve(
 fn start_key_loading(state: &Arc<AppState>) {
     let auth = state.auth.clone();
     let shutdown = state.shutdown.clone();
+    let metrics = state.metrics.clone();
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         loop {
+            let pending = auth
+                .jwks_caches()
+                .iter()
+                .filter(|(cache, _)| !cache.is_loaded())
+                .count();
             let failures = auth.load_keys().await;
+            for _ in failures.len()..pending {
+                metrics.jwks_fetch("ok");
+            }
             if failures.is_empty() {
                 break;
             }
             for (issuer, e) in failures {
+                metrics.jwks_fetch(crate::metrics::jwks_error_label(&e));
                 tracing::warn!(issuer, error = %e, "loading keys failed; retrying");
             }
             tokio::select! {
@@ -172,14 +228,19 @@ fn start_key_loading(state: &Arc<AppState>) {
         }
         for (cache, every) in auth.jwks_caches() {
             let shutdown = shutdown.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(every) => {}
                     }
-                    if let Err(e) = cache.refresh().await {
-                        tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set");
+                    match cache.refresh().await {
+                        Ok(_) => metrics.jwks_fetch("ok"),
+                        Err(e) => {
+                            metrics.jwks_fetch(crate::metrics::jwks_error_label(&e));
+                            tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set");
+                        }
                     }
                 }
             });

@@ -1,5 +1,6 @@
 //! The routes (DESIGN §7): the root server at `/sse`, `/message`; every server under
-//! `/servers/NAME/…`; RFC 9728 metadata; health.
+//! `/servers/NAME/…`; RFC 9728 metadata; health and metrics; the access log around all of
+//! them.
 
 use std::sync::Arc;
 
@@ -7,10 +8,11 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json, Router, middleware};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
+use crate::access;
 use crate::auth::metadata::{self, ResourceMetadata, WELL_KNOWN};
 use crate::config::Config;
 use crate::state::AppState;
@@ -24,6 +26,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route(WELL_KNOWN, get(resource_metadata_root))
         .route(&format!("{WELL_KNOWN}/{{*rest}}"), get(resource_metadata));
     if let Some(root) = state.config.root_server() {
@@ -39,6 +42,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::http::header::AUTHORIZATION,
             axum::http::header::COOKIE,
         ]))
+        // Outermost: every request is logged and measured.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::log_and_measure,
+        ))
         .with_state(state)
 }
 
@@ -75,13 +83,30 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.shutdown.is_cancelled() {
+    if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
     } else if !state.auth.keys_loaded() {
         (StatusCode::SERVICE_UNAVAILABLE, "keys not loaded").into_response()
     } else {
         "ready".into_response()
     }
+}
+
+/// Prometheus text exposition of [`crate::metrics`].
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let sessions = state.sessions.all();
+    let body = state.metrics.render(
+        sessions.iter().map(|s| (s.server.as_str(), 1)),
+        state.is_draining(),
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn resource_metadata_root(State(state): State<Arc<AppState>>) -> Response {

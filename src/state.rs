@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Authenticator, Principal};
 use crate::child::ChildSpec;
 use crate::config::{Config, ServerConfig};
+use crate::metrics::{Metrics, ServerMetrics};
 use crate::session::SessionRegistry;
 
 /// Longest claim value copied into a child's environment.
@@ -25,6 +26,10 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Cancelled when the proxy shuts down: every stream ends.
     pub shutdown: CancellationToken,
+    /// Cancelled when draining starts (SIGTERM): `/readyz` answers 503 and new sessions are
+    /// refused, while existing sessions go on until they end or `shutdown_grace_secs` passes.
+    pub draining: CancellationToken,
+    pub metrics: Arc<Metrics>,
     /// Children spawned since start (tests assert that refused requests spawn nothing).
     pub spawned: std::sync::atomic::AtomicU64,
 }
@@ -34,6 +39,8 @@ pub struct ServerRuntime {
     pub name: String,
     pub config: ServerConfig,
     env_remove: Vec<String>,
+    /// This server's metric handles (children record into them).
+    pub metrics: ServerMetrics,
 }
 
 /// Why a child environment could not be built from the caller's claims.
@@ -50,7 +57,14 @@ impl ServerRuntime {
             name: name.to_owned(),
             config,
             env_remove,
+            metrics: ServerMetrics::default(),
         }
+    }
+
+    /// Records this server's children and traffic into `metrics`.
+    pub fn with_metrics(mut self, metrics: ServerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The spawn recipe for a child serving `principal`: the server's `env`, then
@@ -87,6 +101,14 @@ impl ServerRuntime {
             env_remove: self.env_remove.clone(),
             cwd: self.config.cwd.clone(),
             max_line_bytes: self.config.max_line_bytes,
+            metrics: self.metrics.child.clone(),
         })
+    }
+}
+
+impl AppState {
+    /// True once draining has started (new sessions are refused).
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
     }
 }

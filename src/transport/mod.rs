@@ -47,6 +47,7 @@ pub async fn authorize(
     .await;
     result.map_err(|e| {
         tracing::info!(reason = e.reason(), detail = %e, server = %route.name, "request refused");
+        state.metrics.auth_failure(e.reason());
         e.into_response_with(&resource_metadata)
     })
 }
@@ -76,6 +77,16 @@ pub fn cap_reached(e: CapError) -> Response {
     let mut r = http_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    r
+}
+
+/// 503 for a new session while the proxy drains (DESIGN §5): the load balancer retries it
+/// on another instance; `Connection: close` moves the client off this one.
+pub fn draining() -> Response {
+    let mut r = http_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    let h = r.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 

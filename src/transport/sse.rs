@@ -19,9 +19,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{ServerRoute, authorize, cap_reached, http_error, jsonrpc_error, no_session};
+use super::{ServerRoute, authorize, cap_reached, draining, http_error, jsonrpc_error, no_session};
 use crate::child::{self, ChildError};
 use crate::jsonrpc;
+use crate::metrics::ServerMetrics;
 use crate::session::{Session, SessionRegistry};
 use crate::state::AppState;
 
@@ -40,8 +41,9 @@ pub async fn open(
         Ok(p) => p,
         Err(response) => return response,
     };
-    if state.shutdown.is_cancelled() {
-        return http_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    if state.is_draining() {
+        state.metrics.refused_draining();
+        return draining();
     }
     let Some(server) = state.servers.get(&*route.name) else {
         return no_session();
@@ -49,7 +51,10 @@ pub async fn open(
     // Caps are checked before anything is spawned (DESIGN §3).
     let slot = match state.sessions.reserve(&principal.key()) {
         Ok(slot) => slot,
-        Err(e) => return cap_reached(e),
+        Err(e) => {
+            state.metrics.refused_cap(e);
+            return cap_reached(e);
+        }
     };
     let spec = match server.child_spec(Some(&principal)) {
         Ok(spec) => spec,
@@ -100,6 +105,7 @@ pub async fn open(
         },
         state.shutdown.clone(),
         expiry,
+        server.metrics.clone(),
     );
     let keepalive = KeepAlive::new()
         .interval(Duration::from_secs(state.config.http.sse_keepalive_secs))
@@ -145,6 +151,7 @@ struct StreamState {
     guard: SessionGuard,
     shutdown: CancellationToken,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    metrics: ServerMetrics,
 }
 
 fn session_stream(
@@ -153,6 +160,7 @@ fn session_stream(
     guard: SessionGuard,
     shutdown: CancellationToken,
     expiry: Option<Duration>,
+    metrics: ServerMetrics,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let span = guard.span.clone();
     let state = StreamState {
@@ -161,6 +169,7 @@ fn session_stream(
         guard,
         shutdown,
         expiry: expiry.map(|d| Box::pin(tokio::time::sleep(d))),
+        metrics,
     };
     futures::stream::unfold(state, move |mut st| {
         async move {
@@ -177,6 +186,7 @@ fn session_stream(
                 line = st.out_rx.recv() => {
                     let line = line?;
                     st.guard.session.touch();
+                    st.metrics.relayed_from_child(line.len());
                     Some((Ok(Event::default().event("message").data(line)), st))
                 }
                 _ = st.shutdown.cancelled() => None,
@@ -215,8 +225,14 @@ pub async fn message(
         Err(e) => return jsonrpc_error(StatusCode::BAD_REQUEST, e.code(), e.message()),
     };
     session.touch();
+    let bytes = message.line.len();
     match session.child.send(message.line, &message.request_ids).await {
-        Ok(()) => (StatusCode::ACCEPTED, "Accepted").into_response(),
+        Ok(()) => {
+            if let Some(m) = state.metrics.server(&route.name) {
+                m.relayed_to_child(bytes);
+            }
+            (StatusCode::ACCEPTED, "Accepted").into_response()
+        }
         Err(ChildError::Gone) => no_session(),
         Err(e) => {
             tracing::warn!(session = %session.id, error = %e, "message not delivered");

@@ -7,6 +7,8 @@ mod common;
 mod auth_rejections;
 mod cli;
 mod config_files;
+mod drain;
 mod interop;
 mod legacy_sse;
 mod lifecycle;
+mod ops;
