@@ -8,14 +8,17 @@
 //! - [`session`]: the registry of sessions and their owners; caps.
 //! - [`child`]: one stdio server process as an actor.
 //! - [`jsonrpc`]: message classification and framing.
-//! - [`access`]: the access log; [`metrics`]: Prometheus; [`serve`]: graceful drain.
+//! - [`origin`], [`forwarded`], [`access`]: Origin/Host/CORS, the address the client used,
+//!   the access log; [`metrics`]: Prometheus; [`serve`]: graceful drain.
 
 pub mod access;
 pub mod auth;
 pub mod child;
 pub mod config;
+pub mod forwarded;
 pub mod jsonrpc;
 pub mod metrics;
+pub mod origin;
 pub mod router;
 pub mod session;
 pub mod state;

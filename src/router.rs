@@ -1,11 +1,11 @@
 //! The routes (DESIGN §7): the root server at `/sse`, `/message`; every server under
-//! `/servers/NAME/…`; RFC 9728 metadata; health and metrics; the access log around all of
-//! them.
+//! `/servers/NAME/…`; RFC 9728 metadata; health and metrics; the Origin/CORS guard and the
+//! access log around all of them.
 
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router, middleware};
@@ -15,6 +15,7 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use crate::access;
 use crate::auth::metadata::{self, ResourceMetadata, WELL_KNOWN};
 use crate::config::Config;
+use crate::origin::{self, OriginPolicy};
 use crate::state::AppState;
 use crate::transport::{ServerRoute, sse};
 
@@ -35,6 +36,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     for name in state.servers.keys() {
         app = app.merge(server_routes(name, &format!("/servers/{name}")));
     }
+    let origins = Arc::new(OriginPolicy::new(&state.config.http, &state.public_url));
     app.layer(RequestBodyLimitLayer::new(state.config.http.max_body_bytes))
         // axum's own 2 MB limit would shadow max_body_bytes (DEPENDENCIES.md, axum traps).
         .layer(DefaultBodyLimit::disable())
@@ -42,7 +44,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::http::header::AUTHORIZATION,
             axum::http::header::COOKIE,
         ]))
-        // Outermost: every request is logged and measured.
+        // Outermost last: every request is logged and measured, even one refused by Origin.
+        .layer(middleware::from_fn_with_state(origins, origin::guard))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             access::log_and_measure,
@@ -109,19 +112,23 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn resource_metadata_root(State(state): State<Arc<AppState>>) -> Response {
-    metadata_document(&state, "")
+async fn resource_metadata_root(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Response {
+    metadata_document(&state, &headers, "")
 }
 
 async fn resource_metadata(
     State(state): State<Arc<AppState>>,
     Path(rest): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
-    metadata_document(&state, &rest)
+    metadata_document(&state, &headers, &rest)
 }
 
-fn metadata_document(state: &AppState, rest: &str) -> Response {
-    let resource = metadata::resource_for(&state.public_url, rest);
+fn metadata_document(state: &AppState, headers: &HeaderMap, rest: &str) -> Response {
+    let resource = metadata::resource_for(&state.public_url_for(headers), rest);
     let mut scopes: Vec<String> = state.config.auth.required_scopes.clone();
     for server in state.config.servers.values() {
         scopes.extend(server.required_scopes.iter().cloned());

@@ -111,4 +111,13 @@ impl AppState {
     pub fn is_draining(&self) -> bool {
         self.draining.is_cancelled()
     }
+
+    /// The public base URL for this request: `public_url`, with the scheme and host taken
+    /// from `X-Forwarded-Proto`/`X-Forwarded-Host` when `trust_forwarded_headers` is on.
+    pub fn public_url_for(&self, headers: &http::HeaderMap) -> std::borrow::Cow<'_, str> {
+        if !self.config.http.trust_forwarded_headers {
+            return std::borrow::Cow::Borrowed(&self.public_url);
+        }
+        crate::forwarded::public_url(&self.public_url, headers)
+    }
 }

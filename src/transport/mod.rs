@@ -30,7 +30,10 @@ pub async fn authorize(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Principal, Response> {
-    let resource_metadata = metadata_url(&state.public_url, &format!("{}{endpoint}", route.base));
+    let resource_metadata = metadata_url(
+        &state.public_url_for(headers),
+        &format!("{}{endpoint}", route.base),
+    );
     let result = async {
         if query_has_token(query) {
             return Err(AuthError::TokenInQuery);

@@ -88,7 +88,9 @@ pub async fn open(
     // path prefix and proxy in between (spec 2024-11-05 §HTTP with SSE: "endpoint" event).
     let endpoint = format!(
         "{}{}/message?sessionId={}",
-        state.public_url, route.base, session.id
+        state.public_url_for(&headers),
+        route.base,
+        session.id
     );
     let expiry = state
         .config

@@ -1,11 +1,12 @@
-//! Production operations in-process: metrics, several servers in one proxy.
+//! Production operations in-process: metrics, Origin/Host checks, CORS, the address the client
+//! used behind a path prefix and forwarded headers, several servers in one proxy.
 
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::common::sse::SseClient;
-use crate::common::{Proxy, base_config, example_server, http, metric};
+use crate::common::{Proxy, base_config, example_server, example_server_section, http, metric};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_present_and_move_with_traffic() {
@@ -119,6 +120,212 @@ async fn metrics_are_present_and_move_with_traffic() {
         })
         .sum();
     assert_eq!(exits, 1.0, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_origin_gets_403_and_spawns_nothing() {
+    let proxy = Proxy::with_config(
+        &base_config(&format!(
+            "[http]\nallowed_origins = [\"http://app.example\"]\n{}",
+            example_server_section()
+        )),
+        &[],
+    )
+    .await;
+    let token = proxy.token("alice");
+    for origin in ["http://evil.example", "null", "http://app.example:8080"] {
+        let r = http()
+            .get(format!("{}/sse", proxy.url))
+            .bearer_auth(&token)
+            .header("origin", origin)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status(), 403, "{origin}");
+        let body: serde_json::Value = r.json().await.expect("JSON-RPC error body");
+        assert_eq!(body["error"]["code"], -32600);
+        assert!(body.get("id").is_none(), "{body}");
+    }
+    assert_eq!(proxy.spawned(), 0);
+    // The listed origin and the proxy's own origin pass.
+    for origin in ["http://app.example", proxy.url.as_str()] {
+        let c =
+            SseClient::connect_with(&format!("{}/sse", proxy.url), &token, &[("origin", origin)])
+                .await;
+        assert_eq!(c.headers["access-control-allow-origin"], origin);
+    }
+    // No Origin (non-browser clients): no check.
+    let r = http()
+        .get(format!("{}/healthz", proxy.url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflight_is_answered_without_a_token() {
+    let proxy = Proxy::with_config(
+        &base_config(&format!(
+            "[http]\nallowed_origins = [\"https://app.example\"]\n{}",
+            example_server_section()
+        )),
+        &[],
+    )
+    .await;
+    for path in ["/sse", "/message"] {
+        let r = http()
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", proxy.url))
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type, mcp-session-id",
+            )
+            .send()
+            .await
+            .expect("preflight");
+        assert_eq!(r.status(), 204, "{path}");
+        let h = r.headers();
+        assert_eq!(h["access-control-allow-origin"], "https://app.example");
+        let allowed = h["access-control-allow-headers"].to_str().expect("ascii");
+        for name in [
+            "authorization",
+            "content-type",
+            "mcp-session-id",
+            "mcp-protocol-version",
+        ] {
+            assert!(allowed.contains(name), "{allowed}");
+        }
+        let methods = h["access-control-allow-methods"].to_str().expect("ascii");
+        assert!(
+            methods.contains("POST") && methods.contains("DELETE"),
+            "{methods}"
+        );
+    }
+    // A preflight from elsewhere is refused.
+    let r = http()
+        .request(reqwest::Method::OPTIONS, format!("{}/sse", proxy.url))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(r.status(), 403);
+    // Actual responses expose what a browser client must read, including on a 401.
+    let r = http()
+        .get(format!("{}/sse", proxy.url))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 401);
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(
+        exposed.contains("mcp-session-id") && exposed.contains("www-authenticate"),
+        "{exposed}"
+    );
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(proxy.spawned(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_allow_list() {
+    let proxy = Proxy::with_config(
+        &base_config(&format!(
+            "[http]\nallowed_hosts = [\"mcp.example.com\"]\n{}",
+            example_server_section()
+        )),
+        &[],
+    )
+    .await;
+    let get = |path: &str, host: Option<&'static str>| {
+        let mut r = http().get(format!("{}{path}", proxy.url));
+        if let Some(host) = host {
+            r = r.header("host", host);
+        }
+        async move { r.send().await.expect("get").status().as_u16() }
+    };
+    // reqwest sends Host: 127.0.0.1:PORT by default.
+    assert_eq!(get("/sse", None).await, 403);
+    assert_eq!(get("/sse", Some("mcp.example.com")).await, 401);
+    assert_eq!(get("/sse", Some("mcp.example.com:443")).await, 401);
+    assert_eq!(get("/sse", Some("evil.example")).await, 403);
+    // Probes address the instance directly.
+    assert_eq!(get("/readyz", None).await, 200);
+    assert_eq!(get("/metrics", None).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_and_metadata_urls_behind_a_prefix_with_forwarded_headers() {
+    let public = "http://proxy.internal:8080/team";
+    let cfg = |trust: bool| {
+        base_config(&format!(
+            "[http]\npublic_url = \"{public}\"\ntrust_forwarded_headers = {trust}\n{}",
+            example_server_section()
+        ))
+    };
+    let forwarded = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "mcp.example.com"),
+    ];
+    let proxy = Proxy::with_config(&cfg(true), &[]).await;
+    let token = proxy.token_with("alice", json!({"aud": public}));
+    let mut c = SseClient::connect_with(&format!("{}/sse", proxy.url), &token, &forwarded).await;
+    assert_eq!(
+        c.endpoint,
+        format!(
+            "https://mcp.example.com/team/message?sessionId={}",
+            c.session_id
+        )
+    );
+    // The load balancer strips the prefix; the client's POSTs still reach the session.
+    c.endpoint = format!("{}/message?sessionId={}", proxy.url, c.session_id);
+    c.initialize().await;
+    // Without forwarded headers: public_url as configured.
+    let d = SseClient::connect(&format!("{}/sse", proxy.url), &token).await;
+    assert_eq!(
+        d.endpoint,
+        format!("{public}/message?sessionId={}", d.session_id)
+    );
+    // The 401 challenge and the metadata document name the same address.
+    let mut r = http().get(format!("{}/sse", proxy.url));
+    for (k, v) in forwarded {
+        r = r.header(k, v);
+    }
+    let r = r.send().await.expect("get");
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().expect("ascii");
+    assert!(
+        challenge.contains(
+            "resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/team/sse\""
+        ),
+        "{challenge}"
+    );
+    let mut r = http().get(format!(
+        "{}/.well-known/oauth-protected-resource/team/sse",
+        proxy.url
+    ));
+    for (k, v) in forwarded {
+        r = r.header(k, v);
+    }
+    let doc: serde_json::Value = r.send().await.expect("get").json().await.expect("json");
+    assert_eq!(doc["resource"], "https://mcp.example.com/team/sse");
+
+    // Not trusted: the headers are ignored.
+    let untrusting = Proxy::with_config(&cfg(false), &[]).await;
+    let token = untrusting.token_with("alice", json!({"aud": public}));
+    let e = SseClient::connect_with(&format!("{}/sse", untrusting.url), &token, &forwarded).await;
+    assert_eq!(
+        e.endpoint,
+        format!("{public}/message?sessionId={}", e.session_id)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
