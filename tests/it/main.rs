@@ -11,4 +11,5 @@ mod drain;
 mod interop;
 mod legacy_sse;
 mod lifecycle;
+mod load_balancer;
 mod ops;
