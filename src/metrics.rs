@@ -59,6 +59,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     transport: &'static str,
     method: &'static str,
@@ -86,7 +91,7 @@ pub struct Metrics {
     auth_failures: Family<ReasonLabels, Counter>,
     http_requests: Family<RequestLabels, Counter>,
     http_latency: HistogramFamily<LatencyLabels>,
-    jwks_fetches: Family<ReasonLabels, Counter>,
+    jwks_fetches: Family<ResultLabels, Counter>,
     servers: HashMap<String, ServerMetrics>,
 }
 
@@ -261,10 +266,10 @@ impl Metrics {
             Unit::Seconds,
             http_latency.clone(),
         );
-        let jwks_fetches = Family::<ReasonLabels, Counter>::default();
+        let jwks_fetches = Family::<ResultLabels, Counter>::default();
         registry.register(
             "jwks_fetches",
-            "JWKS fetches (with OIDC discovery) by result, in the reason label: ok, http_4xx, http_5xx, network, too_large, invalid",
+            "JWKS fetches (with OIDC discovery) by result: ok, http_4xx, http_5xx, network, too_large, invalid",
             jwks_fetches.clone(),
         );
 
@@ -375,7 +380,7 @@ impl Metrics {
     /// `auth::jwks::JwksCache::key` and is not counted until that code calls this hook.
     pub fn jwks_fetch(&self, result: &'static str) {
         self.jwks_fetches
-            .get_or_create(&ReasonLabels { reason: result })
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 
@@ -447,7 +452,7 @@ mod tests {
             "mcp_proxy_auth_failures_total{reason=\"expired\"} 1",
             "mcp_proxy_http_requests_total{transport=\"sse\",method=\"POST\",status=\"202\"} 1",
             "mcp_proxy_http_request_duration_seconds_count{transport=\"sse\",method=\"POST\"} 1",
-            "mcp_proxy_jwks_fetches_total{reason=\"ok\"} 1",
+            "mcp_proxy_jwks_fetches_total{result=\"ok\"} 1",
             "mcp_proxy_draining 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
