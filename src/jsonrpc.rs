@@ -155,6 +155,21 @@ pub fn client_message(body: &[u8]) -> Result<ClientMessage, BodyError> {
     })
 }
 
+/// Replaces `part` (a slice of `line`, e.g. a raw `id` from [`probe`]) with `replacement`.
+/// Falls back to `None` when `part` does not point into `line`.
+pub fn splice(line: &str, part: &str, replacement: &str) -> Option<String> {
+    let start = (part.as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    if end > line.len() || !line.is_char_boundary(start) || !line.is_char_boundary(end) {
+        return None;
+    }
+    let mut out = String::with_capacity(line.len() - part.len() + replacement.len());
+    out.push_str(&line[..start]);
+    out.push_str(replacement);
+    out.push_str(&line[end..]);
+    Some(out)
+}
+
 /// MCP request ids are strings or integers (schema `RequestId`), never null.
 fn is_valid_id(id: &RawValue) -> bool {
     let s = id.get();
@@ -217,6 +232,19 @@ mod tests {
         .expect("batch");
         assert!(b.batch);
         assert_eq!(b.kinds, vec![Kind::Request, Kind::Notification]);
+    }
+
+    #[test]
+    fn splice_replaces_only_the_top_level_id() {
+        let line = r#"{"jsonrpc":"2.0","id":"a","method":"m","params":{"id":"a"}}"#;
+        let p = probe(line).expect("object");
+        let id = p.id.expect("id").get();
+        let out = splice(line, id, "17").expect("in bounds");
+        assert_eq!(
+            out,
+            r#"{"jsonrpc":"2.0","id":17,"method":"m","params":{"id":"a"}}"#
+        );
+        assert!(splice(line, "elsewhere", "1").is_none());
     }
 
     #[test]

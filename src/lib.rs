@@ -18,11 +18,15 @@ pub mod config;
 pub mod forwarded;
 pub mod jsonrpc;
 pub mod metrics;
+pub mod mux;
 pub mod origin;
+pub mod policy;
+pub mod pool;
 pub mod router;
 pub mod session;
 pub mod state;
 pub mod transport;
+pub mod warm;
 
 use std::future::{Future, IntoFuture};
 use std::sync::Arc;
@@ -110,6 +114,7 @@ pub fn build_state(
         draining: CancellationToken::new(),
         metrics: Arc::new(metrics),
         spawned: Default::default(),
+        pool: Default::default(),
         config: Arc::new(config),
     }))
 }
@@ -145,6 +150,8 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     tracing::info!(addr = %listener.local_addr()?, public_url = %state.public_url, "listening");
     start_key_loading(&state);
+    start_idle_reaper(&state);
+    start_warm_pools(&state);
     let app = router::router(state.clone());
     let close_listener = CancellationToken::new();
     let server = axum::serve(listener, app)
@@ -181,6 +188,12 @@ pub async fn serve(
     for session in state.sessions.all() {
         state.sessions.remove(&session.id);
     }
+    state.pool.clear();
+    for server in state.servers.values() {
+        if let Some(warm) = server.warm.get() {
+            warm.clear();
+        }
+    }
     state.tracker.close();
     let stopped = tokio::time::timeout(STOP_BOUND, async {
         state.tracker.wait().await;
@@ -196,6 +209,62 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Spawns the `warm_pool` children of every server that has one.
+fn start_warm_pools(state: &Arc<AppState>) {
+    for server in state.servers.values() {
+        if server.config.warm_pool == 0 {
+            continue;
+        }
+        let Ok(spec) = server.child_spec(None) else {
+            continue;
+        };
+        let pool = server.warm.get_or_init(|| {
+            warm::WarmPool::new(
+                &server.name,
+                server.config.warm_pool,
+                spec,
+                state.tracker.clone(),
+                state.shutdown.clone(),
+            )
+        });
+        pool.refill();
+    }
+}
+
+/// Ends sessions and pool children idle for longer than `sessions.idle_timeout_secs` — also
+/// legacy sessions whose stream is open but silent (a stream a client forgot holds a child).
+fn start_idle_reaper(state: &Arc<AppState>) {
+    let idle = Duration::from_secs(state.config.sessions.idle_timeout_secs);
+    let every = (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = state.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for session in state.sessions.all() {
+                let busy = match &session.pipe {
+                    session::Pipe::Mux { mux, .. } => mux.in_flight() > 0,
+                    session::Pipe::Direct { .. } => false,
+                };
+                if !busy
+                    && session.idle_for() >= idle
+                    && state.sessions.remove(&session.id).is_some()
+                {
+                    tracing::info!(session = %session.id, "session idle for {}s; ended", idle.as_secs());
+                }
+            }
+            let reaped = state.pool.reap_idle(idle);
+            if reaped > 0 {
+                tracing::info!(reaped, "idle children stopped");
+            }
+        }
+    });
 }
 
 /// Fetches every issuer's keys (retrying with backoff until they load), then refreshes them

@@ -17,7 +17,7 @@ use crate::auth::metadata::{self, ResourceMetadata, WELL_KNOWN};
 use crate::config::Config;
 use crate::origin::{self, OriginPolicy};
 use crate::state::AppState;
-use crate::transport::{ServerRoute, sse};
+use crate::transport::{ServerRoute, sse, streamable};
 
 /// The endpoints each server is mounted at, relative to its base path.
 pub const ENDPOINTS: &[&str] = &["/sse", "/message", "/mcp"];
@@ -61,6 +61,12 @@ fn server_routes(name: &str, base: &str) -> Router<Arc<AppState>> {
     Router::new()
         .route(&format!("{base}/sse"), get(sse::open))
         .route(&format!("{base}/message"), post(sse::message))
+        .route(
+            &format!("{base}/mcp"),
+            post(streamable::post)
+                .get(streamable::get)
+                .delete(streamable::delete),
+        )
         .layer(Extension(route))
 }
 

@@ -8,6 +8,52 @@ use std::time::Instant;
 
 use crate::auth::PrincipalKey;
 use crate::child::ChildHandle;
+use crate::mux::Mux;
+use crate::transport::standalone::Standalone;
+
+/// How a session talks to its child.
+#[derive(Debug)]
+pub enum Pipe {
+    /// Legacy HTTP+SSE: every child line goes to the session's one stream.
+    Direct(Direct),
+    /// Streamable HTTP: answers routed to each request's stream; the rest to the GET stream.
+    Mux {
+        mux: Arc<Mux>,
+        standalone: Arc<Standalone>,
+        /// Set when the child serves several sessions (`child_scope = "principal" | "shared"`).
+        share: Option<Arc<crate::pool::SessionShare>>,
+    },
+}
+
+/// The legacy transport's pipe: the child, a way for the proxy to add its own answers to the
+/// stream (denied tool calls), and the `tools/list` requests whose results must be filtered,
+/// with the scopes of the caller who sent each.
+#[derive(Debug)]
+pub struct Direct {
+    pub child: ChildHandle,
+    pub inject: tokio::sync::mpsc::Sender<String>,
+    pub list_requests: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl Direct {
+    /// Records a `tools/list` request id whose answer is filtered for `scopes`.
+    pub fn filter_answer(&self, id: String, scopes: Vec<String>) {
+        let mut map = lock(&self.list_requests);
+        // Bounded: a client that never gets answers cannot grow this without limit.
+        if map.len() < 1024 {
+            map.insert(id, scopes);
+        }
+    }
+
+    /// The scopes to filter this answer for, if it answers a recorded `tools/list`.
+    pub fn take_filter(&self, id: &str) -> Option<Vec<String>> {
+        let mut map = lock(&self.list_requests);
+        if map.is_empty() {
+            return None;
+        }
+        map.remove(id)
+    }
+}
 
 /// One MCP conversation and the child that serves it.
 #[derive(Debug)]
@@ -15,7 +61,9 @@ pub struct Session {
     pub id: String,
     pub owner: PrincipalKey,
     pub server: String,
-    pub child: ChildHandle,
+    pub pipe: Pipe,
+    /// A number unique among sessions, naming this session inside a shared multiplexer.
+    pub tag: u64,
     created: Instant,
     /// Milliseconds after `created` of the last client or child activity.
     last_activity_ms: AtomicU64,
@@ -23,6 +71,13 @@ pub struct Session {
 }
 
 impl Session {
+    pub fn child(&self) -> &ChildHandle {
+        match &self.pipe {
+            Pipe::Direct(direct) => &direct.child,
+            Pipe::Mux { mux, .. } => mux.child(),
+        }
+    }
+
     pub fn touch(&self) {
         let ms = self.created.elapsed().as_millis() as u64;
         self.last_activity_ms.store(ms, Ordering::Relaxed);
@@ -122,12 +177,14 @@ impl SessionRegistry {
     }
 
     /// Registers a session under `id` (from [`new_session_id`]).
-    pub fn insert(&self, id: String, slot: Slot, server: &str, child: ChildHandle) -> Arc<Session> {
+    pub fn insert(&self, id: String, slot: Slot, server: &str, pipe: Pipe) -> Arc<Session> {
+        static NEXT_TAG: AtomicU64 = AtomicU64::new(1);
         let session = Arc::new(Session {
             id: id.clone(),
             owner: slot.owner.clone(),
             server: server.to_owned(),
-            child,
+            pipe,
+            tag: NEXT_TAG.fetch_add(1, Ordering::Relaxed),
             created: Instant::now(),
             last_activity_ms: AtomicU64::new(0),
             _slot: slot,
@@ -146,7 +203,10 @@ impl SessionRegistry {
     /// Removes a session and stops its child.
     pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
         let session = lock(&self.sessions).remove(id)?;
-        session.child.stop();
+        // A child shared with other sessions stays; the pool reaps it when idle.
+        if !matches!(session.pipe, Pipe::Mux { share: Some(_), .. }) {
+            session.child().stop();
+        }
         self.removed.notify_waiters();
         Some(session)
     }

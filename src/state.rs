@@ -30,6 +30,8 @@ pub struct AppState {
     /// refused, while existing sessions go on until they end or `shutdown_grace_secs` passes.
     pub draining: CancellationToken,
     pub metrics: Arc<Metrics>,
+    /// Children serving the modern era (per principal, or shared).
+    pub pool: Arc<crate::pool::ChildPool>,
     /// Children spawned since start (tests assert that refused requests spawn nothing).
     pub spawned: std::sync::atomic::AtomicU64,
 }
@@ -38,6 +40,9 @@ pub struct AppState {
 pub struct ServerRuntime {
     pub name: String,
     pub config: ServerConfig,
+    pub policy: crate::policy::ToolPolicy,
+    /// Children spawned ahead (`warm_pool`), when configured.
+    pub warm: std::sync::OnceLock<Arc<crate::warm::WarmPool>>,
     env_remove: Vec<String>,
     /// This server's metric handles (children record into them).
     pub metrics: ServerMetrics,
@@ -55,6 +60,8 @@ impl ServerRuntime {
     pub fn new(name: &str, config: ServerConfig, env_remove: Vec<String>) -> Self {
         Self {
             name: name.to_owned(),
+            policy: crate::policy::ToolPolicy::new(&config.tool_rules),
+            warm: std::sync::OnceLock::new(),
             config,
             env_remove,
             metrics: ServerMetrics::default(),
@@ -101,6 +108,7 @@ impl ServerRuntime {
             env_remove: self.env_remove.clone(),
             cwd: self.config.cwd.clone(),
             max_line_bytes: self.config.max_line_bytes,
+            request_timeout: std::time::Duration::from_secs(self.config.request_timeout_secs),
             metrics: self.metrics.child.clone(),
         })
     }

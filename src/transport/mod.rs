@@ -2,6 +2,8 @@
 //! the error answers of DESIGN §6.
 
 pub mod sse;
+pub mod standalone;
+pub mod streamable;
 
 use std::sync::Arc;
 

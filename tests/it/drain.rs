@@ -23,7 +23,7 @@ async fn draining_refuses_new_sessions_and_ends_when_the_last_session_does() {
     let token = proxy.token("alice");
     let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &token).await;
     c.initialize().await;
-    let pid = proxy.state.sessions.all()[0].child.pid();
+    let pid = proxy.state.sessions.all()[0].child().pid();
 
     proxy.begin_shutdown().await;
     let get = |path: &str| {
@@ -81,7 +81,7 @@ async fn after_the_grace_in_flight_requests_are_answered_and_streams_close() {
     let mut proxy = Proxy::with_config(&config(1), &[]).await;
     let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &proxy.token("alice")).await;
     c.initialize().await;
-    let pid = proxy.state.sessions.all()[0].child.pid();
+    let pid = proxy.state.sessions.all()[0].child().pid();
     assert_eq!(
         c.post(&json!({"jsonrpc":"2.0","id":"long","method":"tools/call",
             "params":{"name":"sleep","arguments":{"ms":60000}}}))

@@ -186,3 +186,162 @@ async fn python_sdk_over_legacy_sse() {
         .unwrap_or_default();
     assert!(text.contains("py everything"), "{report}");
 }
+
+/// The TypeScript SDK's Streamable HTTP client: the bundled server and server-everything,
+/// including progress and server-initiated sampling and elicitation answered by the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_over_streamable_http() {
+    let proxy = Proxy::with_config(&proxy_config(), &[]).await;
+    let token = proxy.token("ts-user");
+    let mcp = format!("{}/mcp", proxy.url);
+    let everything = format!("{}/servers/everything/mcp", proxy.url);
+    let report = ts_client(&[
+        "--url",
+        &mcp,
+        "--transport",
+        "streamable",
+        "--token",
+        &token,
+        "--call",
+        "add",
+        "--args",
+        r#"{"a":2,"b":40}"#,
+        "--repeat",
+        "3",
+    ])
+    .await;
+    assert_report(&report, "mcp-example-server", "42");
+    assert_eq!(
+        report["results"].as_array().map(Vec::len),
+        Some(3),
+        "{report}"
+    );
+    let report = ts_client(&[
+        "--url",
+        &mcp,
+        "--transport",
+        "streamable",
+        "--token",
+        &token,
+        "--call",
+        "progress",
+        "--args",
+        r#"{"steps":4}"#,
+        "--progress",
+    ])
+    .await;
+    assert_report(&report, "mcp-example-server", "done 4 steps");
+    assert_eq!(report["progress"], 4, "{report}");
+    let report = ts_client(&[
+        "--url",
+        &everything,
+        "--transport",
+        "streamable",
+        "--token",
+        &token,
+        "--call",
+        "trigger-long-running-operation",
+        "--args",
+        r#"{"duration":1,"steps":5}"#,
+        "--progress",
+    ])
+    .await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["progress"], 5, "{report}");
+    let report = ts_client(&[
+        "--url",
+        &everything,
+        "--transport",
+        "streamable",
+        "--token",
+        &token,
+        "--call",
+        "trigger-sampling-request",
+        "--args",
+        r#"{"prompt":"hello","maxTokens":10}"#,
+    ])
+    .await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(
+        report["sampling"], 1,
+        "the server's sampling request reached the client: {report}"
+    );
+    let text = report["results"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        text.contains("interop sampling reply"),
+        "the client's answer reached the server: {report}"
+    );
+    let report = ts_client(&[
+        "--url",
+        &everything,
+        "--transport",
+        "streamable",
+        "--token",
+        &token,
+        "--call",
+        "trigger-elicitation-request",
+        "--args",
+        "{}",
+    ])
+    .await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["elicitation"], 1, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_over_streamable_http() {
+    let proxy = Proxy::with_config(&proxy_config(), &[]).await;
+    let token = proxy.token("py-user");
+    let mcp = format!("{}/mcp", proxy.url);
+    let everything = format!("{}/servers/everything/mcp", proxy.url);
+    let report = py_client(&[
+        "--url",
+        &mcp,
+        "--transport",
+        "streamable",
+        "--token",
+        &token,
+        "--call",
+        "progress",
+        "--args",
+        r#"{"steps":3}"#,
+        "--progress",
+    ])
+    .await;
+    assert_report(&report, "mcp-example-server", "done 3 steps");
+    assert_eq!(report["progress"], 3, "{report}");
+    let report = py_client(&[
+        "--url",
+        &everything,
+        "--transport",
+        "streamable",
+        "--token",
+        &token,
+        "--call",
+        "trigger-sampling-request",
+        "--args",
+        r#"{"prompt":"hello","maxTokens":10}"#,
+    ])
+    .await;
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["sampling"], 1, "{report}");
+    let report = py_client(&[
+        "--url",
+        &everything,
+        "--transport",
+        "streamable",
+        "--token",
+        &token,
+        "--call",
+        "echo",
+        "--args",
+        r#"{"message":"py streamable"}"#,
+    ])
+    .await;
+    let text = report["results"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.contains("py streamable"), "{report}");
+}

@@ -18,7 +18,7 @@ async fn session_with_grandchild(proxy: &Proxy) -> (SseClient, u32, u32) {
         .into_iter()
         .find(|s| s.id == c.session_id)
         .expect("session registered");
-    let child_pid = session.child.pid();
+    let child_pid = session.child().pid();
     let gc: u32 = c
         .tool_text(json!("gc"), "spawn_grandchild", json!({}))
         .await
@@ -96,7 +96,7 @@ async fn a_child_that_ignores_sigterm_is_killed() {
     let proxy = Proxy::start().await;
     let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &proxy.token("alice")).await;
     c.initialize().await;
-    let pid = proxy.state.sessions.all()[0].child.pid();
+    let pid = proxy.state.sessions.all()[0].child().pid();
     assert_eq!(
         c.tool_text(json!(1), "ignore_sigterm", json!({})).await,
         "ok"

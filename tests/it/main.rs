@@ -5,11 +5,15 @@
 mod common;
 
 mod auth_rejections;
+mod child_policy;
 mod cli;
 mod config_files;
 mod drain;
+mod faults;
 mod interop;
 mod legacy_sse;
 mod lifecycle;
 mod load_balancer;
 mod ops;
+mod streamable;
+mod tool_rules;

@@ -98,7 +98,7 @@ async fn metrics_are_present_and_move_with_traffic() {
     // The client goes away: the session and its child end, and the metrics say so.
     let session = proxy.state.sessions.all()[0].clone();
     drop(c);
-    tokio::time::timeout(Duration::from_secs(10), session.child.wait())
+    tokio::time::timeout(Duration::from_secs(10), session.child().wait())
         .await
         .expect("child stopped");
     let text = proxy.metrics().await;

@@ -5,6 +5,8 @@
 
 pub mod binary;
 pub mod keys;
+pub mod mcp;
+pub mod process;
 pub mod sse;
 
 use std::sync::Arc;

@@ -1,0 +1,249 @@
+//! Children that serve modern-era (2026-07-28) traffic, which has no sessions: one child per
+//! `(server, principal)` — or one per server for `child_scope = "shared"` — spawned on first use,
+//! reused by every request of that principal (ids rewritten by [`Mux`]), and dropped when it
+//! exits or idles out (DESIGN §2, §3).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Principal, PrincipalKey};
+use crate::child::ChildError;
+use crate::config::ChildScope;
+use crate::mux::Mux;
+use crate::session::{CapError, SessionRegistry, Slot};
+use crate::state::{ClaimEnvError, ServerRuntime};
+use crate::transport::standalone::Broadcast;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    server: String,
+    /// `None` for a shared child.
+    owner: Option<PrincipalKey>,
+    /// Serves session-era (initialize-based) sessions rather than modern requests.
+    sessions: bool,
+}
+
+/// What the sessions sharing one child share: the child is initialized once (the first
+/// session's `initialize` goes through, later ones are answered from its result), and
+/// messages that belong to no request reach every session's GET stream.
+#[derive(Debug, Default)]
+pub struct SessionShare {
+    /// The `result` of the child's `InitializeResult`, once known.
+    pub init: tokio::sync::Mutex<Option<String>>,
+    /// Whether `notifications/initialized` was forwarded (it must be, once).
+    pub initialized_sent: std::sync::atomic::AtomicBool,
+    pub broadcast: Arc<Broadcast>,
+}
+
+struct Entry {
+    mux: Arc<Mux>,
+    share: Option<Arc<SessionShare>>,
+    _slot: Slot,
+    created: Instant,
+    last_used_ms: AtomicU64,
+}
+
+impl Entry {
+    fn touch(&self) {
+        self.last_used_ms
+            .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.created.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_used_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Restarts after a crash wait 100 ms, doubling per crash in a row, up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A crash later than this after the previous one starts a new count.
+const CRASH_WINDOW: Duration = Duration::from_secs(60);
+/// Crashes in a row after which the server counts as crash-looping: no restart for
+/// `CRASH_WINDOW`, requests get 503.
+pub const CRASH_LOOP_LIMIT: u32 = 5;
+
+#[derive(Debug, Clone, Copy)]
+struct Crashes {
+    count: u32,
+    last: Instant,
+    next_allowed: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("the server crashed {crashes} times in a row; next start in {retry_after:?}")]
+    Backoff { crashes: u32, retry_after: Duration },
+    #[error(transparent)]
+    Cap(#[from] CapError),
+    #[error(transparent)]
+    Spawn(#[from] ChildError),
+    #[error(transparent)]
+    Claims(#[from] ClaimEnvError),
+}
+
+#[derive(Default)]
+pub struct ChildPool {
+    map: Mutex<HashMap<PoolKey, Arc<Entry>>>,
+    crashes: Mutex<HashMap<PoolKey, Crashes>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl ChildPool {
+    /// The child for this principal on this server, spawned if there is none (or it died).
+    /// A pool child takes a session slot, so the caps bound it too.
+    pub fn get_or_spawn(
+        self: &Arc<Self>,
+        server: &ServerRuntime,
+        principal: &Principal,
+        sessions: &SessionRegistry,
+        tracker: &TaskTracker,
+    ) -> Result<Arc<Mux>, PoolError> {
+        self.entry(server, principal, sessions, tracker, false)
+            .map(|e| e.mux.clone())
+    }
+
+    /// The child that the session-era sessions of this principal (or of everyone, for
+    /// `shared`) use under `child_scope = "principal" | "shared"`, with what they share.
+    pub fn get_or_spawn_for_sessions(
+        self: &Arc<Self>,
+        server: &ServerRuntime,
+        principal: &Principal,
+        sessions: &SessionRegistry,
+        tracker: &TaskTracker,
+    ) -> Result<(Arc<Mux>, Arc<SessionShare>), PoolError> {
+        let entry = self.entry(server, principal, sessions, tracker, true)?;
+        let share = entry.share.clone().unwrap_or_default();
+        Ok((entry.mux.clone(), share))
+    }
+
+    fn entry(
+        self: &Arc<Self>,
+        server: &ServerRuntime,
+        principal: &Principal,
+        sessions: &SessionRegistry,
+        tracker: &TaskTracker,
+        for_sessions: bool,
+    ) -> Result<Arc<Entry>, PoolError> {
+        let shared = server.config.child_scope == ChildScope::Shared;
+        let key = PoolKey {
+            server: server.name.clone(),
+            owner: (!shared).then(|| principal.key()),
+            sessions: for_sessions,
+        };
+        let mut map = lock(&self.map);
+        if let Some(entry) = map.get(&key) {
+            if !entry.mux.child().has_exited() {
+                entry.touch();
+                return Ok(entry.clone());
+            }
+            map.remove(&key);
+        }
+        if let Some(c) = lock(&self.crashes).get(&key)
+            && Instant::now() < c.next_allowed
+        {
+            return Err(PoolError::Backoff {
+                crashes: c.count,
+                retry_after: c.next_allowed - Instant::now(),
+            });
+        }
+        let slot = sessions.reserve(&principal.key())?;
+        let spec = server.child_spec((!shared).then_some(principal))?;
+        let span = match &key.owner {
+            Some(owner) => tracing::info_span!("child", server = %server.name, sub = %owner.sub),
+            None => tracing::info_span!("child", server = %server.name, scope = "shared"),
+        };
+        let mux = Mux::spawn(&spec, span, tracker)?;
+        let share = for_sessions.then(|| Arc::new(SessionShare::default()));
+        if let Some(share) = &share {
+            mux.set_unrouted(share.broadcast.clone());
+        }
+        let entry = Arc::new(Entry {
+            mux: mux.clone(),
+            share,
+            _slot: slot,
+            created: Instant::now(),
+            last_used_ms: AtomicU64::new(0),
+        });
+        let weak_entry = Arc::downgrade(&entry);
+        let result = entry.clone();
+        map.insert(key.clone(), entry);
+        drop(map);
+        // Forget the child when it exits, so the next request spawns a fresh one. Only weak
+        // references here: a reaped entry must be able to drop (and so stop) its child.
+        let pool = Arc::downgrade(self);
+        let exited = mux.child().exited_token();
+        tracker.spawn(async move {
+            exited.cancelled().await;
+            if let Some(pool) = pool.upgrade() {
+                let mut map = lock(&pool.map);
+                if map
+                    .get(&key)
+                    .is_some_and(|e| std::ptr::eq(Arc::as_ptr(e), weak_entry.as_ptr()))
+                {
+                    // Still in the map: nobody stopped it, it exited by itself.
+                    map.remove(&key);
+                    drop(map);
+                    pool.record_crash(&key);
+                }
+            }
+        });
+        Ok(result)
+    }
+
+    /// Exponential backoff for restarts of a child that keeps exiting (DESIGN §6).
+    fn record_crash(&self, key: &PoolKey) {
+        let now = Instant::now();
+        let mut crashes = lock(&self.crashes);
+        let c = crashes.entry(key.clone()).or_insert(Crashes {
+            count: 0,
+            last: now,
+            next_allowed: now,
+        });
+        if now.duration_since(c.last) > CRASH_WINDOW {
+            c.count = 0;
+        }
+        c.count += 1;
+        c.last = now;
+        let backoff = if c.count > CRASH_LOOP_LIMIT {
+            CRASH_WINDOW
+        } else {
+            (Duration::from_millis(100) * 2u32.saturating_pow(c.count - 1)).min(MAX_BACKOFF)
+        };
+        c.next_allowed = now + backoff;
+        tracing::warn!(server = %key.server, crashes = c.count, backoff_ms = backoff.as_millis() as u64, "child exited; restart delayed");
+    }
+
+    /// Stops children with no request in flight for longer than `idle`.
+    pub fn reap_idle(&self, idle: Duration) -> usize {
+        let mut map = lock(&self.map);
+        let before = map.len();
+        map.retain(|_, e| e.mux.in_flight() > 0 || e.idle_for() < idle);
+        before - map.len()
+    }
+
+    /// Stops every child (shutdown).
+    pub fn clear(&self) {
+        lock(&self.map).clear();
+    }
+
+    /// Requests in flight across every pool child.
+    pub fn in_flight(&self) -> usize {
+        lock(&self.map).values().map(|e| e.mux.in_flight()).sum()
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
