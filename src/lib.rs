@@ -137,12 +137,14 @@ pub async fn run(
 
 /// Serves a prepared state (tests build the state themselves) until `shutdown` resolves, then
 /// drains (DESIGN §5):
-/// 1. `draining`: `/readyz` answers 503 and new sessions get 503 at once; the listener stays
-///    open, so existing sessions (whose POSTs may come on new connections) keep working;
-/// 2. when the last session ends, or `shutdown_grace_secs` has passed, every remaining child is
-///    stopped — its in-flight requests are answered with a JSON-RPC error and its stream ends;
-/// 3. streams still open are cancelled, the listener closes, in-flight exchanges finish
-///    (bounded by [`STOP_BOUND`]), and every child is reaped.
+/// 1. `draining`: `/readyz` answers 503 and new sessions (and new sessionless requests) get
+///    503 at once; the listener stays open, so existing sessions (whose POSTs may come on new
+///    connections) keep working;
+/// 2. when the last session has ended the listener closes and the exchanges still in flight
+///    may finish — all within `shutdown_grace_secs` from the signal;
+/// 3. then every remaining child is stopped — its in-flight requests are answered with a
+///    JSON-RPC error and its stream ends — and reaped; streams still open are cancelled
+///    (bounded by [`STOP_BOUND`]).
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
@@ -170,13 +172,14 @@ pub async fn serve(
         }
     }
     let grace = Duration::from_secs(state.config.http.shutdown_grace_secs);
+    let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(
         sessions = state.sessions.len(),
         grace_secs = grace.as_secs(),
         "draining: new sessions refused, existing sessions may finish"
     );
     state.draining.cancel();
-    if tokio::time::timeout(grace, state.sessions.wait_empty())
+    if tokio::time::timeout_at(deadline, state.sessions.wait_empty())
         .await
         .is_err()
     {
@@ -185,10 +188,20 @@ pub async fn serve(
             "shutdown_grace_secs passed; stopping the remaining sessions"
         );
     }
+    // No session needs the listener any more. Closing it lets the exchanges in flight (a
+    // sessionless request on a pooled child) finish, within what is left of the grace.
+    close_listener.cancel();
+    let mut served = tokio::time::timeout_at(deadline, &mut server).await.is_ok();
+    if !served {
+        tracing::warn!(
+            in_flight = state.pool.in_flight(),
+            "shutdown_grace_secs passed with requests in flight; stopping their children"
+        );
+    }
     for session in state.sessions.all() {
         state.sessions.remove(&session.id);
     }
-    state.pool.clear();
+    state.pool.stop_all();
     for server in state.servers.values() {
         if let Some(warm) = server.warm.get() {
             warm.clear();
@@ -198,14 +211,18 @@ pub async fn serve(
     let stopped = tokio::time::timeout(STOP_BOUND, async {
         state.tracker.wait().await;
         state.shutdown.cancel();
-        close_listener.cancel();
-        let _ = (&mut server).await;
+        if !served {
+            let _ = (&mut server).await;
+            served = true;
+        }
     })
     .await;
     if stopped.is_err() {
         tracing::warn!("children or connections did not stop in time");
         state.shutdown.cancel();
-        server.abort();
+        if !served {
+            server.abort();
+        }
     }
     tracing::info!("stopped");
     Ok(())

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sse::SESSION_HEADER;
 use super::standalone::Standalone;
-use super::{ServerRoute, authorize, cap_reached, http_error, jsonrpc_error, no_session};
+use super::{ServerRoute, authorize, cap_reached, draining, http_error, jsonrpc_error, no_session};
 use crate::auth::Principal;
 use crate::child::ChildError;
 use crate::jsonrpc::{self, ClientMessage, Kind};
@@ -136,8 +136,9 @@ async fn initialize(
     headers: &HeaderMap,
     message: &ClientMessage,
 ) -> Response {
-    if state.shutdown.is_cancelled() {
-        return http_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    if state.is_draining() {
+        state.metrics.refused_draining();
+        return draining();
     }
     let Some(server) = state.servers.get(&*route.name) else {
         return no_session();
@@ -151,7 +152,10 @@ async fn initialize(
     }
     let slot = match state.sessions.reserve(&principal.key()) {
         Ok(slot) => slot,
-        Err(e) => return cap_reached(e),
+        Err(e) => {
+            state.metrics.refused_cap(e);
+            return cap_reached(e);
+        }
     };
     let spec = match server.child_spec(Some(principal)) {
         Ok(spec) => spec,
@@ -240,7 +244,10 @@ async fn initialize_shared(
     };
     let slot = match state.sessions.reserve(&principal.key()) {
         Ok(slot) => slot,
-        Err(e) => return cap_reached(e),
+        Err(e) => {
+            state.metrics.refused_cap(e);
+            return cap_reached(e);
+        }
     };
     let (mux, share) = match state.pool.get_or_spawn_for_sessions(
         server,
@@ -581,8 +588,9 @@ async fn modern_post(
         // notifications have no meaning without a session.
         return StatusCode::ACCEPTED.into_response();
     }
-    if state.shutdown.is_cancelled() {
-        return http_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    // A draining instance takes no new work; the load balancer retries it elsewhere.
+    if state.is_draining() {
+        return draining();
     }
     let Some(server) = state.servers.get(&*route.name) else {
         return no_session();
@@ -816,7 +824,8 @@ async fn next_item(
     tokio::select! {
         item = rx.recv() => item.map_or(Next::Closed, Next::Item),
         _ = sleep => Next::TimedOut,
-        _ = shutdown.cancelled() => Next::Closed,
+        // Answers already queued go out before a shutdown closes the stream.
+        _ = shutdown.cancelled() => rx.try_recv().map_or(Next::Closed, Next::Item),
     }
 }
 

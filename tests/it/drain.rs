@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::common::mcp;
 use crate::common::sse::SseClient;
 use crate::common::{Proxy, base_config, example_server_section, http, metric, wait_group_empty};
 
@@ -106,4 +107,124 @@ async fn after_the_grace_in_flight_requests_are_answered_and_streams_close() {
     );
     assert!(proxy.wait_stopped(Duration::from_secs(15)).await);
     assert!(wait_group_empty(pid, Duration::from_secs(5)).await);
+}
+
+/// Streamable HTTP: while draining, `initialize` and new sessionless (2026-07-28) requests get
+/// 503; an open session keeps working until its DELETE; a sessionless request already in
+/// flight on a pooled child gets its answer before the proxy stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_sessions_and_in_flight_requests_survive_the_drain() {
+    let mut proxy = Proxy::with_config(&config(60), &[]).await;
+    let url = format!("{}/mcp", proxy.url);
+    let token = proxy.token("alice");
+    let session = mcp::Session::open(&url, &token, "2025-11-25").await;
+    let in_flight = tokio::spawn({
+        let (url, token) = (url.clone(), token.clone());
+        async move {
+            mcp::modern(
+                &url,
+                &token,
+                json!("slow"),
+                "tools/call",
+                json!({"name": "sleep", "arguments": {"ms": 1500}}),
+            )
+            .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.state.pool.in_flight() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the modern request never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    proxy.begin_shutdown().await;
+    let refused = mcp::post(
+        &url,
+        &token,
+        &[("mcp-protocol-version", "2025-11-25")],
+        &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "it", "version": "0"}}}),
+    )
+    .await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    let refused = mcp::modern(&url, &token, json!(2), "tools/list", json!({})).await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+
+    let a = session
+        .call_tool(json!(1), "echo", json!({"message": "draining"}))
+        .await;
+    assert_eq!(
+        a.last()["result"]["content"][0]["text"],
+        "draining",
+        "{a:?}"
+    );
+    let r = http()
+        .delete(&url)
+        .bearer_auth(&token)
+        .header("mcp-session-id", &session.id)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("DELETE");
+    assert!(r.status().is_success(), "{}", r.status());
+
+    let answer = tokio::time::timeout(Duration::from_secs(20), in_flight)
+        .await
+        .expect("answered in time")
+        .expect("task");
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        answer.last()["result"]["content"][0]["text"],
+        "slept 1500 ms",
+        "{answer:?}"
+    );
+    assert!(
+        proxy.wait_stopped(Duration::from_secs(15)).await,
+        "serve did not return once the session and the request were done"
+    );
+}
+
+/// A sessionless request still running when the grace ends is answered with an error, and
+/// the proxy stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessionless_request_past_the_grace_is_told() {
+    let mut proxy = Proxy::with_config(&config(1), &[]).await;
+    let url = format!("{}/mcp", proxy.url);
+    let token = proxy.token("alice");
+    let in_flight = tokio::spawn({
+        let (url, token) = (url.clone(), token.clone());
+        async move {
+            mcp::modern(
+                &url,
+                &token,
+                json!("long"),
+                "tools/call",
+                json!({"name": "sleep", "arguments": {"ms": 60000}}),
+            )
+            .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.state.pool.in_flight() == 0 {
+        assert!(Instant::now() < deadline, "the request never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    proxy.begin_shutdown().await;
+    let answer = tokio::time::timeout(Duration::from_secs(15), in_flight)
+        .await
+        .expect("answered in time")
+        .expect("task");
+    let told = answer.status >= 500 || answer.last()["error"]["code"].is_i64();
+    assert!(told, "{answer:?}");
+    assert!(proxy.wait_stopped(Duration::from_secs(15)).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "stopping took {:?}",
+        started.elapsed()
+    );
 }
