@@ -235,7 +235,9 @@ fn start(
     let pending = Arc::new(Mutex::new(HashMap::new()));
 
     let cancel_tx = stdin_tx.clone();
-    tracker.spawn(write_stdin(stdin, stdin_rx, stop.clone()).instrument(span.clone()));
+    tracker.spawn(
+        write_stdin(stdin, stdin_rx, stop.clone(), spec.metrics.clone()).instrument(span.clone()),
+    );
     tracker.spawn(drain_stderr(stderr).instrument(span.clone()));
     let actor = Actor {
         child,
@@ -318,6 +320,7 @@ async fn write_stdin(
     mut stdin: ChildStdin,
     mut rx: mpsc::Receiver<Bytes>,
     stop: CancellationToken,
+    metrics: ChildMetrics,
 ) {
     loop {
         let line = tokio::select! {
@@ -335,6 +338,9 @@ async fn write_stdin(
                 stdin.flush().await
             } => r,
         };
+        if written.is_ok() {
+            metrics.relayed_to_child(line.len());
+        }
         if let Err(e) = written {
             tracing::debug!(error = %e, "child stdin closed");
             break;
@@ -478,6 +484,7 @@ impl Actor {
         let Some(probe) = jsonrpc::probe(&line) else {
             if serde_json::from_str::<serde::de::IgnoredAny>(&line).is_ok() {
                 // Valid JSON but not an object: a batch response array, forward as is.
+                self.metrics.relayed_from_child(line.len());
                 return self.send_out(line).await;
             }
             let shown: String = line.chars().take(200).collect();
@@ -493,6 +500,7 @@ impl Actor {
                 return true;
             }
         }
+        self.metrics.relayed_from_child(line.len());
         self.send_out(line).await
     }
 

@@ -101,33 +101,14 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// Pre-resolved handles for one server: what its transports and children record.
+/// Pre-resolved handles for one server.
 #[derive(Debug, Clone, Default)]
 pub struct ServerMetrics {
     pub child: ChildMetrics,
-    /// Bytes of client messages written to children (the compact line, without newline).
-    pub bytes_to_child: Counter,
-    /// Bytes of child output lines relayed to clients.
-    pub bytes_from_child: Counter,
-    pub messages_to_child: Counter,
-    pub messages_from_child: Counter,
 }
 
-impl ServerMetrics {
-    /// One client message delivered to a child.
-    pub fn relayed_to_child(&self, bytes: usize) {
-        self.messages_to_child.inc();
-        self.bytes_to_child.inc_by(bytes as u64);
-    }
-
-    /// One child line relayed to a client.
-    pub fn relayed_from_child(&self, bytes: usize) {
-        self.messages_from_child.inc();
-        self.bytes_from_child.inc_by(bytes as u64);
-    }
-}
-
-/// What a child's life records: spawns, the live count, exits by reason.
+/// What a child's life records: spawns, the live count, exits by reason, and the JSON-RPC
+/// traffic through its stdin and stdout (whatever the transport).
 #[derive(Debug, Clone, Default)]
 pub struct ChildMetrics {
     children_active: Gauge,
@@ -136,9 +117,25 @@ pub struct ChildMetrics {
     exit_stopped: Counter,
     exit_exited: Counter,
     exit_consumer_gone: Counter,
+    bytes_to_child: Counter,
+    bytes_from_child: Counter,
+    messages_to_child: Counter,
+    messages_from_child: Counter,
 }
 
 impl ChildMetrics {
+    /// One line written to the child's stdin (its length without the newline).
+    pub fn relayed_to_child(&self, bytes: usize) {
+        self.messages_to_child.inc();
+        self.bytes_to_child.inc_by(bytes as u64);
+    }
+
+    /// One JSON line read from the child's stdout and passed on.
+    pub fn relayed_from_child(&self, bytes: usize) {
+        self.messages_from_child.inc();
+        self.bytes_from_child.inc_by(bytes as u64);
+    }
+
     pub fn spawned(&self) {
         self.spawned.inc();
         self.children_active.inc();
@@ -303,11 +300,11 @@ impl Metrics {
                     exit_stopped: exit(ExitReason::Stopped),
                     exit_exited: exit(ExitReason::Exited),
                     exit_consumer_gone: exit(ExitReason::ConsumerGone),
+                    bytes_to_child: relay(&relayed_bytes, "to_child"),
+                    bytes_from_child: relay(&relayed_bytes, "from_child"),
+                    messages_to_child: relay(&relayed_messages, "to_child"),
+                    messages_from_child: relay(&relayed_messages, "from_child"),
                 },
-                bytes_to_child: relay(&relayed_bytes, "to_child"),
-                bytes_from_child: relay(&relayed_bytes, "from_child"),
-                messages_to_child: relay(&relayed_messages, "to_child"),
-                messages_from_child: relay(&relayed_messages, "from_child"),
             };
             per_server.insert(name.to_owned(), metrics);
         }
@@ -433,8 +430,8 @@ mod tests {
         let m = Metrics::new(["default", "other"]);
         let s = m.server("default").expect("server");
         s.child.spawned();
-        s.relayed_to_child(10);
-        s.relayed_from_child(25);
+        s.child.relayed_to_child(10);
+        s.child.relayed_from_child(25);
         s.child.exited(ExitReason::Exited);
         m.auth_failure("expired");
         m.request("sse", "POST", 202, Duration::from_millis(3));

@@ -22,7 +22,6 @@ use tracing::Instrument;
 use super::{ServerRoute, authorize, cap_reached, draining, http_error, jsonrpc_error, no_session};
 use crate::child::{self, ChildError};
 use crate::jsonrpc;
-use crate::metrics::ServerMetrics;
 use crate::policy::{TOOL_DENIED, Verdict};
 use crate::session::{Session, SessionRegistry};
 use crate::state::AppState;
@@ -128,7 +127,6 @@ pub async fn open(
         },
         state.shutdown.clone(),
         expiry,
-        server.metrics.clone(),
     );
     let keepalive = KeepAlive::new()
         .interval(Duration::from_secs(state.config.http.sse_keepalive_secs))
@@ -179,7 +177,6 @@ struct StreamState {
     guard: SessionGuard,
     shutdown: CancellationToken,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
-    metrics: ServerMetrics,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -191,7 +188,6 @@ fn session_stream(
     guard: SessionGuard,
     shutdown: CancellationToken,
     expiry: Option<Duration>,
-    metrics: ServerMetrics,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let span = guard.span.clone();
     let state = StreamState {
@@ -202,7 +198,6 @@ fn session_stream(
         guard,
         shutdown,
         expiry: expiry.map(|d| Box::pin(tokio::time::sleep(d))),
-        metrics,
     };
     futures::stream::unfold(state, move |mut st| {
         async move {
@@ -219,7 +214,6 @@ fn session_stream(
                 line = st.out_rx.recv() => {
                     let mut line = line?;
                     st.guard.session.touch();
-                    st.metrics.relayed_from_child(line.len());
                     if !st.policy.is_empty() {
                         line = filter_if_list_answer(&st.guard.session, &st.policy, line);
                     }
@@ -313,14 +307,8 @@ pub async fn message(
             }
         }
     }
-    let bytes = message.line.len();
     match direct.child.send(message.line, &message.request_ids).await {
-        Ok(()) => {
-            if let Some(m) = state.metrics.server(&route.name) {
-                m.relayed_to_child(bytes);
-            }
-            (StatusCode::ACCEPTED, "Accepted").into_response()
-        }
+        Ok(()) => (StatusCode::ACCEPTED, "Accepted").into_response(),
         Err(ChildError::Gone) => no_session(),
         Err(e) => {
             tracing::warn!(session = %session.id, error = %e, "message not delivered");

@@ -386,3 +386,34 @@ async fn several_servers_without_a_default() {
         Some(1.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamable_traffic_is_metered_too() {
+    let proxy = Proxy::start().await;
+    let url = format!("{}/mcp", proxy.url);
+    let s = crate::common::mcp::Session::open(&url, &proxy.token("alice"), "2025-11-25").await;
+    let a = s
+        .call_tool(json!(1), "echo", json!({"message": "metered"}))
+        .await;
+    assert_eq!(a.status, 200);
+    let text = proxy.metrics().await;
+    let value =
+        |series: &str| metric(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    // initialize, notifications/initialized, tools/call in; the two answers out.
+    assert_eq!(
+        value("mcp_proxy_relayed_messages_total{server=\"default\",direction=\"to_child\"}"),
+        3.0
+    );
+    assert!(
+        value("mcp_proxy_relayed_messages_total{server=\"default\",direction=\"from_child\"}")
+            >= 2.0
+    );
+    assert_eq!(
+        value(
+            "mcp_proxy_http_requests_total{transport=\"streamable\",method=\"POST\",status=\"200\"}"
+        ),
+        2.0
+    );
+    assert_eq!(value("mcp_proxy_sessions_active{server=\"default\"}"), 1.0);
+    assert_eq!(value("mcp_proxy_children_active{server=\"default\"}"), 1.0);
+}
