@@ -87,12 +87,20 @@ impl Proxy {
                     .expect("serve");
             }
         });
-        Proxy {
+        let proxy = Proxy {
             url: format!("http://{addr}"),
             state,
             stop: Some(tx),
             task: Some(task),
-        }
+        };
+        // One answer means `serve` has started: its background tasks (key loading, warm pools,
+        // reaper) exist before the test looks at them.
+        http()
+            .get(format!("{}/healthz", proxy.url))
+            .send()
+            .await
+            .expect("the proxy answers");
+        proxy
     }
 
     /// A valid token for `sub` from the HS issuer, for this proxy's audience.
