@@ -208,8 +208,7 @@ fn client(lb: &str, transport: &'static str, token: String) -> tokio::task::Join
     })
 }
 
-/// The scenario, for clients spread over `transports` (`sse`; `streamable` once `/mcp` is
-/// served).
+/// The scenario, for clients spread over `transports` (`sse`, `streamable`).
 async fn drain_behind_haproxy(transports: &[&'static str]) {
     crate::interop::interop(); // fail early, with instructions, when the clients are missing
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -363,7 +362,8 @@ async fn drain_behind_haproxy(transports: &[&'static str]) {
     let _ = haproxy.child.wait().await;
 }
 
+/// Half the clients on legacy SSE, half on Streamable HTTP (2025-11-25 sessions).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn haproxy_drain_with_typescript_clients_over_legacy_sse() {
-    drain_behind_haproxy(&["sse"]).await;
+async fn haproxy_drain_with_typescript_clients_over_sse_and_streamable_http() {
+    drain_behind_haproxy(&["sse", "streamable"]).await;
 }
