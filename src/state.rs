@@ -36,6 +36,8 @@ pub struct ServerRuntime {
     pub name: String,
     pub config: ServerConfig,
     env_remove: Vec<String>,
+    /// The era of this server's children, configured or probed once (see [`crate::bridge`]).
+    pub era: crate::bridge::EraCache,
 }
 
 /// Why a child environment could not be built from the caller's claims.
@@ -50,6 +52,7 @@ impl ServerRuntime {
     pub fn new(name: &str, config: ServerConfig, env_remove: Vec<String>) -> Self {
         Self {
             name: name.to_owned(),
+            era: crate::bridge::EraCache::new(config.era),
             config,
             env_remove,
         }
