@@ -5,6 +5,7 @@
 mod common;
 
 mod auth_rejections;
+mod bridge;
 mod cli;
 mod config_files;
 mod interop;
