@@ -6,6 +6,7 @@ mod common;
 
 mod auth_rejections;
 mod bridge;
+mod bridge_lb;
 mod cli;
 mod config_files;
 mod interop;
