@@ -7,6 +7,7 @@ mod common;
 mod auth_rejections;
 mod bridge;
 mod bridge_lb;
+mod bridge_rmcp;
 mod cli;
 mod config_files;
 mod interop;
