@@ -6,6 +6,7 @@ mod common;
 
 mod auth_rejections;
 mod bridge;
+mod bridge_interop;
 mod bridge_lb;
 mod bridge_rmcp;
 mod cli;
