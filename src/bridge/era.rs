@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::{BridgeError, Era, Legacy};
 use crate::config;
-use crate::mux::{Item, Mux, RouteError};
+use crate::mux::{Item, Mux};
 use crate::transport::streamable::MODERN_VERSIONS;
 
 /// How long the probe waits: a legacy server may stay silent on an unknown pre-`initialize`
@@ -103,10 +103,7 @@ async fn request(
     let ticket = mux
         .send_requests(&body.to_string(), None, tx, false)
         .await
-        .map_err(|e| match e {
-            RouteError::Child(e) => BridgeError::Child(e),
-            RouteError::DuplicateId => BridgeError::Refused("duplicate id".into()),
-        })?;
+        .map_err(BridgeError::from)?;
     let answer = tokio::time::timeout(within, async {
         while let Some(item) = rx.recv().await {
             if let Item::Final(line) = item {
@@ -193,11 +190,7 @@ pub(super) async fn handshake(mux: &Arc<Mux>) -> Result<Legacy, BridgeError> {
             tx,
             false,
         )
-        .await
-        .map_err(|e| match e {
-            RouteError::Child(e) => BridgeError::Child(e),
-            RouteError::DuplicateId => BridgeError::Refused("duplicate id".into()),
-        })?;
+        .await?;
         return Ok(Legacy {
             protocol_version: chosen.to_owned(),
             capabilities: result.get("capabilities").cloned().unwrap_or(json!({})),

@@ -32,7 +32,7 @@ pub use era::{EraCache, LEGACY_VERSIONS, PROBE_TIMEOUT};
 use crate::auth::Principal;
 use crate::child::ChildError;
 use crate::jsonrpc::{self, ClientMessage};
-use crate::mux::{Delivery, Finish, Mux, Unrouted};
+use crate::mux::{Delivery, Finish, Mux, RouteError, Unrouted};
 use crate::state::{AppState, ServerRuntime};
 use crate::transport::http_error;
 
@@ -65,6 +65,16 @@ pub enum BridgeError {
     Refused(String),
     #[error("the server chose protocol version `{0}`, which the proxy does not speak")]
     Version(String),
+}
+
+impl From<RouteError> for BridgeError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::Child(e) => BridgeError::Child(e),
+            // The proxy's own requests have no session, so ids are never checked for duplicates.
+            RouteError::DuplicateId => BridgeError::Refused("duplicate request id".into()),
+        }
+    }
 }
 
 impl IntoResponse for BridgeError {
