@@ -3,11 +3,11 @@
 //! into bounded JSON lines; stderr drained into the log; on exit every in-flight request gets a
 //! JSON-RPC error, and the whole process group is stopped (DESIGN §1).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -35,6 +35,14 @@ pub const TERM_GRACE: Duration = Duration::from_secs(2);
 const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(300);
 /// How long a write to stdin may wait for queue space before the child counts as stalled.
 pub const STDIN_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the consumer of a child's output (a legacy SSE client) may leave it unread before
+/// the session is ended: a slow client must not hold a child and its memory forever.
+pub const CONSUMER_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// JSON-RPC error for a request the child did not answer in time (the TypeScript SDK's
+/// `RequestTimeout`).
+pub const REQUEST_TIMEOUT_CODE: i64 = -32001;
+/// Ids of timed-out requests remembered, so a late answer is not delivered twice.
+const TIMED_OUT_MEMORY: usize = 1024;
 /// Longest stderr line logged; longer ones are cut.
 const MAX_STDERR_LINE: usize = 8 * 1024;
 
@@ -49,6 +57,8 @@ pub struct ChildSpec {
     pub env_remove: Vec<String>,
     pub cwd: Option<PathBuf>,
     pub max_line_bytes: usize,
+    /// How long a request sent through [`ChildHandle::send`] may wait for its answer.
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,9 +104,10 @@ enum Output {
 pub struct ChildHandle {
     pid: u32,
     stdin_tx: mpsc::Sender<Bytes>,
-    pending: Arc<Mutex<HashSet<String>>>,
+    pending: Arc<Mutex<HashMap<String, Instant>>>,
     stop: CancellationToken,
     exited: CancellationToken,
+    request_timeout: Duration,
 }
 
 impl ChildHandle {
@@ -111,8 +122,9 @@ impl ChildHandle {
             return Err(ChildError::Gone);
         }
         if !request_ids.is_empty() {
+            let deadline = Instant::now() + self.request_timeout;
             let mut pending = lock(&self.pending);
-            pending.extend(request_ids.iter().cloned());
+            pending.extend(request_ids.iter().map(|id| (id.clone(), deadline)));
         }
         match tokio::time::timeout(STDIN_SEND_TIMEOUT, self.stdin_tx.send(Bytes::from(line))).await
         {
@@ -213,14 +225,18 @@ fn start(
     let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
     let stop = CancellationToken::new();
     let exited = CancellationToken::new();
-    let pending = Arc::new(Mutex::new(HashSet::new()));
+    let pending = Arc::new(Mutex::new(HashMap::new()));
 
+    let cancel_tx = stdin_tx.clone();
     tracker.spawn(write_stdin(stdin, stdin_rx, stop.clone()).instrument(span.clone()));
     tracker.spawn(drain_stderr(stderr).instrument(span.clone()));
     let actor = Actor {
         child,
         pgid: Pid::from_raw(pid as i32),
         output,
+        cancel_tx,
+        timed_out: VecDeque::new(),
+        request_timeout: spec.request_timeout,
         pending: pending.clone(),
         stop: stop.clone(),
         exited: exited.clone(),
@@ -233,6 +249,7 @@ fn start(
         pending,
         stop,
         exited,
+        request_timeout: spec.request_timeout,
     })
 }
 
@@ -318,15 +335,62 @@ async fn write_stdin(
     // Dropping stdin closes the pipe: the polite first step of stopping a stdio server.
 }
 
+/// One frame of a child's output.
+#[derive(Debug)]
+enum Frame {
+    Line(String),
+    /// A line over the limit (discarded up to its newline).
+    Oversized,
+    /// A line that is not UTF-8 (discarded).
+    NotUtf8,
+}
+
+/// Newline framing with a length limit that survives bad lines. `FramedRead` ends the stream
+/// after any decoder error, so `LinesCodec`'s recoverable errors (an over-long line, which it
+/// discards up to the next newline; a line that is not UTF-8, already consumed) are turned into
+/// frames here instead: one bad line must not end the session.
+struct BoundedLines(LinesCodec);
+
+impl BoundedLines {
+    fn new(max: usize) -> Self {
+        Self(LinesCodec::new_with_max_length(max))
+    }
+
+    fn map(r: Result<Option<String>, LinesCodecError>) -> Result<Option<Frame>, std::io::Error> {
+        match r {
+            Ok(line) => Ok(line.map(Frame::Line)),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Frame::Oversized)),
+            Err(LinesCodecError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Ok(Some(Frame::NotUtf8))
+            }
+            Err(LinesCodecError::Io(e)) => Err(e),
+        }
+    }
+}
+
+impl Decoder for BoundedLines {
+    type Item = Frame;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Frame>, std::io::Error> {
+        Self::map(self.0.decode(buf))
+    }
+
+    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> Result<Option<Frame>, std::io::Error> {
+        Self::map(self.0.decode_eof(buf))
+    }
+}
+
 async fn drain_stderr(stderr: tokio::process::ChildStderr) {
-    let mut lines = FramedRead::new(stderr, LinesCodec::new_with_max_length(MAX_STDERR_LINE));
-    while let Some(line) = lines.next().await {
-        match line {
-            Ok(line) => tracing::info!(target: "child_stderr", "{line}"),
-            Err(LinesCodecError::MaxLineLengthExceeded) => {
+    let mut lines = FramedRead::new(stderr, BoundedLines::new(MAX_STDERR_LINE));
+    while let Some(frame) = lines.next().await {
+        match frame {
+            Ok(Frame::Line(line)) => tracing::info!(target: "child_stderr", "{line}"),
+            Ok(Frame::Oversized) => {
                 tracing::info!(target: "child_stderr", "(stderr line over {MAX_STDERR_LINE} bytes dropped)")
             }
-            Err(LinesCodecError::Io(_)) => break,
+            Ok(Frame::NotUtf8) => tracing::info!(target: "child_stderr", "(stderr line not UTF-8)"),
+            Err(_) => break,
         }
     }
 }
@@ -335,7 +399,11 @@ struct Actor {
     child: Child,
     pgid: Pid,
     output: Output,
-    pending: Arc<Mutex<HashSet<String>>>,
+    /// For `notifications/cancelled` after a timeout.
+    cancel_tx: mpsc::Sender<Bytes>,
+    timed_out: VecDeque<String>,
+    request_timeout: Duration,
+    pending: Arc<Mutex<HashMap<String, Instant>>>,
     stop: CancellationToken,
     exited: CancellationToken,
     max_line_bytes: usize,
@@ -343,12 +411,20 @@ struct Actor {
 
 impl Actor {
     async fn run(mut self, stdout: ChildStdout) {
-        let mut lines =
-            FramedRead::new(stdout, LinesCodec::new_with_max_length(self.max_line_bytes));
+        let mut lines = FramedRead::new(stdout, BoundedLines::new(self.max_line_bytes));
         let mut status: Option<ExitStatus> = None;
+        let tick_every =
+            (self.request_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reason = loop {
             tokio::select! {
                 _ = self.stop.cancelled() => break ExitReason::Stopped,
+                _ = tick.tick() => {
+                    if !self.expire_requests().await {
+                        break ExitReason::ConsumerGone;
+                    }
+                }
                 st = self.child.wait(), if status.is_none() => {
                     status = st.ok();
                     // Deliver what the child wrote before it died, then stop.
@@ -358,8 +434,8 @@ impl Actor {
                         tokio::select! {
                             _ = &mut deadline => break,
                             line = lines.next() => match line {
-                                Some(Ok(line)) => { if !self.forward(line).await { break; } }
-                                Some(Err(LinesCodecError::MaxLineLengthExceeded)) => self.oversized(),
+                                Some(Ok(Frame::Line(line))) => { if !self.forward(line).await { break; } }
+                                Some(Ok(bad)) => self.dropped(&bad),
                                 _ => break,
                             }
                         }
@@ -367,13 +443,13 @@ impl Actor {
                     break ExitReason::Exited;
                 }
                 line = lines.next() => match line {
-                    Some(Ok(line)) => {
+                    Some(Ok(Frame::Line(line))) => {
                         if !self.forward(line).await {
                             break ExitReason::ConsumerGone;
                         }
                     }
-                    Some(Err(LinesCodecError::MaxLineLengthExceeded)) => self.oversized(),
-                    Some(Err(LinesCodecError::Io(e))) => {
+                    Some(Ok(bad)) => self.dropped(&bad),
+                    Some(Err(e)) => {
                         tracing::warn!(error = %e, "reading child stdout failed");
                         break ExitReason::Exited;
                     }
@@ -401,7 +477,11 @@ impl Actor {
         if probe.kind() == jsonrpc::Kind::Response
             && let Some(id) = probe.id
         {
-            lock(&self.pending).remove(id.get());
+            let known = lock(&self.pending).remove(id.get()).is_some();
+            if !known && self.timed_out.iter().any(|t| t == id.get()) {
+                tracing::debug!(id = id.get(), "late answer to a timed-out request; dropped");
+                return true;
+            }
         }
         self.send_out(line).await
     }
@@ -409,18 +489,64 @@ impl Actor {
     async fn send_out(&self, line: String) -> bool {
         match &self.output {
             Output::Channel(tx) => tokio::select! {
-                r = tx.send(line) => r.is_ok(),
+                r = tokio::time::timeout(CONSUMER_STALL_TIMEOUT, tx.send(line)) => match r {
+                    Ok(sent) => sent.is_ok(),
+                    Err(_) => {
+                        tracing::warn!("the client has not read its stream for {}s; ending the session", CONSUMER_STALL_TIMEOUT.as_secs());
+                        false
+                    }
+                },
                 _ = self.stop.cancelled() => false,
             },
             Output::Sink(sink) => sink.line(line),
         }
     }
 
-    fn oversized(&self) {
-        tracing::warn!(
-            max_line_bytes = self.max_line_bytes,
-            "child wrote a line over max_line_bytes; dropped"
-        );
+    /// Answers requests past their deadline with a JSON-RPC error and tells the child
+    /// (`notifications/cancelled`); false when the consumer is gone.
+    async fn expire_requests(&mut self) -> bool {
+        let now = Instant::now();
+        let expired: Vec<String> = {
+            let mut pending = lock(&self.pending);
+            if pending.is_empty() {
+                return true;
+            }
+            let ids: Vec<String> = pending
+                .iter()
+                .filter(|(_, deadline)| **deadline <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &ids {
+                pending.remove(id);
+            }
+            ids
+        };
+        for id in expired {
+            tracing::warn!(id = %id, "request timed out (request_timeout_secs)");
+            let cancel = format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":{id},"reason":"request timed out"}}}}"#
+            );
+            let _ = self.cancel_tx.try_send(Bytes::from(cancel));
+            let line = jsonrpc::error_response(&id, REQUEST_TIMEOUT_CODE, "request timed out");
+            if self.timed_out.len() == TIMED_OUT_MEMORY {
+                self.timed_out.pop_front();
+            }
+            self.timed_out.push_back(id);
+            if !self.send_out(line).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    fn dropped(&self, frame: &Frame) {
+        match frame {
+            Frame::Oversized => tracing::warn!(
+                max_line_bytes = self.max_line_bytes,
+                "child wrote a line over max_line_bytes; dropped"
+            ),
+            _ => tracing::warn!("child wrote a line that is not UTF-8; dropped"),
+        }
     }
 
     /// Stops the child and every process in its group; returns the child's exit status.
@@ -468,7 +594,7 @@ impl Actor {
             }
             Output::Channel(tx) => tx,
         };
-        let ids: Vec<String> = lock(&self.pending).drain().collect();
+        let ids: Vec<String> = lock(&self.pending).drain().map(|(id, _)| id).collect();
         for id in ids {
             let line =
                 jsonrpc::error_response(&id, jsonrpc::INTERNAL_ERROR, "server process exited");

@@ -484,6 +484,21 @@ impl Config {
                     "a shared child serves everyone: it cannot carry one caller's claims",
                 ));
             }
+            if server.warm_pool > 0 && !server.env_from_claims.is_empty() {
+                return Err(ConfigError::new(
+                    key("warm_pool"),
+                    "a warm child is spawned before its caller is known: it cannot carry env_from_claims",
+                ));
+            }
+            if server.warm_pool > 0 && server.child_scope != ChildScope::Session {
+                return Err(ConfigError::new(
+                    key("warm_pool"),
+                    "the warm pool serves child_scope = \"session\" only",
+                ));
+            }
+            if server.warm_pool > 64 {
+                return Err(ConfigError::new(key("warm_pool"), "must be <= 64"));
+            }
             if server.max_line_bytes < 1024 {
                 return Err(ConfigError::new(key("max_line_bytes"), "must be >= 1024"));
             }

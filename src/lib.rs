@@ -16,11 +16,13 @@ pub mod child;
 pub mod config;
 pub mod jsonrpc;
 pub mod mux;
+pub mod policy;
 pub mod pool;
 pub mod router;
 pub mod session;
 pub mod state;
 pub mod transport;
+pub mod warm;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -131,6 +133,7 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, public_url = %state.public_url, "listening");
     start_key_loading(&state);
     start_idle_reaper(&state);
+    start_warm_pools(&state);
     let app = router::router(state.clone());
     let token = state.shutdown.clone();
     let stop = async move {
@@ -145,6 +148,11 @@ pub async fn serve(
         state.sessions.remove(&session.id);
     }
     state.pool.clear();
+    for server in state.servers.values() {
+        if let Some(warm) = server.warm.get() {
+            warm.clear();
+        }
+    }
     state.tracker.close();
     let grace = Duration::from_secs(state.config.http.shutdown_grace_secs);
     if tokio::time::timeout(grace, state.tracker.wait())
@@ -154,6 +162,28 @@ pub async fn serve(
         tracing::warn!("some children did not stop within shutdown_grace_secs");
     }
     Ok(())
+}
+
+/// Spawns the `warm_pool` children of every server that has one.
+fn start_warm_pools(state: &Arc<AppState>) {
+    for server in state.servers.values() {
+        if server.config.warm_pool == 0 {
+            continue;
+        }
+        let Ok(spec) = server.child_spec(None) else {
+            continue;
+        };
+        let pool = server.warm.get_or_init(|| {
+            warm::WarmPool::new(
+                &server.name,
+                server.config.warm_pool,
+                spec,
+                state.tracker.clone(),
+                state.shutdown.clone(),
+            )
+        });
+        pool.refill();
+    }
 }
 
 /// Ends sessions and pool children idle for longer than `sessions.idle_timeout_secs` — also
@@ -173,7 +203,7 @@ fn start_idle_reaper(state: &Arc<AppState>) {
             for session in state.sessions.all() {
                 let busy = match &session.pipe {
                     session::Pipe::Mux { mux, .. } => mux.in_flight() > 0,
-                    session::Pipe::Direct(_) => false,
+                    session::Pipe::Direct { .. } => false,
                 };
                 if !busy
                     && session.idle_for() >= idle

@@ -195,6 +195,34 @@ impl Mux {
         }))
     }
 
+    /// Takes over a child spawned with a channel for its output (a warm child): a small task
+    /// feeds its lines to the router.
+    pub fn adopt(
+        child: ChildHandle,
+        mut output: mpsc::Receiver<String>,
+        tracker: &TaskTracker,
+    ) -> Arc<Mux> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            unrouted: Mutex::new(None),
+            finish: OnceLock::new(),
+        });
+        let sink = Sink(shared.clone());
+        tracker.spawn(async move {
+            while let Some(line) = output.recv().await {
+                if !sink.line(line) {
+                    break;
+                }
+            }
+            sink.closed();
+        });
+        Arc::new(Mux {
+            child,
+            shared,
+            bridge: OnceLock::new(),
+        })
+    }
+
     pub fn child(&self) -> &ChildHandle {
         &self.child
     }
@@ -448,7 +476,7 @@ impl Sink {
         let Ok(raw) = serde_json::to_string(token) else {
             return false;
         };
-        let (tx, original) = {
+        let (tx, original, proxy_id) = {
             let st = lock(&self.0.state);
             let Some((proxy_id, original)) = st.progress.get(raw.as_str()) else {
                 return false;
@@ -456,16 +484,33 @@ impl Sink {
             let Some(route) = st.routes.get(proxy_id) else {
                 return false;
             };
-            (route.tx.clone(), original.clone())
+            (route.tx.clone(), original.clone(), *proxy_id)
         };
         let Ok(original) = serde_json::from_str::<Value>(&original) else {
             return false;
         };
         *token = original;
         if let Ok(restored) = serde_json::to_string(&value) {
-            let _ = tx.try_send(Item::Message(restored));
+            self.send_or_drop(&tx, proxy_id, restored);
         }
         true
+    }
+
+    /// Sends a message to a request's stream; a stream that does not keep up loses its route
+    /// (it ends) rather than growing without bound or silently missing messages.
+    fn send_or_drop(&self, tx: &mpsc::Sender<Item>, proxy_id: u64, line: String) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(Item::Message(line)) {
+            tracing::warn!(proxy_id, "a response stream is not being read; ending it");
+            let mut st = lock(&self.0.state);
+            if let Some(route) = st.routes.remove(&proxy_id) {
+                if let Some(owner) = route.owner {
+                    st.by_client_id.remove(&(owner, route.original_id.clone()));
+                }
+                if let Some(token) = route.progress {
+                    st.progress.remove(&token);
+                }
+            }
+        }
     }
 
     /// Routes a notification of a `subscriptions/listen` stream, restoring the client's id.
@@ -494,7 +539,7 @@ impl Sink {
         };
         *sub = original;
         if let Ok(restored) = serde_json::to_string(&value) {
-            let _ = tx.try_send(Item::Message(restored));
+            self.send_or_drop(&tx, proxy_id, restored);
         }
         true
     }

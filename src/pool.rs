@@ -16,16 +16,32 @@ use crate::config::ChildScope;
 use crate::mux::Mux;
 use crate::session::{CapError, SessionRegistry, Slot};
 use crate::state::{ClaimEnvError, ServerRuntime};
+use crate::transport::standalone::Broadcast;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
     server: String,
     /// `None` for a shared child.
     owner: Option<PrincipalKey>,
+    /// Serves session-era (initialize-based) sessions rather than modern requests.
+    sessions: bool,
+}
+
+/// What the sessions sharing one child share: the child is initialized once (the first
+/// session's `initialize` goes through, later ones are answered from its result), and
+/// messages that belong to no request reach every session's GET stream.
+#[derive(Debug, Default)]
+pub struct SessionShare {
+    /// The `result` of the child's `InitializeResult`, once known.
+    pub init: tokio::sync::Mutex<Option<String>>,
+    /// Whether `notifications/initialized` was forwarded (it must be, once).
+    pub initialized_sent: std::sync::atomic::AtomicBool,
+    pub broadcast: Arc<Broadcast>,
 }
 
 struct Entry {
     mux: Arc<Mux>,
+    share: Option<Arc<SessionShare>>,
     _slot: Slot,
     created: Instant,
     last_used_ms: AtomicU64,
@@ -43,8 +59,25 @@ impl Entry {
     }
 }
 
+/// Restarts after a crash wait 100 ms, doubling per crash in a row, up to this.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A crash later than this after the previous one starts a new count.
+const CRASH_WINDOW: Duration = Duration::from_secs(60);
+/// Crashes in a row after which the server counts as crash-looping: no restart for
+/// `CRASH_WINDOW`, requests get 503.
+pub const CRASH_LOOP_LIMIT: u32 = 5;
+
+#[derive(Debug, Clone, Copy)]
+struct Crashes {
+    count: u32,
+    last: Instant,
+    next_allowed: Instant,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
+    #[error("the server crashed {crashes} times in a row; next start in {retry_after:?}")]
+    Backoff { crashes: u32, retry_after: Duration },
     #[error(transparent)]
     Cap(#[from] CapError),
     #[error(transparent)]
@@ -56,6 +89,7 @@ pub enum PoolError {
 #[derive(Default)]
 pub struct ChildPool {
     map: Mutex<HashMap<PoolKey, Arc<Entry>>>,
+    crashes: Mutex<HashMap<PoolKey, Crashes>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -72,18 +106,53 @@ impl ChildPool {
         sessions: &SessionRegistry,
         tracker: &TaskTracker,
     ) -> Result<Arc<Mux>, PoolError> {
+        self.entry(server, principal, sessions, tracker, false)
+            .map(|e| e.mux.clone())
+    }
+
+    /// The child that the session-era sessions of this principal (or of everyone, for
+    /// `shared`) use under `child_scope = "principal" | "shared"`, with what they share.
+    pub fn get_or_spawn_for_sessions(
+        self: &Arc<Self>,
+        server: &ServerRuntime,
+        principal: &Principal,
+        sessions: &SessionRegistry,
+        tracker: &TaskTracker,
+    ) -> Result<(Arc<Mux>, Arc<SessionShare>), PoolError> {
+        let entry = self.entry(server, principal, sessions, tracker, true)?;
+        let share = entry.share.clone().unwrap_or_default();
+        Ok((entry.mux.clone(), share))
+    }
+
+    fn entry(
+        self: &Arc<Self>,
+        server: &ServerRuntime,
+        principal: &Principal,
+        sessions: &SessionRegistry,
+        tracker: &TaskTracker,
+        for_sessions: bool,
+    ) -> Result<Arc<Entry>, PoolError> {
         let shared = server.config.child_scope == ChildScope::Shared;
         let key = PoolKey {
             server: server.name.clone(),
             owner: (!shared).then(|| principal.key()),
+            sessions: for_sessions,
         };
         let mut map = lock(&self.map);
         if let Some(entry) = map.get(&key) {
             if !entry.mux.child().has_exited() {
                 entry.touch();
-                return Ok(entry.mux.clone());
+                return Ok(entry.clone());
             }
             map.remove(&key);
+        }
+        if let Some(c) = lock(&self.crashes).get(&key)
+            && Instant::now() < c.next_allowed
+        {
+            return Err(PoolError::Backoff {
+                crashes: c.count,
+                retry_after: c.next_allowed - Instant::now(),
+            });
         }
         let slot = sessions.reserve(&principal.key())?;
         let spec = server.child_spec((!shared).then_some(principal))?;
@@ -92,13 +161,19 @@ impl ChildPool {
             None => tracing::info_span!("child", server = %server.name, scope = "shared"),
         };
         let mux = Mux::spawn(&spec, span, tracker)?;
+        let share = for_sessions.then(|| Arc::new(SessionShare::default()));
+        if let Some(share) = &share {
+            mux.set_unrouted(share.broadcast.clone());
+        }
         let entry = Arc::new(Entry {
             mux: mux.clone(),
+            share,
             _slot: slot,
             created: Instant::now(),
             last_used_ms: AtomicU64::new(0),
         });
         let weak_entry = Arc::downgrade(&entry);
+        let result = entry.clone();
         map.insert(key.clone(), entry);
         drop(map);
         // Forget the child when it exits, so the next request spawns a fresh one. Only weak
@@ -113,11 +188,37 @@ impl ChildPool {
                     .get(&key)
                     .is_some_and(|e| std::ptr::eq(Arc::as_ptr(e), weak_entry.as_ptr()))
                 {
+                    // Still in the map: nobody stopped it, it exited by itself.
                     map.remove(&key);
+                    drop(map);
+                    pool.record_crash(&key);
                 }
             }
         });
-        Ok(mux)
+        Ok(result)
+    }
+
+    /// Exponential backoff for restarts of a child that keeps exiting (DESIGN §6).
+    fn record_crash(&self, key: &PoolKey) {
+        let now = Instant::now();
+        let mut crashes = lock(&self.crashes);
+        let c = crashes.entry(key.clone()).or_insert(Crashes {
+            count: 0,
+            last: now,
+            next_allowed: now,
+        });
+        if now.duration_since(c.last) > CRASH_WINDOW {
+            c.count = 0;
+        }
+        c.count += 1;
+        c.last = now;
+        let backoff = if c.count > CRASH_LOOP_LIMIT {
+            CRASH_WINDOW
+        } else {
+            (Duration::from_millis(100) * 2u32.saturating_pow(c.count - 1)).min(MAX_BACKOFF)
+        };
+        c.next_allowed = now + backoff;
+        tracing::warn!(server = %key.server, crashes = c.count, backoff_ms = backoff.as_millis() as u64, "child exited; restart delayed");
     }
 
     /// Stops children with no request in flight for longer than `idle`.

@@ -15,12 +15,44 @@ use crate::transport::standalone::Standalone;
 #[derive(Debug)]
 pub enum Pipe {
     /// Legacy HTTP+SSE: every child line goes to the session's one stream.
-    Direct(ChildHandle),
+    Direct(Direct),
     /// Streamable HTTP: answers routed to each request's stream; the rest to the GET stream.
     Mux {
         mux: Arc<Mux>,
         standalone: Arc<Standalone>,
+        /// Set when the child serves several sessions (`child_scope = "principal" | "shared"`).
+        share: Option<Arc<crate::pool::SessionShare>>,
     },
+}
+
+/// The legacy transport's pipe: the child, a way for the proxy to add its own answers to the
+/// stream (denied tool calls), and the `tools/list` requests whose results must be filtered,
+/// with the scopes of the caller who sent each.
+#[derive(Debug)]
+pub struct Direct {
+    pub child: ChildHandle,
+    pub inject: tokio::sync::mpsc::Sender<String>,
+    pub list_requests: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl Direct {
+    /// Records a `tools/list` request id whose answer is filtered for `scopes`.
+    pub fn filter_answer(&self, id: String, scopes: Vec<String>) {
+        let mut map = lock(&self.list_requests);
+        // Bounded: a client that never gets answers cannot grow this without limit.
+        if map.len() < 1024 {
+            map.insert(id, scopes);
+        }
+    }
+
+    /// The scopes to filter this answer for, if it answers a recorded `tools/list`.
+    pub fn take_filter(&self, id: &str) -> Option<Vec<String>> {
+        let mut map = lock(&self.list_requests);
+        if map.is_empty() {
+            return None;
+        }
+        map.remove(id)
+    }
 }
 
 /// One MCP conversation and the child that serves it.
@@ -41,7 +73,7 @@ pub struct Session {
 impl Session {
     pub fn child(&self) -> &ChildHandle {
         match &self.pipe {
-            Pipe::Direct(child) => child,
+            Pipe::Direct(direct) => &direct.child,
             Pipe::Mux { mux, .. } => mux.child(),
         }
     }
@@ -168,7 +200,10 @@ impl SessionRegistry {
     /// Removes a session and stops its child.
     pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
         let session = lock(&self.sessions).remove(id)?;
-        session.child().stop();
+        // A child shared with other sessions stays; the pool reaps it when idle.
+        if !matches!(session.pipe, Pipe::Mux { share: Some(_), .. }) {
+            session.child().stop();
+        }
         Some(session)
     }
 

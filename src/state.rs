@@ -35,6 +35,9 @@ pub struct AppState {
 pub struct ServerRuntime {
     pub name: String,
     pub config: ServerConfig,
+    pub policy: crate::policy::ToolPolicy,
+    /// Children spawned ahead (`warm_pool`), when configured.
+    pub warm: std::sync::OnceLock<Arc<crate::warm::WarmPool>>,
     env_remove: Vec<String>,
     /// The era of this server's children, configured or probed once (see [`crate::bridge`]).
     pub era: crate::bridge::EraCache,
@@ -52,6 +55,8 @@ impl ServerRuntime {
     pub fn new(name: &str, config: ServerConfig, env_remove: Vec<String>) -> Self {
         Self {
             name: name.to_owned(),
+            policy: crate::policy::ToolPolicy::new(&config.tool_rules),
+            warm: std::sync::OnceLock::new(),
             era: crate::bridge::EraCache::new(config.era),
             config,
             env_remove,
@@ -92,6 +97,7 @@ impl ServerRuntime {
             env_remove: self.env_remove.clone(),
             cwd: self.config.cwd.clone(),
             max_line_bytes: self.config.max_line_bytes,
+            request_timeout: std::time::Duration::from_secs(self.config.request_timeout_secs),
         })
     }
 }

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use super::{ServerRoute, authorize, cap_reached, http_error, jsonrpc_error, no_session};
 use crate::child::{self, ChildError};
 use crate::jsonrpc;
+use crate::policy::{TOOL_DENIED, Verdict};
 use crate::session::{Session, SessionRegistry};
 use crate::state::AppState;
 
@@ -63,7 +64,15 @@ pub async fn open(
     };
     let id = crate::session::new_session_id();
     let span = tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name);
-    let (child, out_rx) = match child::spawn(&spec, span.clone(), &state.tracker) {
+    let warm = server.warm.get().and_then(|w| w.take());
+    let spawned = match warm {
+        Some(w) => {
+            tracing::info!(parent: &span, pid = w.child.pid(), "warm child handed to the session");
+            Ok((w.child, w.output))
+        }
+        None => child::spawn(&spec, span.clone(), &state.tracker),
+    };
+    let (child, out_rx) = match spawned {
         Ok(pair) => pair,
         Err(e) => {
             tracing::error!(parent: &span, error = %e, "spawning the server failed");
@@ -76,9 +85,17 @@ pub async fn open(
     state
         .spawned
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let session = state
-        .sessions
-        .insert(id, slot, &route.name, crate::session::Pipe::Direct(child));
+    let (inject, inject_rx) = mpsc::channel(INJECT_QUEUE);
+    let session = state.sessions.insert(
+        id,
+        slot,
+        &route.name,
+        crate::session::Pipe::Direct(crate::session::Direct {
+            child,
+            inject,
+            list_requests: Default::default(),
+        }),
+    );
     tracing::info!(parent: &span, "legacy SSE session opened");
 
     // The endpoint event names the POST URL, built from public_url so that it survives any
@@ -95,6 +112,8 @@ pub async fn open(
     let stream = session_stream(
         endpoint,
         out_rx,
+        inject_rx,
+        server.policy.clone(),
         SessionGuard {
             registry: state.sessions.clone(),
             session: session.clone(),
@@ -141,17 +160,25 @@ impl Drop for SessionGuard {
     }
 }
 
+/// Answers the proxy itself puts on a legacy stream (denied tool calls).
+const INJECT_QUEUE: usize = 64;
+
 struct StreamState {
     endpoint: Option<String>,
     out_rx: mpsc::Receiver<String>,
+    inject_rx: mpsc::Receiver<String>,
+    policy: crate::policy::ToolPolicy,
     guard: SessionGuard,
     shutdown: CancellationToken,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn session_stream(
     endpoint: String,
     out_rx: mpsc::Receiver<String>,
+    inject_rx: mpsc::Receiver<String>,
+    policy: crate::policy::ToolPolicy,
     guard: SessionGuard,
     shutdown: CancellationToken,
     expiry: Option<Duration>,
@@ -160,6 +187,8 @@ fn session_stream(
     let state = StreamState {
         endpoint: Some(endpoint),
         out_rx,
+        inject_rx,
+        policy,
         guard,
         shutdown,
         expiry: expiry.map(|d| Box::pin(tokio::time::sleep(d))),
@@ -177,8 +206,14 @@ fn session_stream(
             };
             tokio::select! {
                 line = st.out_rx.recv() => {
-                    let line = line?;
+                    let mut line = line?;
                     st.guard.session.touch();
+                    if !st.policy.is_empty() {
+                        line = filter_if_list_answer(&st.guard.session, &st.policy, line);
+                    }
+                    Some((Ok(Event::default().event("message").data(line)), st))
+                }
+                Some(line) = st.inject_rx.recv() => {
                     Some((Ok(Event::default().event("message").data(line)), st))
                 }
                 _ = st.shutdown.cancelled() => None,
@@ -190,6 +225,24 @@ fn session_stream(
         }
         .instrument(span.clone())
     })
+}
+
+/// Filters a `tools/list` answer for the caller that asked (their scopes at that time).
+fn filter_if_list_answer(
+    session: &Session,
+    policy: &crate::policy::ToolPolicy,
+    line: String,
+) -> String {
+    let crate::session::Pipe::Direct(direct) = &session.pipe else {
+        return line;
+    };
+    let Some(id) = jsonrpc::probe(&line).and_then(|p| p.id.map(|id| id.get().to_owned())) else {
+        return line;
+    };
+    match direct.take_filter(&id) {
+        Some(scopes) => policy.filter_list(&line, &scopes).unwrap_or(line),
+        None => line,
+    }
 }
 
 /// `POST /message?sessionId=…` (also `session_id`, as the Python SDK sends): one client
@@ -212,20 +265,38 @@ pub async fn message(
     let Some(session) = state.sessions.get(id, &principal.key(), &route.name) else {
         return no_session();
     };
-    if !matches!(session.pipe, crate::session::Pipe::Direct(_)) {
+    let crate::session::Pipe::Direct(direct) = &session.pipe else {
         // A Streamable HTTP session is not reachable through the legacy POST endpoint.
         return no_session();
-    }
+    };
     let message = match jsonrpc::client_message(&body) {
         Ok(m) => m,
         Err(e) => return jsonrpc_error(StatusCode::BAD_REQUEST, e.code(), e.message()),
     };
     session.touch();
-    match session
-        .child()
-        .send(message.line, &message.request_ids)
-        .await
+    if let Some(server) = state.servers.get(&*route.name)
+        && !server.policy.is_empty()
+        && !message.batch
     {
+        match server.policy.judge(&message.line, &principal.scopes) {
+            Verdict::Allow => {}
+            Verdict::FilterList => {
+                if let Some(id) = message.request_ids.first() {
+                    direct.filter_answer(id.clone(), principal.scopes.clone());
+                }
+            }
+            Verdict::Deny(why) => {
+                tracing::info!(session = %session.id, "{why}");
+                let id = message.request_ids.first().map_or("null", String::as_str);
+                let line = jsonrpc::error_response(id, TOOL_DENIED, &why);
+                return match direct.inject.try_send(line) {
+                    Ok(()) => (StatusCode::ACCEPTED, "Accepted").into_response(),
+                    Err(_) => http_error(StatusCode::SERVICE_UNAVAILABLE, "session is busy"),
+                };
+            }
+        }
+    }
+    match direct.child.send(message.line, &message.request_ids).await {
         Ok(()) => (StatusCode::ACCEPTED, "Accepted").into_response(),
         Err(ChildError::Gone) => no_session(),
         Err(e) => {

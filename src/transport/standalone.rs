@@ -90,6 +90,57 @@ impl Unrouted for Standalone {
     }
 }
 
+/// The GET streams of every session sharing one child: notifications go to all of them, a
+/// server request to one (a request must be answered once).
+#[derive(Debug, Default)]
+pub struct Broadcast {
+    members: Mutex<Vec<std::sync::Weak<Standalone>>>,
+}
+
+impl Broadcast {
+    pub fn add(&self, member: &Arc<Standalone>) {
+        let mut members = lock(&self.members);
+        members.retain(|m| m.strong_count() > 0);
+        members.push(Arc::downgrade(member));
+    }
+
+    fn live(&self) -> Vec<Arc<Standalone>> {
+        let mut members = lock(&self.members);
+        members.retain(|m| m.strong_count() > 0);
+        members
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect()
+    }
+}
+
+impl Unrouted for Broadcast {
+    fn deliver(&self, line: String, server_request: bool) -> Delivery {
+        let live = self.live();
+        if server_request {
+            let target = live
+                .iter()
+                .find(|m| m.is_connected())
+                .or_else(|| live.first());
+            return match target {
+                Some(m) => m.deliver(line, true),
+                None => Delivery::Buffered,
+            };
+        }
+        let mut delivered = Delivery::Buffered;
+        for m in &live {
+            if m.deliver(line.clone(), false) == Delivery::Delivered {
+                delivered = Delivery::Delivered;
+            }
+        }
+        delivered
+    }
+
+    fn is_connected(&self) -> bool {
+        self.live().iter().any(|m| m.is_connected())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,7 @@ use crate::bridge::{self, Bridged};
 use crate::child::ChildError;
 use crate::jsonrpc::{self, ClientMessage, Kind};
 use crate::mux::{Item, Mux, ROUTE_QUEUE, RouteError, Ticket};
+use crate::policy::{TOOL_DENIED, ToolPolicy, Verdict};
 use crate::pool::PoolError;
 use crate::session::{Pipe, Session};
 use crate::state::AppState;
@@ -142,6 +143,13 @@ async fn initialize(
     let Some(server) = state.servers.get(&*route.name) else {
         return no_session();
     };
+    let list_filter = match tool_gate(state, route, principal, message) {
+        Ok(f) => f,
+        Err(response) => return response,
+    };
+    if server.config.child_scope != crate::config::ChildScope::Session {
+        return initialize_shared(state, route, principal, message).await;
+    }
     let slot = match state.sessions.reserve(&principal.key()) {
         Ok(slot) => slot,
         Err(e) => return cap_reached(e),
@@ -158,7 +166,14 @@ async fn initialize(
     };
     let id = crate::session::new_session_id();
     let span = tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name);
-    let mux = match Mux::spawn(&spec, span.clone(), &state.tracker) {
+    let spawned = match server.warm.get().and_then(|w| w.take()) {
+        Some(w) => {
+            tracing::info!(parent: &span, pid = w.child.pid(), "warm child handed to the session");
+            Ok(Mux::adopt(w.child, w.output, &state.tracker))
+        }
+        None => Mux::spawn(&spec, span.clone(), &state.tracker),
+    };
+    let mux = match spawned {
         Ok(mux) => mux,
         Err(e) => {
             tracing::error!(parent: &span, error = %e, "spawning the server failed");
@@ -180,6 +195,7 @@ async fn initialize(
         Pipe::Mux {
             mux: mux.clone(),
             standalone,
+            share: None,
         },
     );
     tracing::info!(parent: &span, "streamable HTTP session opened");
@@ -201,12 +217,152 @@ async fn initialize(
         accepts_sse(headers),
         false,
         timeout_for(state, route, message),
+        list_filter,
     )
     .await;
     if let Ok(v) = HeaderValue::from_str(&session.id) {
         response.headers_mut().insert(SESSION_HEADER, v);
     }
     response
+}
+
+/// `initialize` under `child_scope = "principal" | "shared"`: the session joins the child that
+/// the principal's (or everyone's) sessions share. The child is initialized once; later
+/// sessions get that `InitializeResult` with their own id. Ids of all sessions are rewritten by
+/// the multiplexer, so they never collide.
+async fn initialize_shared(
+    state: &Arc<AppState>,
+    route: &ServerRoute,
+    principal: &Principal,
+    message: &ClientMessage,
+) -> Response {
+    let Some(server) = state.servers.get(&*route.name) else {
+        return no_session();
+    };
+    let slot = match state.sessions.reserve(&principal.key()) {
+        Ok(slot) => slot,
+        Err(e) => return cap_reached(e),
+    };
+    let (mux, share) = match state.pool.get_or_spawn_for_sessions(
+        server,
+        principal,
+        &state.sessions,
+        &state.tracker,
+    ) {
+        Ok(pair) => pair,
+        Err(e) => return pool_error(route, e),
+    };
+    let id = crate::session::new_session_id();
+    let span = tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name);
+    let standalone = Arc::new(Standalone::new());
+    share.broadcast.add(&standalone);
+    let session = state.sessions.insert(
+        id,
+        slot,
+        &route.name,
+        Pipe::Mux {
+            mux: mux.clone(),
+            standalone,
+            share: Some(share.clone()),
+        },
+    );
+    tracing::info!(parent: &span, pid = mux.child().pid(), "session joined a shared child");
+    watch_child_exit(state, &mux, &session.id, span);
+    let client_id = message
+        .request_ids
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "null".into());
+    let mut init = share.init.lock().await;
+    if init.is_none() {
+        let Ok(text) = std::str::from_utf8(&message.line) else {
+            return jsonrpc_error(StatusCode::BAD_REQUEST, jsonrpc::PARSE_ERROR, "Parse error");
+        };
+        let (tx, mut rx) = mpsc::channel(ROUTE_QUEUE);
+        let _ticket = match mux.send_requests(text, Some(session.tag), tx, true).await {
+            Ok(t) => t,
+            Err(_) => return http_error(StatusCode::BAD_GATEWAY, "the MCP server process exited"),
+        };
+        let deadline = timeout_for(state, route, message).map(|t| tokio::time::Instant::now() + t);
+        let result = loop {
+            match next_item(&mut rx, deadline, &state.shutdown).await {
+                Next::Item(Item::Final(line)) => break line,
+                Next::Item(Item::Message(_)) => continue,
+                Next::TimedOut | Next::Closed => {
+                    state.sessions.remove(&session.id);
+                    return http_error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the MCP server did not answer initialize",
+                    );
+                }
+            }
+        };
+        let parsed: serde_json::Value = serde_json::from_str(&result).unwrap_or_default();
+        match parsed.get("result") {
+            Some(r) => *init = Some(r.to_string()),
+            None => {
+                // The child refused: pass its error on, cache nothing.
+                state.sessions.remove(&session.id);
+                return json_response(&result, false);
+            }
+        }
+    }
+    let cached = init.clone().unwrap_or_else(|| "{}".into());
+    drop(init);
+    let body = format!(r#"{{"jsonrpc":"2.0","id":{client_id},"result":{cached}}}"#);
+    let mut response = json_response(&body, false);
+    if let Ok(v) = HeaderValue::from_str(&session.id) {
+        response.headers_mut().insert(SESSION_HEADER, v);
+    }
+    response
+}
+
+/// Ends a session when its child exits.
+fn watch_child_exit(state: &Arc<AppState>, mux: &Arc<Mux>, session_id: &str, span: tracing::Span) {
+    let sessions = state.sessions.clone();
+    let exited = mux.child().exited_token();
+    let session_id = session_id.to_owned();
+    state.tracker.spawn(async move {
+        exited.cancelled().await;
+        if sessions.remove(&session_id).is_some() {
+            tracing::info!(parent: &span, "session ended: the server process exited");
+        }
+    });
+}
+
+fn pool_error(route: &ServerRoute, e: PoolError) -> Response {
+    match e {
+        PoolError::Cap(e) => cap_reached(e),
+        PoolError::Backoff {
+            crashes,
+            retry_after,
+        } => {
+            tracing::warn!(server = %route.name, crashes, "child restart delayed");
+            let mut r = http_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the MCP server keeps exiting; retry later",
+            );
+            let secs = retry_after.as_secs().max(1).to_string();
+            if let Ok(v) = HeaderValue::from_str(&secs) {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            r
+        }
+        PoolError::Claims(e) => {
+            tracing::warn!(error = %e, "cannot build the child environment");
+            http_error(
+                StatusCode::FORBIDDEN,
+                "the token lacks a claim this server needs",
+            )
+        }
+        PoolError::Spawn(e) => {
+            tracing::error!(error = %e, server = %route.name, "spawning the server failed");
+            http_error(
+                StatusCode::BAD_GATEWAY,
+                "the MCP server could not be started",
+            )
+        }
+    }
 }
 
 /// A POST that names a session.
@@ -225,9 +381,18 @@ async fn session_post(
     else {
         return no_session();
     };
-    let Pipe::Mux { mux, .. } = &session.pipe else {
+    let Pipe::Mux { mux, share, .. } = &session.pipe else {
         return no_session();
     };
+    // On a shared child only the first session's `notifications/initialized` is forwarded.
+    if let Some(share) = share
+        && message.first_method.as_deref() == Some("notifications/initialized")
+        && share
+            .initialized_sent
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
+        return StatusCode::ACCEPTED.into_response();
+    }
     let version = version.unwrap_or(DEFAULT_SESSION_VERSION);
     if !SESSION_VERSIONS.contains(&version) {
         return unsupported_version(version, message);
@@ -248,6 +413,10 @@ async fn session_post(
         );
     }
     session.touch();
+    let list_filter = match tool_gate(state, route, principal, message) {
+        Ok(f) => f,
+        Err(response) => return response,
+    };
     respond(
         state,
         mux,
@@ -256,6 +425,7 @@ async fn session_post(
         accepts_sse(headers),
         false,
         timeout_for(state, route, message),
+        list_filter,
     )
     .await
 }
@@ -418,26 +588,16 @@ async fn modern_post(
     let Some(server) = state.servers.get(&*route.name) else {
         return no_session();
     };
+    let list_filter = match tool_gate(state, route, principal, message) {
+        Ok(f) => f,
+        Err(response) => return response,
+    };
     let mux = match state
         .pool
         .get_or_spawn(server, principal, &state.sessions, &state.tracker)
     {
         Ok(mux) => mux,
-        Err(PoolError::Cap(e)) => return cap_reached(e),
-        Err(PoolError::Claims(e)) => {
-            tracing::warn!(error = %e, "cannot build the child environment");
-            return http_error(
-                StatusCode::FORBIDDEN,
-                "the token lacks a claim this server needs",
-            );
-        }
-        Err(PoolError::Spawn(e)) => {
-            tracing::error!(error = %e, server = %route.name, "spawning the server failed");
-            return http_error(
-                StatusCode::BAD_GATEWAY,
-                "the MCP server could not be started",
-            );
-        }
+        Err(e) => return pool_error(route, e),
     };
     // The era bridge: a legacy child gets a handshake first and some requests are answered by
     // the proxy itself (src/bridge).
@@ -453,11 +613,52 @@ async fn modern_post(
         accepts_sse(headers),
         true,
         timeout_for(state, route, message),
+        list_filter,
     )
     .await
 }
 
+/// A `tools/list` answer to filter: the server's policy and the caller's scopes.
+type ListFilter = Option<(ToolPolicy, Vec<String>)>;
+
+/// Applies the server's tool rules (DESIGN §4): a denied `tools/call` is answered here with a
+/// JSON-RPC error and never reaches the child; a `tools/list` gets its answer filtered.
+#[allow(clippy::result_large_err)] // an early answer, built once per request
+fn tool_gate(
+    state: &AppState,
+    route: &ServerRoute,
+    principal: &Principal,
+    message: &ClientMessage,
+) -> Result<ListFilter, Response> {
+    let Some(server) = state.servers.get(&*route.name) else {
+        return Ok(None);
+    };
+    if server.policy.is_empty() || message.batch {
+        return Ok(None);
+    }
+    match server.policy.judge(&message.line, &principal.scopes) {
+        Verdict::Allow => Ok(None),
+        Verdict::FilterList => Ok(Some((server.policy.clone(), principal.scopes.clone()))),
+        Verdict::Deny(why) => {
+            tracing::info!(sub = %principal.sub, "{why}");
+            let id = message.request_ids.first().map_or("null", String::as_str);
+            Err(json_response(
+                &jsonrpc::error_response(id, TOOL_DENIED, &why),
+                false,
+            ))
+        }
+    }
+}
+
+fn apply_filter(filter: &ListFilter, line: String) -> String {
+    match filter {
+        Some((policy, scopes)) => policy.filter_list(&line, scopes).unwrap_or(line),
+        None => line,
+    }
+}
+
 /// Sends the message to the child and answers with what comes back for it.
+#[allow(clippy::too_many_arguments)]
 async fn respond(
     state: &Arc<AppState>,
     mux: &Arc<Mux>,
@@ -466,6 +667,7 @@ async fn respond(
     sse_ok: bool,
     cancel_on_drop: bool,
     timeout: Option<Duration>,
+    list_filter: ListFilter,
 ) -> Response {
     let Ok(text) = std::str::from_utf8(&message.line) else {
         return jsonrpc_error(StatusCode::BAD_REQUEST, jsonrpc::PARSE_ERROR, "Parse error");
@@ -521,10 +723,10 @@ async fn respond(
         Next::Closed => return http_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
     };
     if !message.batch
-        && let Item::Final(line) = &first
+        && let Item::Final(line) = first
     {
         ticket.complete_one();
-        return json_response(line, owner.is_none());
+        return json_response(&apply_filter(&list_filter, line), owner.is_none());
     }
     if !sse_ok {
         // The client takes JSON only: wait for the answers, drop the notifications.
@@ -532,7 +734,7 @@ async fn respond(
         let mut item = Some(first);
         loop {
             if let Some(Item::Final(line)) = item.take() {
-                finals.push(line);
+                finals.push(apply_filter(&list_filter, line));
                 if ticket.complete_one() {
                     break;
                 }
@@ -559,6 +761,7 @@ async fn respond(
         deadline,
         state.shutdown.clone(),
         original_id,
+        list_filter,
     );
     let keepalive = KeepAlive::new()
         .interval(Duration::from_secs(state.config.http.sse_keepalive_secs))
@@ -631,6 +834,7 @@ struct RequestStream {
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     shutdown: CancellationToken,
     original_id: String,
+    list_filter: ListFilter,
     done: bool,
 }
 
@@ -641,6 +845,7 @@ fn request_stream(
     deadline: Option<tokio::time::Instant>,
     shutdown: CancellationToken,
     original_id: String,
+    list_filter: ListFilter,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let st = RequestStream {
         first: Some(first),
@@ -649,6 +854,7 @@ fn request_stream(
         deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         shutdown,
         original_id,
+        list_filter,
         done: false,
     };
     futures::stream::unfold(st, |mut st| async move {
@@ -684,7 +890,7 @@ fn request_stream(
                 if st.ticket.complete_one() {
                     st.done = true;
                 }
-                line
+                apply_filter(&st.list_filter, line)
             }
         };
         Some((Ok(Event::default().data(line)), st))

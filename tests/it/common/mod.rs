@@ -5,6 +5,7 @@
 
 pub mod keys;
 pub mod mcp;
+pub mod process;
 pub mod sse;
 
 use std::sync::Arc;

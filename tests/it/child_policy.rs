@@ -1,0 +1,273 @@
+//! Child scopes, the warm pool, caps, idle reaping and timeouts (DESIGN §3, §6).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::mcp::{self, Session};
+use crate::common::sse::SseClient;
+use crate::common::{Proxy, base_config, example_server, http, wait_group_empty};
+
+fn server(extra: &str) -> String {
+    base_config(&format!(
+        "[servers.default]\ncommand = \"{}\"\n{extra}\n",
+        example_server()
+    ))
+}
+
+fn text(a: &mcp::Answer) -> String {
+    a.last()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `principal` scope: two principals, many sessions each — one child per principal, and no
+/// answer crosses sessions or principals even with identical ids everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn principal_scope_one_child_per_principal_across_sessions() {
+    let proxy = Proxy::with_config(
+        &server("child_scope = \"principal\"\nenv_from_claims = { MCP_USER = \"sub\" }"),
+        &[],
+    )
+    .await;
+    let url = format!("{}/mcp", proxy.url);
+    let mut sessions = Vec::new();
+    for who in ["alice", "bob"] {
+        for _ in 0..4 {
+            sessions.push((
+                who,
+                Session::open(&url, &proxy.token(who), "2025-11-25").await,
+            ));
+        }
+    }
+    let mut pids: HashMap<&str, HashSet<u32>> = HashMap::new();
+    for s in proxy.state.sessions.all() {
+        pids.entry(if s.owner.sub == "alice" {
+            "alice"
+        } else {
+            "bob"
+        })
+        .or_default()
+        .insert(s.child().pid());
+    }
+    assert_eq!(pids["alice"].len(), 1, "{pids:?}");
+    assert_eq!(pids["bob"].len(), 1, "{pids:?}");
+    assert_ne!(pids["alice"], pids["bob"]);
+    // Same id 1 on every session at once.
+    let calls = sessions.iter().enumerate().map(|(i, (who, s))| async move {
+        let a = s
+            .call_tool(json!(1), "echo", json!({"message": format!("{who}-{i}")}))
+            .await;
+        let w = s.call_tool(json!(2), "whoami", json!({})).await;
+        (i, *who, a, w)
+    });
+    for (i, who, a, w) in futures::future::join_all(calls).await {
+        assert_eq!(a.last()["id"], 1);
+        assert_eq!(text(&a), format!("{who}-{i}"));
+        assert_eq!(text(&w), who, "a child of another principal answered");
+    }
+    // Ending one session leaves the shared child to the others.
+    let (_, first) = &sessions[0];
+    let r = http()
+        .delete(&url)
+        .bearer_auth(proxy.token("alice"))
+        .header("mcp-session-id", &first.id)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        text(
+            &sessions[1]
+                .1
+                .call_tool(json!(3), "echo", json!({"message":"still"}))
+                .await
+        ),
+        "still"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_scope_one_child_for_everyone() {
+    let proxy = Proxy::with_config(&server("child_scope = \"shared\""), &[]).await;
+    let url = format!("{}/mcp", proxy.url);
+    let a = Session::open(&url, &proxy.token("alice"), "2025-11-25").await;
+    let b = Session::open(&url, &proxy.token("bob"), "2025-11-25").await;
+    let pids: HashSet<u32> = proxy
+        .state
+        .sessions
+        .all()
+        .iter()
+        .map(|s| s.child().pid())
+        .collect();
+    assert_eq!(pids.len(), 1);
+    let (x, y) = tokio::join!(
+        a.call_tool(json!(9), "echo", json!({"message": "a"})),
+        b.call_tool(json!(9), "echo", json!({"message": "b"}))
+    );
+    assert_eq!((text(&x), text(&y)), ("a".into(), "b".into()));
+    // Bob cannot use Alice's session id even though they share the child.
+    let r = mcp::post(
+        &url,
+        &proxy.token("bob"),
+        &[("mcp-session-id", &a.id)],
+        &json!({"jsonrpc":"2.0","id":1,"method":"ping"}),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pool_hands_out_prespawned_children_and_refills() {
+    let proxy = Proxy::with_config(&server("warm_pool = 2"), &[]).await;
+    let warm = proxy.state.servers["default"]
+        .warm
+        .get()
+        .expect("warm pool")
+        .clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while warm.ready() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "warm pool never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before: HashSet<u32> = warm.pids().into_iter().collect();
+    let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &proxy.token("alice")).await;
+    c.initialize().await;
+    let s = Session::open(
+        &format!("{}/mcp", proxy.url),
+        &proxy.token("bob"),
+        "2025-11-25",
+    )
+    .await;
+    let used: HashSet<u32> = proxy
+        .state
+        .sessions
+        .all()
+        .iter()
+        .map(|s| s.child().pid())
+        .collect();
+    assert_eq!(used, before, "sessions got the prespawned children");
+    assert_eq!(
+        text(
+            &s.call_tool(json!(1), "echo", json!({"message":"warm"}))
+                .await
+        ),
+        "warm"
+    );
+    assert_eq!(
+        c.tool_text(json!(1), "echo", json!({"message":"warm"}))
+            .await,
+        "warm"
+    );
+    while warm.ready() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "warm pool not refilled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(warm.pids().iter().all(|p| !before.contains(p)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_answer_503_with_retry_after_before_spawning() {
+    let cfg = base_config(&format!(
+        "[sessions]\nmax_sessions = 3\nmax_sessions_per_principal = 2\n[servers.default]\ncommand = \"{}\"\n",
+        example_server()
+    ));
+    let proxy = Proxy::with_config(&cfg, &[]).await;
+    let sse = format!("{}/sse", proxy.url);
+    let _a1 = SseClient::connect(&sse, &proxy.token("alice")).await;
+    let _a2 = SseClient::connect(&sse, &proxy.token("alice")).await;
+    let r = http()
+        .get(&sse)
+        .bearer_auth(proxy.token("alice"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    let _b1 = SseClient::connect(&sse, &proxy.token("bob")).await;
+    let r = mcp::post(&format!("{}/mcp", proxy.url), &proxy.token("carol"), &[],
+        &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"x","version":"0"}}})).await;
+    assert_eq!(r.status, 503, "global cap");
+    assert_eq!(proxy.spawned(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_reaped_even_with_an_open_stream() {
+    let cfg = base_config(&format!(
+        "[sessions]\nidle_timeout_secs = 1\n[servers.default]\ncommand = \"{}\"\n",
+        example_server()
+    ));
+    let proxy = Proxy::with_config(&cfg, &[]).await;
+    let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &proxy.token("alice")).await;
+    c.initialize().await;
+    let pid = proxy.state.sessions.all()[0].child().pid();
+    let s = Session::open(
+        &format!("{}/mcp", proxy.url),
+        &proxy.token("bob"),
+        "2025-11-25",
+    )
+    .await;
+    // The silent SSE stream ends, the children go.
+    assert!(
+        c.next_message().await.is_none(),
+        "stream closed by the reaper"
+    );
+    assert!(wait_group_empty(pid, Duration::from_secs(10)).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !proxy.state.sessions.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle Streamable session was not reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        s.call_tool(json!(1), "echo", json!({"message":"x"}))
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_answers_the_client_on_every_transport() {
+    let proxy = Proxy::with_config(&server("request_timeout_secs = 1"), &[]).await;
+    let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &proxy.token("alice")).await;
+    c.initialize().await;
+    let r = c
+        .call(
+            json!("slow"),
+            "tools/call",
+            json!({"name":"sleep","arguments":{"ms":5000}}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    // The session keeps working, and the late answer is not delivered.
+    assert_eq!(
+        c.tool_text(json!(2), "echo", json!({"message":"next"}))
+            .await,
+        "next"
+    );
+    let url = format!("{}/mcp", proxy.url);
+    let s = Session::open(&url, &proxy.token("alice"), "2025-11-25").await;
+    let a = s.call_tool(json!(1), "sleep", json!({"ms": 5000})).await;
+    assert_eq!(a.last()["error"]["message"], "request timed out", "{a:?}");
+    assert_eq!(a.last()["id"], 1);
+    let a = mcp::modern(
+        &url,
+        &proxy.token("alice"),
+        json!(1),
+        "tools/call",
+        json!({"name":"sleep","arguments":{"ms":5000}}),
+    )
+    .await;
+    assert_eq!(a.last()["error"]["message"], "request timed out", "{a:?}");
+}

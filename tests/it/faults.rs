@@ -1,0 +1,157 @@
+//! Fault injection against the proxy binary, with the bundled server's fault tools: each fault
+//! gets its DESIGN §6 answer, the other sessions are unaffected, and afterwards the proxy's
+//! process tree holds exactly the children it should.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::process::{ProxyProcess, wait_for_count};
+use crate::common::sse::SseClient;
+use crate::common::{base_config, claims, example_server, hs_token};
+
+fn token(url: &str, sub: &str) -> String {
+    hs_token(&claims(url, sub, json!({})))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_is_contained_and_leaves_no_process_behind() {
+    let cfg = base_config(&format!(
+        "[servers.default]\ncommand = \"{}\"\nmax_line_bytes = 4096\n",
+        example_server()
+    ));
+    let proxy = ProxyProcess::start(&cfg, &[]).await;
+    let sse = format!("{}/sse", proxy.url);
+    let mut a = SseClient::connect(&sse, &token(&proxy.url, "a")).await;
+    let mut b = SseClient::connect(&sse, &token(&proxy.url, "b")).await;
+    let mut c = SseClient::connect(&sse, &token(&proxy.url, "c")).await;
+    for s in [&mut a, &mut b, &mut c] {
+        s.initialize().await;
+    }
+    let tree = || proxy.descendants().len();
+    assert_eq!(wait_for_count(tree, 3, Duration::from_secs(5)).await, 3);
+
+    // 1. A's child exits mid-request: the in-flight request gets -32603, A's stream closes.
+    assert_eq!(a.post(&json!({"jsonrpc":"2.0","id":"slow","method":"tools/call","params":{"name":"sleep","arguments":{"ms":10000}}})).await, 202);
+    assert_eq!(a.post(&json!({"jsonrpc":"2.0","id":"boom","method":"tools/call","params":{"name":"crash","arguments":{}}})).await, 202);
+    let mut answers = Vec::new();
+    while let Some(m) = a.next_message().await {
+        answers.push(m);
+    }
+    assert!(
+        answers
+            .iter()
+            .any(|m| m["id"] == "slow" && m["error"]["code"] == -32603),
+        "{answers:?}"
+    );
+    assert_eq!(wait_for_count(tree, 2, Duration::from_secs(10)).await, 2);
+    assert_eq!(
+        b.tool_text(json!(1), "echo", json!({"message":"b ok"}))
+            .await,
+        "b ok"
+    );
+
+    // 2. Non-JSON and over-long lines are dropped; the session goes on.
+    assert_eq!(b.tool_text(json!(2), "garbage", json!({})).await, "ok");
+    assert_eq!(
+        b.tool_text(json!(3), "long_line", json!({"bytes": 10000}))
+            .await,
+        "ok"
+    );
+    assert_eq!(
+        b.tool_text(json!(4), "echo", json!({"message":"after"}))
+            .await,
+        "after"
+    );
+
+    // 3. A grandchild goes with its session's process group.
+    b.tool_text(json!(5), "spawn_grandchild", json!({})).await;
+    assert_eq!(wait_for_count(tree, 3, Duration::from_secs(5)).await, 3);
+    drop(b);
+    assert_eq!(wait_for_count(tree, 1, Duration::from_secs(10)).await, 1);
+
+    // 4. A child that ignores SIGTERM and no longer reads stdin is SIGKILLed after the grace.
+    assert_eq!(
+        c.tool_text(json!(1), "ignore_sigterm", json!({})).await,
+        "ok"
+    );
+    assert_eq!(c.tool_text(json!(2), "stop_reading", json!({})).await, "ok");
+    drop(c);
+    assert_eq!(wait_for_count(tree, 0, Duration::from_secs(15)).await, 0);
+}
+
+/// A child that stops reading stdin: the write queue is bounded; when it stays full the
+/// session ends (503), proxy memory stays bounded, other sessions go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_that_stops_reading_ends_its_session() {
+    let cfg = base_config(&format!(
+        "[servers.default]\ncommand = \"{}\"\n",
+        example_server()
+    ));
+    let proxy = ProxyProcess::start(&cfg, &[]).await;
+    let sse = format!("{}/sse", proxy.url);
+    let mut stuck = SseClient::connect(&sse, &token(&proxy.url, "s")).await;
+    let mut other = SseClient::connect(&sse, &token(&proxy.url, "o")).await;
+    stuck.initialize().await;
+    other.initialize().await;
+    assert_eq!(
+        stuck.tool_text(json!(0), "stop_reading", json!({})).await,
+        "ok"
+    );
+    let rss_before = proxy.rss_kib();
+    let big = "x".repeat(16 * 1024);
+    let posts = (0..400).map(|i| {
+        let body =
+            json!({"jsonrpc":"2.0","method":"notifications/message","params":{"n":i,"data":big}});
+        let stuck = &stuck;
+        async move { stuck.post(&body).await }
+    });
+    let statuses = futures::future::join_all(posts).await;
+    assert!(
+        statuses.contains(&503),
+        "the stalled session was never ended"
+    );
+    assert!(
+        stuck.next_event().await.is_none(),
+        "the stalled session's stream closed"
+    );
+    assert!(
+        proxy.rss_kib() < rss_before + 64 * 1024,
+        "proxy memory grew with the stalled queue"
+    );
+    assert_eq!(
+        other
+            .tool_text(json!(1), "echo", json!({"message":"fine"}))
+            .await,
+        "fine"
+    );
+    assert_eq!(
+        wait_for_count(|| proxy.descendants().len(), 1, Duration::from_secs(10)).await,
+        1
+    );
+}
+
+/// SIGKILL the proxy: its children die with it (parent-death signal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_proxy_leaves_no_child_running() {
+    let cfg = base_config(&format!(
+        "[servers.default]\ncommand = \"{}\"\n",
+        example_server()
+    ));
+    let mut proxy = ProxyProcess::start(&cfg, &[]).await;
+    let sse = format!("{}/sse", proxy.url);
+    let mut a = SseClient::connect(&sse, &token(&proxy.url, "a")).await;
+    let mut b = SseClient::connect(&sse, &token(&proxy.url, "b")).await;
+    a.initialize().await;
+    b.initialize().await;
+    let children = proxy.descendants();
+    assert_eq!(children.len(), 2);
+    proxy.child.start_kill().expect("SIGKILL");
+    let _ = proxy.child.wait().await;
+    for pid in children {
+        assert!(
+            crate::common::wait_gone(pid, Duration::from_secs(5)).await,
+            "child {pid} outlived the proxy"
+        );
+    }
+}
