@@ -7,9 +7,11 @@
 //! - [`transport`]: legacy HTTP+SSE (`/sse`, `/message`).
 //! - [`session`]: the registry of sessions and their owners; caps.
 //! - [`child`]: one stdio server process as an actor.
+//! - [`bridge`]: the era bridge — 2026-07-28 requests served by legacy (`initialize`) children.
 //! - [`jsonrpc`]: message classification and framing.
 
 pub mod auth;
+pub mod bridge;
 pub mod child;
 pub mod config;
 pub mod jsonrpc;

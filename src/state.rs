@@ -39,6 +39,8 @@ pub struct ServerRuntime {
     /// Children spawned ahead (`warm_pool`), when configured.
     pub warm: std::sync::OnceLock<Arc<crate::warm::WarmPool>>,
     env_remove: Vec<String>,
+    /// The era of this server's children, configured or probed once (see [`crate::bridge`]).
+    pub era: crate::bridge::EraCache,
 }
 
 /// Why a child environment could not be built from the caller's claims.
@@ -55,6 +57,7 @@ impl ServerRuntime {
             name: name.to_owned(),
             policy: crate::policy::ToolPolicy::new(&config.tool_rules),
             warm: std::sync::OnceLock::new(),
+            era: crate::bridge::EraCache::new(config.era),
             config,
             env_remove,
         }

@@ -5,6 +5,10 @@
 mod common;
 
 mod auth_rejections;
+mod bridge;
+mod bridge_interop;
+mod bridge_lb;
+mod bridge_rmcp;
 mod child_policy;
 mod cli;
 mod config_files;
