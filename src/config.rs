@@ -208,6 +208,20 @@ pub enum ChildScope {
     Shared,
 }
 
+/// Which protocol era a server's children speak (spec 2026-07-28 versioning §Backward
+/// Compatibility); it decides whether modern requests are bridged (see [`crate::bridge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Era {
+    /// Probe the first child with `server/discover` and remember the answer (the default).
+    #[default]
+    Auto,
+    /// An `initialize`-based server: the proxy bridges modern requests to it.
+    Legacy,
+    /// A 2026-07-28 server: modern requests pass through unchanged.
+    Modern,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -232,6 +246,8 @@ pub struct ServerConfig {
     pub request_timeout_secs: u64,
     #[serde(default)]
     pub tool_rules: Vec<ToolRule>,
+    #[serde(default)]
+    pub era: Era,
 }
 
 fn default_max_line_bytes() -> usize {
@@ -679,6 +695,7 @@ command = "true"
         assert_eq!(c.sessions.max_sessions_per_principal, 16);
         let s = &c.servers["default"];
         assert_eq!(s.child_scope, ChildScope::Session);
+        assert_eq!(s.era, Era::Auto);
         assert_eq!(s.max_line_bytes, DEFAULT_MAX_LINE_BYTES);
         assert_eq!(c.root_server(), Some("default"));
     }
@@ -711,6 +728,7 @@ command = "true"
             ("[http]\npublic_url = \"ftp://x\"\n", "http.public_url"),
             ("[sessions]\nmax_sessions = 0\n", "sessions.max_sessions"),
             ("[servers.default]\nchild_scope = \"nope\"\n", "child_scope"),
+            ("[servers.default]\nera = \"2025\"\n", "era"),
         ];
         for (extra, key) in cases {
             // Put the extra section after the minimal one; duplicate tables are a TOML error,

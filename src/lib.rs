@@ -2,17 +2,19 @@
 //!
 //! Module map (the path of one message, DESIGN §1):
 //! - [`config`]: the TOML file, environment overrides, validation.
-//! - [`auth`]: bearer token → [`auth::Principal`] (JWT, JWKS, RFC 9728 metadata).
+//! - [`auth`]: bearer token → [`auth::Principal`] (JWT, JWK fit, JWKS cache, RFC 9728 metadata).
 //! - [`router`]: routes and the shared [`state::AppState`].
 //! - [`transport`]: legacy HTTP+SSE (`/sse`, `/message`).
 //! - [`session`]: the registry of sessions and their owners; caps.
 //! - [`child`]: one stdio server process as an actor.
+//! - [`bridge`]: the era bridge — 2026-07-28 requests served by legacy (`initialize`) children.
 //! - [`jsonrpc`]: message classification and framing.
 //! - [`origin`], [`forwarded`], [`access`]: Origin/Host/CORS, the address the client used,
 //!   the access log; [`metrics`]: Prometheus; [`serve`]: graceful drain.
 
 pub mod access;
 pub mod auth;
+pub mod bridge;
 pub mod child;
 pub mod config;
 pub mod forwarded;
@@ -104,7 +106,7 @@ pub fn build_state(
         config.sessions.max_sessions,
         config.sessions.max_sessions_per_principal,
     );
-    Ok(Arc::new(AppState {
+    let state = AppState {
         public_url,
         auth: Arc::new(authenticator),
         sessions: Arc::new(sessions),
@@ -116,7 +118,9 @@ pub fn build_state(
         spawned: Default::default(),
         pool: Default::default(),
         config: Arc::new(config),
-    }))
+    };
+    create_warm_pools(&state);
+    Ok(Arc::new(state))
 }
 
 /// After the drain, how long stopping the children (stdin close, SIGTERM, SIGKILL: about
@@ -228,8 +232,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// Spawns the `warm_pool` children of every server that has one.
-fn start_warm_pools(state: &Arc<AppState>) {
+/// Creates the warm pool of every server that has `warm_pool > 0` (filled by `serve`).
+fn create_warm_pools(state: &AppState) {
     for server in state.servers.values() {
         if server.config.warm_pool == 0 {
             continue;
@@ -237,7 +241,7 @@ fn start_warm_pools(state: &Arc<AppState>) {
         let Ok(spec) = server.child_spec(None) else {
             continue;
         };
-        let pool = server.warm.get_or_init(|| {
+        server.warm.get_or_init(|| {
             warm::WarmPool::new(
                 &server.name,
                 server.config.warm_pool,
@@ -246,7 +250,15 @@ fn start_warm_pools(state: &Arc<AppState>) {
                 state.shutdown.clone(),
             )
         });
-        pool.refill();
+    }
+}
+
+/// Spawns the `warm_pool` children of every server that has one.
+fn start_warm_pools(state: &Arc<AppState>) {
+    for server in state.servers.values() {
+        if let Some(pool) = server.warm.get() {
+            pool.refill();
+        }
     }
 }
 
@@ -284,55 +296,10 @@ fn start_idle_reaper(state: &Arc<AppState>) {
     });
 }
 
-/// Fetches every issuer's keys (retrying with backoff until they load), then refreshes them
-/// in the background. Readiness waits for the first load.
+/// Starts one task per JWKS issuer that loads its keys (retrying until they load; readiness
+/// waits for every issuer) and then keeps them fresh until shutdown.
 fn start_key_loading(state: &Arc<AppState>) {
-    let auth = state.auth.clone();
-    let shutdown = state.shutdown.clone();
-    let metrics = state.metrics.clone();
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            let pending = auth
-                .jwks_caches()
-                .iter()
-                .filter(|(cache, _)| !cache.is_loaded())
-                .count();
-            let failures = auth.load_keys().await;
-            for _ in failures.len()..pending {
-                metrics.jwks_fetch("ok");
-            }
-            if failures.is_empty() {
-                break;
-            }
-            for (issuer, e) in failures {
-                metrics.jwks_fetch(crate::metrics::jwks_error_label(&e));
-                tracing::warn!(issuer, error = %e, "loading keys failed; retrying");
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-        }
-        for (cache, every) in auth.jwks_caches() {
-            let shutdown = shutdown.clone();
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(every) => {}
-                    }
-                    match cache.refresh().await {
-                        Ok(_) => metrics.jwks_fetch("ok"),
-                        Err(e) => {
-                            metrics.jwks_fetch(crate::metrics::jwks_error_label(&e));
-                            tracing::warn!(error = %e, "JWKS refresh failed; keeping the last good key set");
-                        }
-                    }
-                }
-            });
-        }
-    });
+    for cache in state.auth.jwks_caches() {
+        tokio::spawn(cache.maintain(state.shutdown.clone()));
+    }
 }

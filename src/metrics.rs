@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::auth::jwks::JwksStats;
 use crate::child::ExitReason;
 use crate::session::CapError;
 
@@ -59,11 +60,6 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     transport: &'static str,
     method: &'static str,
@@ -91,7 +87,6 @@ pub struct Metrics {
     auth_failures: Family<ReasonLabels, Counter>,
     http_requests: Family<RequestLabels, Counter>,
     http_latency: HistogramFamily<LatencyLabels>,
-    jwks_fetches: Family<ResultLabels, Counter>,
     servers: HashMap<String, ServerMetrics>,
 }
 
@@ -263,12 +258,6 @@ impl Metrics {
             Unit::Seconds,
             http_latency.clone(),
         );
-        let jwks_fetches = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "jwks_fetches",
-            "JWKS fetches (with OIDC discovery) by result: ok, http_4xx, http_5xx, network, too_large, invalid",
-            jwks_fetches.clone(),
-        );
 
         let mut per_server = HashMap::new();
         for name in servers {
@@ -316,7 +305,6 @@ impl Metrics {
             auth_failures,
             http_requests,
             http_latency,
-            jwks_fetches,
             servers: per_server,
         }
     }
@@ -371,21 +359,13 @@ impl Metrics {
             .inc();
     }
 
-    /// The hook for JWKS fetches: one call per fetch of an issuer's key set (OIDC discovery
-    /// included), with `"ok"` or [`jwks_error_label`]. `lib.rs` calls it for the start-up load
-    /// and the background refresh; a refetch caused by an unknown `kid` happens inside
-    /// `auth::jwks::JwksCache::key` and is not counted until that code calls this hook.
-    pub fn jwks_fetch(&self, result: &'static str) {
-        self.jwks_fetches
-            .get_or_create(&ResultLabels { result })
-            .inc();
-    }
-
-    /// Renders the text exposition; `sessions` is the number of open sessions per server.
+    /// Renders the text exposition; `sessions` is the number of open sessions per server,
+    /// `jwks` each JWKS issuer's cache counters.
     pub fn render<'a>(
         &self,
         sessions: impl IntoIterator<Item = (&'a str, usize)>,
         draining: bool,
+        jwks: &[(String, JwksStats)],
     ) -> String {
         let mut counts: HashMap<&str, usize> = self.servers.keys().map(|k| (&**k, 0)).collect();
         for (server, n) in sessions {
@@ -405,20 +385,76 @@ impl Metrics {
         {
             tracing::error!(error = %e, "encoding metrics failed");
         }
+        render_jwks(&mut out, jwks);
         out
     }
 }
 
-/// The result label of a failed JWKS (or discovery) fetch.
-pub fn jwks_error_label(e: &crate::auth::jwks::JwksError) -> &'static str {
-    use crate::auth::jwks::JwksError;
-    match e {
-        JwksError::Status { status, .. } if *status >= 500 => "http_5xx",
-        JwksError::Status { .. } => "http_4xx",
-        JwksError::Fetch { .. } => "network",
-        JwksError::TooLarge { .. } => "too_large",
-        JwksError::Parse { .. } => "invalid",
+/// Appends the JWKS caches' own counters (kept by `auth::jwks`, read at scrape time).
+fn render_jwks(out: &mut String, jwks: &[(String, JwksStats)]) {
+    use std::fmt::Write;
+    if jwks.is_empty() {
+        return;
     }
+    /// Name, type, help, and the value of one issuer's stats.
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&JwksStats) -> Option<u64>,
+    );
+    let series: [Series; 5] = [
+        (
+            "jwks_fetches_total",
+            "counter",
+            "JWKS fetches per issuer that stored a new key set (start-up, refresh, unknown kid)",
+            |s| Some(s.fetches_ok),
+        ),
+        (
+            "jwks_fetch_failures_total",
+            "counter",
+            "JWKS or discovery fetches per issuer that failed (the last good key set kept serving)",
+            |s| Some(s.fetches_failed),
+        ),
+        (
+            "jwks_unknown_kid_refetches_total",
+            "counter",
+            "JWKS fetches per issuer caused by a token with an unknown kid",
+            |s| Some(s.unknown_kid_refetches),
+        ),
+        (
+            "jwks_keys",
+            "gauge",
+            "Keys in each issuer's current key set",
+            |s| Some(s.keys),
+        ),
+        (
+            "jwks_last_success_timestamp_seconds",
+            "gauge",
+            "When each issuer's current key set was fetched",
+            |s| s.last_success_unix,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {PREFIX}_{name} {help}.");
+        let _ = writeln!(out, "# TYPE {PREFIX}_{name} {kind}");
+        for (issuer, stats) in jwks {
+            if let Some(v) = value(stats) {
+                let _ = writeln!(
+                    out,
+                    "{PREFIX}_{name}{{issuer=\"{}\"}} {v}",
+                    escape_label(issuer)
+                );
+            }
+        }
+    }
+}
+
+/// A label value in the text format: backslash, double quote and newline escaped.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -435,8 +471,16 @@ mod tests {
         s.child.exited(ExitReason::Exited);
         m.auth_failure("expired");
         m.request("sse", "POST", 202, Duration::from_millis(3));
-        m.jwks_fetch("ok");
-        let text = m.render([("default", 2)], true);
+        let jwks = [(
+            "https://idp/\"x\"".to_owned(),
+            JwksStats {
+                fetches_ok: 3,
+                keys: 2,
+                last_success_unix: Some(1_700_000_000),
+                ..JwksStats::default()
+            },
+        )];
+        let text = m.render([("default", 2)], true, &jwks);
         for line in [
             "mcp_proxy_sessions_active{server=\"default\"} 2",
             "mcp_proxy_sessions_active{server=\"other\"} 0",
@@ -449,7 +493,9 @@ mod tests {
             "mcp_proxy_auth_failures_total{reason=\"expired\"} 1",
             "mcp_proxy_http_requests_total{transport=\"sse\",method=\"POST\",status=\"202\"} 1",
             "mcp_proxy_http_request_duration_seconds_count{transport=\"sse\",method=\"POST\"} 1",
-            "mcp_proxy_jwks_fetches_total{result=\"ok\"} 1",
+            "mcp_proxy_jwks_fetches_total{issuer=\"https://idp/\\\"x\\\"\"} 3",
+            "mcp_proxy_jwks_keys{issuer=\"https://idp/\\\"x\\\"\"} 2",
+            "mcp_proxy_jwks_last_success_timestamp_seconds{issuer=\"https://idp/\\\"x\\\"\"} 1700000000",
             "mcp_proxy_draining 1",
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");

@@ -13,7 +13,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::access;
-use crate::auth::metadata::{self, ResourceMetadata, WELL_KNOWN};
+use crate::auth::metadata::{self, WELL_KNOWN};
 use crate::config::Config;
 use crate::origin::{self, OriginPolicy};
 use crate::state::AppState;
@@ -107,6 +107,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let body = state.metrics.render(
         sessions.iter().map(|s| (s.server.as_str(), 1)),
         state.is_draining(),
+        &state.auth.jwks_stats(),
     );
     (
         [(
@@ -133,23 +134,16 @@ async fn resource_metadata(
     metadata_document(&state, &headers, &rest)
 }
 
+/// RFC 9728 §3.2: the document for one of our endpoints; 404 for anything else (a document
+/// must describe a resource that exists, with `resource` exactly its URL).
 fn metadata_document(state: &AppState, headers: &HeaderMap, rest: &str) -> Response {
-    let resource = metadata::resource_for(&state.public_url_for(headers), rest);
-    let mut scopes: Vec<String> = state.config.auth.required_scopes.clone();
-    for server in state.config.servers.values() {
-        scopes.extend(server.required_scopes.iter().cloned());
-        for rule in &server.tool_rules {
-            scopes.extend(rule.require_scopes.iter().cloned());
+    let endpoint = metadata::endpoint_for(&state.public_url, rest);
+    match metadata::document(state, &endpoint) {
+        Some(mut doc) => {
+            // The address the client used (trusted X-Forwarded-*), as in the challenge.
+            doc.resource = format!("{}{endpoint}", state.public_url_for(headers));
+            Json(doc).into_response()
         }
+        None => (StatusCode::NOT_FOUND, "no such protected resource").into_response(),
     }
-    scopes.sort();
-    scopes.dedup();
-    Json(ResourceMetadata {
-        resource,
-        authorization_servers: state.auth.issuer_names(),
-        scopes_supported: scopes,
-        bearer_methods_supported: vec!["header"],
-        resource_name: "mcp-auth-proxy",
-    })
-    .into_response()
 }

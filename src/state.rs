@@ -46,6 +46,8 @@ pub struct ServerRuntime {
     env_remove: Vec<String>,
     /// This server's metric handles (children record into them).
     pub metrics: ServerMetrics,
+    /// The era of this server's children, configured or probed once (see [`crate::bridge`]).
+    pub era: crate::bridge::EraCache,
 }
 
 /// Why a child environment could not be built from the caller's claims.
@@ -62,6 +64,7 @@ impl ServerRuntime {
             name: name.to_owned(),
             policy: crate::policy::ToolPolicy::new(&config.tool_rules),
             warm: std::sync::OnceLock::new(),
+            era: crate::bridge::EraCache::new(config.era),
             config,
             env_remove,
             metrics: ServerMetrics::default(),

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
-use super::jwks::{JwksCache, JwksError, fetch_json};
+use super::jwk::decoding_key_for;
+use super::jwks::{JwksCache, JwksSource, JwksStats};
 use super::{AuthError, Principal};
 use crate::config::{AuthConfig, IssuerConfig, is_hmac, parse_algorithm};
 
@@ -28,8 +28,6 @@ struct Issuer {
     name: String,
     algorithms: Vec<Algorithm>,
     keys: KeySource,
-    discovery: bool,
-    refresh: Duration,
 }
 
 /// Validates bearer tokens against the configured issuers.
@@ -38,7 +36,6 @@ pub struct Authenticator {
     audiences: Vec<String>,
     leeway: u64,
     required_scopes: Vec<String>,
-    client: reqwest::Client,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +47,8 @@ pub enum AuthSetupError {
 }
 
 impl Authenticator {
-    /// Builds the validators. HMAC secrets are read from `env` now; JWKS are fetched by
-    /// [`Authenticator::load_keys`].
+    /// Builds the validators. HMAC secrets are read from `env` now; JWKS are fetched by the
+    /// caches' [`JwksCache::maintain`] tasks (see [`Authenticator::jwks_caches`]).
     pub fn new(
         config: &AuthConfig,
         audiences: Vec<String>,
@@ -73,7 +70,6 @@ impl Authenticator {
             audiences,
             leeway: config.leeway_secs,
             required_scopes: config.required_scopes.clone(),
-            client,
         })
     }
 
@@ -82,11 +78,29 @@ impl Authenticator {
         &self.audiences
     }
 
-    /// The configured issuer identifiers (for RFC 9728 `authorization_servers`).
+    /// The globally required scopes (`auth.required_scopes`).
+    pub fn required_scopes(&self) -> &[String] {
+        &self.required_scopes
+    }
+
+    /// The configured issuer identifiers, sorted.
     pub fn issuer_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.issuers.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// The issuers a client can ask for a token: those whose identifier is an http(s) URL
+    /// (RFC 9728 `authorization_servers` holds RFC 8414 issuer identifiers; a bare name such as
+    /// a development HS issuer's is no authorization server a client could discover).
+    pub fn authorization_servers(&self) -> Vec<String> {
+        self.issuer_names()
+            .into_iter()
+            .filter(|name| {
+                url::Url::parse(name)
+                    .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.has_host())
+            })
+            .collect()
     }
 
     /// True when every JWKS issuer has a key set loaded.
@@ -97,42 +111,29 @@ impl Authenticator {
         })
     }
 
-    /// Loads every issuer's JWKS once (after discovery where configured). Errors are returned
-    /// per issuer; the caller retries.
-    pub async fn load_keys(&self) -> Vec<(String, JwksError)> {
-        let mut failures = Vec::new();
-        for issuer in self.issuers.values() {
-            let KeySource::Jwks(cache) = &issuer.keys else {
-                continue;
-            };
-            if cache.is_loaded() {
-                continue;
-            }
-            if issuer.discovery && cache.url().is_none() {
-                match discover_jwks_uri(&self.client, &issuer.name).await {
-                    Ok(url) => cache.set_url(url),
-                    Err(e) => {
-                        failures.push((issuer.name.clone(), e));
-                        continue;
-                    }
-                }
-            }
-            if let Err(e) = cache.refresh().await {
-                failures.push((issuer.name.clone(), e));
-            }
-        }
-        failures
-    }
-
-    /// Every JWKS cache with its refresh interval, for the background refresher.
-    pub fn jwks_caches(&self) -> Vec<(Arc<JwksCache>, Duration)> {
+    /// Every issuer's JWKS cache; each runs [`JwksCache::maintain`] in the background.
+    pub fn jwks_caches(&self) -> Vec<Arc<JwksCache>> {
         self.issuers
             .values()
             .filter_map(|i| match &i.keys {
-                KeySource::Jwks(cache) => Some((cache.clone(), i.refresh)),
+                KeySource::Jwks(cache) => Some(cache.clone()),
                 KeySource::Secret(_) => None,
             })
             .collect()
+    }
+
+    /// The JWKS counters per issuer (sorted by issuer), for metrics.
+    pub fn jwks_stats(&self) -> Vec<(String, JwksStats)> {
+        let mut out: Vec<(String, JwksStats)> = self
+            .issuers
+            .values()
+            .filter_map(|i| match &i.keys {
+                KeySource::Jwks(cache) => Some((i.name.clone(), cache.stats())),
+                KeySource::Secret(_) => None,
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Validates a token and checks the global required scopes.
@@ -207,9 +208,16 @@ fn build_issuer(
             .ok_or_else(|| AuthSetupError::MissingSecret(var.clone()))?;
         KeySource::Secret(DecodingKey::from_secret(secret.as_bytes()))
     } else {
+        let source = match &config.jwks_url {
+            Some(url) => JwksSource::Url(url.clone()),
+            None => JwksSource::Discovery {
+                issuer: config.issuer.clone(),
+            },
+        };
         let cache = JwksCache::new(
-            config.jwks_url.clone(),
+            source,
             client.clone(),
+            Duration::from_secs(config.jwks_refresh_secs),
             Duration::from_secs(config.jwks_min_refetch_secs),
         );
         KeySource::Jwks(Arc::new(cache))
@@ -218,34 +226,7 @@ fn build_issuer(
         name: config.issuer.clone(),
         algorithms,
         keys,
-        discovery: config.discovery,
-        refresh: Duration::from_secs(config.jwks_refresh_secs),
     })
-}
-
-/// OIDC discovery: `{issuer}/.well-known/openid-configuration`, whose `issuer` must equal ours
-/// exactly (OpenID Connect Discovery §4.3), gives the `jwks_uri`.
-async fn discover_jwks_uri(client: &reqwest::Client, issuer: &str) -> Result<String, JwksError> {
-    #[derive(serde::Deserialize)]
-    struct Discovery {
-        issuer: String,
-        jwks_uri: String,
-    }
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
-    let doc: Discovery = fetch_json(client, &url).await?;
-    if doc.issuer != issuer {
-        return Err(JwksError::Parse {
-            url,
-            reason: format!(
-                "discovery document names issuer `{}`, expected `{issuer}`",
-                doc.issuer
-            ),
-        });
-    }
-    Ok(doc.jwks_uri)
 }
 
 /// Reads `iss` from the payload without verifying it, only to choose the issuer's keys; the
@@ -269,43 +250,6 @@ fn unverified_issuer(token: &str) -> Result<String, AuthError> {
     parsed
         .iss
         .ok_or_else(|| AuthError::MissingClaim("iss".into()))
-}
-
-/// Builds the verification key from a JWK, refusing a JWK whose declared `alg`, `use` or key
-/// type does not fit the token's algorithm.
-fn decoding_key_for(jwk: &Jwk, alg: Algorithm) -> Result<DecodingKey, AuthError> {
-    if let Some(key_alg) = jwk.common.key_algorithm
-        && !key_algorithm_matches(key_alg, alg)
-    {
-        return Err(AuthError::KeyMismatch("JWK alg differs from the token's"));
-    }
-    if let Some(key_use) = &jwk.common.public_key_use
-        && *key_use != PublicKeyUse::Signature
-    {
-        return Err(AuthError::KeyMismatch("JWK is not a signing key"));
-    }
-    let key = DecodingKey::from_jwk(jwk).map_err(|_| AuthError::KeyMismatch("unusable JWK"))?;
-    if key.family() != alg.family() {
-        return Err(AuthError::KeyMismatch(
-            "key family differs from the token's",
-        ));
-    }
-    Ok(key)
-}
-
-fn key_algorithm_matches(key: KeyAlgorithm, alg: Algorithm) -> bool {
-    matches!(
-        (key, alg),
-        (KeyAlgorithm::RS256, Algorithm::RS256)
-            | (KeyAlgorithm::RS384, Algorithm::RS384)
-            | (KeyAlgorithm::RS512, Algorithm::RS512)
-            | (KeyAlgorithm::PS256, Algorithm::PS256)
-            | (KeyAlgorithm::PS384, Algorithm::PS384)
-            | (KeyAlgorithm::PS512, Algorithm::PS512)
-            | (KeyAlgorithm::ES256, Algorithm::ES256)
-            | (KeyAlgorithm::ES384, Algorithm::ES384)
-            | (KeyAlgorithm::EdDSA, Algorithm::EdDSA)
-    )
 }
 
 fn map_jwt_error(e: jsonwebtoken::errors::Error) -> AuthError {
@@ -335,27 +279,32 @@ fn principal_from_claims(claims: Map<String, Value>, leeway: u64) -> Result<Prin
         Some(s) if !s.is_empty() => s.to_owned(),
         _ => return Err(AuthError::MissingClaim("sub".into())),
     };
-    let exp = claims
-        .get("exp")
-        .and_then(Value::as_f64)
-        .ok_or_else(|| AuthError::MissingClaim("exp".into()))? as u64;
-    // `iat` in the future (beyond leeway) means a broken clock or a forged token.
-    if let Some(iat) = claims.get("iat").and_then(Value::as_f64)
-        && iat as u64 > jsonwebtoken::get_current_timestamp() + leeway
-    {
+    let exp = numeric_date(&claims, "exp")?.ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+    // `iat` in the future (beyond leeway) means a broken clock or a forged token; `nbf` or
+    // `iat` after `exp` describes a token that was never valid.
+    let now = jsonwebtoken::get_current_timestamp();
+    let iat = numeric_date(&claims, "iat")?;
+    if iat.is_some_and(|iat| iat > now.saturating_add(leeway)) {
         return Err(AuthError::NotYetValid);
     }
+    let nbf = numeric_date(&claims, "nbf")?;
+    if iat.into_iter().chain(nbf).any(|t| t > exp) {
+        return Err(AuthError::Invalid("iat or nbf after exp".into()));
+    }
+    // `scope` (RFC 8693 §4.2, RFC 9068: space-separated) or `scp` (Okta: an array; Entra ID:
+    // space-separated); either form is accepted in either claim.
     let mut scopes: Vec<String> = Vec::new();
-    if let Some(scope) = claims.get("scope").and_then(Value::as_str) {
-        scopes.extend(scope.split_whitespace().map(str::to_owned));
-    }
-    match claims.get("scp") {
-        Some(Value::Array(items)) => {
-            scopes.extend(items.iter().filter_map(Value::as_str).map(str::to_owned))
+    for name in ["scope", "scp"] {
+        match claims.get(name) {
+            Some(Value::String(s)) => scopes.extend(s.split_whitespace().map(str::to_owned)),
+            Some(Value::Array(items)) => {
+                scopes.extend(items.iter().filter_map(Value::as_str).map(str::to_owned))
+            }
+            _ => {}
         }
-        Some(Value::String(s)) => scopes.extend(s.split_whitespace().map(str::to_owned)),
-        _ => {}
     }
+    scopes.sort();
+    scopes.dedup();
     Ok(Principal {
         iss,
         sub,
@@ -363,6 +312,17 @@ fn principal_from_claims(claims: Map<String, Value>, leeway: u64) -> Result<Prin
         exp,
         claims,
     })
+}
+
+/// A NumericDate claim (RFC 7519 §2): absent, or a non-negative number of seconds.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, AuthError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(t as u64)),
+            _ => Err(AuthError::Invalid(format!("{name} is not a NumericDate"))),
+        },
+    }
 }
 
 /// Signs an HMAC token (the `token` subcommand: development and tests).
@@ -490,6 +450,76 @@ mod tests {
             b64(Value::Object(claims(json!({}))))
         );
         assert!(a.authenticate(&none).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn claim_sanity_and_scope_forms() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let a = authenticator();
+        for (name, overrides, reason) in [
+            ("nbf after exp", json!({"nbf": now + 700}), "not_yet_valid"),
+            (
+                "iat after exp",
+                json!({"iat": now - 10, "exp": now - 20}),
+                "invalid",
+            ),
+            ("iat not a date", json!({"iat": "yesterday"}), "invalid"),
+            ("exp not a date", json!({"exp": "later"}), "missing_claim"),
+            ("empty sub", json!({"sub": ""}), "missing_claim"),
+        ] {
+            let err = a.authenticate(&token(overrides)).await.expect_err(name);
+            assert_eq!(err.reason(), reason, "{name}: {err}");
+        }
+        // Issued before nbf and after exp: never valid, whatever the clock says.
+        let mut a = authenticator();
+        a.leeway = 100_000;
+        let err = a
+            .authenticate(&token(json!({"nbf": now + 50, "exp": now + 10})))
+            .await
+            .expect_err("nbf > exp");
+        assert_eq!(err.reason(), "invalid", "{err}");
+        let a = authenticator();
+        for (claims, want) in [
+            (json!({"scope": "b a", "scp": null}), vec!["a", "b"]),
+            (json!({"scope": null, "scp": ["x", "y"]}), vec!["x", "y"]),
+            (json!({"scope": null, "scp": "x y"}), vec!["x", "y"]),
+            (json!({"scope": "a", "scp": ["a", "z"]}), vec!["a", "z"]),
+            (json!({"scope": null}), vec![]),
+        ] {
+            let p = a.authenticate(&token(claims.clone())).await.expect("valid");
+            assert_eq!(p.scopes, want, "{claims}");
+        }
+    }
+
+    #[test]
+    fn only_url_issuers_are_authorization_servers() {
+        install_crypto();
+        let issuer = |name: &str| IssuerConfig {
+            issuer: name.into(),
+            discovery: false,
+            jwks_url: Some("http://127.0.0.1:1/jwks".into()),
+            algorithms: vec!["RS256".into()],
+            jwks_refresh_secs: 300,
+            jwks_min_refetch_secs: 10,
+            secret_env: None,
+        };
+        let config = AuthConfig {
+            issuers: vec![
+                issuer("https://idp.example.com/realms/mcp"),
+                issuer("mcp-auth-proxy-dev"),
+                issuer("http://127.0.0.1:4444"),
+                issuer("urn:example:issuer"),
+            ],
+            ..AuthConfig::default()
+        };
+        let a = Authenticator::new(&config, vec![AUD.into()], &[]).expect("authenticator");
+        assert_eq!(
+            a.authorization_servers(),
+            vec![
+                "http://127.0.0.1:4444",
+                "https://idp.example.com/realms/mcp"
+            ]
+        );
     }
 
     #[tokio::test]

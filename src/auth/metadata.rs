@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use crate::state::AppState;
+
 /// The well-known path (RFC 9728 §3).
 pub const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
@@ -32,19 +34,73 @@ pub fn metadata_url(public_url: &str, endpoint_path: &str) -> String {
     format!("{origin}{WELL_KNOWN}{prefix}{endpoint_path}")
 }
 
-/// The resource identifier that the metadata at `WELL_KNOWN/{rest}` describes.
-pub fn resource_for(public_url: &str, rest: &str) -> String {
-    let (origin, prefix) = split_origin(public_url);
+/// The endpoint (a path relative to `public_url`: `""`, `/mcp`, `/servers/NAME/sse`, …) whose
+/// metadata lives at `WELL_KNOWN/{rest}`. The well-known path carries the public URL's path
+/// prefix (RFC 9728 §3.1); a request without it is accepted too, for proxies that strip it.
+pub fn endpoint_for(public_url: &str, rest: &str) -> String {
+    let (_, prefix) = split_origin(public_url);
     let rest = rest.trim_start_matches('/');
     if rest.is_empty() {
-        return public_url.to_owned();
+        return String::new();
     }
     let path = format!("/{rest}");
-    if !prefix.is_empty() && path.starts_with(prefix) {
-        format!("{origin}{path}")
-    } else {
-        format!("{public_url}{path}")
+    if prefix.is_empty() {
+        return path;
     }
+    if path == prefix {
+        return String::new();
+    }
+    match path.strip_prefix(prefix) {
+        Some(tail) if tail.starts_with('/') => tail.to_owned(),
+        _ => path,
+    }
+}
+
+/// The resource identifier that the metadata at `WELL_KNOWN/{rest}` describes: exactly the
+/// public URL of that endpoint.
+pub fn resource_for(public_url: &str, rest: &str) -> String {
+    format!("{public_url}{}", endpoint_for(public_url, rest))
+}
+
+/// The metadata document for `endpoint` (see [`endpoint_for`]), or `None` when it is not one
+/// of ours: the root document, and `/sse` and `/mcp` of every mounted server. Its scopes are
+/// those the endpoint understands: `auth.required_scopes`, the server's `required_scopes` and
+/// its tool rules' scopes (for the root document, every server's).
+pub fn document(state: &AppState, endpoint: &str) -> Option<ResourceMetadata> {
+    let config = &state.config;
+    let mut servers: Vec<&str> = Vec::new();
+    if endpoint.is_empty() {
+        servers.extend(config.servers.keys().map(String::as_str));
+    } else {
+        let (base, leaf) = endpoint.rsplit_once('/')?;
+        if !matches!(leaf, "sse" | "mcp") {
+            return None;
+        }
+        let server = match base.strip_prefix("/servers/") {
+            Some(name) => config.servers.contains_key(name).then_some(name),
+            None if base.is_empty() => config.root_server(),
+            None => None,
+        }?;
+        servers.push(server);
+    }
+    let mut scopes: Vec<String> = config.auth.required_scopes.clone();
+    for name in servers {
+        if let Some(server) = config.servers.get(name) {
+            scopes.extend(server.required_scopes.iter().cloned());
+            for rule in &server.tool_rules {
+                scopes.extend(rule.require_scopes.iter().cloned());
+            }
+        }
+    }
+    scopes.sort();
+    scopes.dedup();
+    Some(ResourceMetadata {
+        resource: format!("{}{endpoint}", state.public_url),
+        authorization_servers: state.auth.authorization_servers(),
+        scopes_supported: scopes,
+        bearer_methods_supported: vec!["header"],
+        resource_name: "mcp-auth-proxy",
+    })
 }
 
 #[cfg(test)]
@@ -67,5 +123,15 @@ mod tests {
             "https://h/team/mcp"
         );
         assert_eq!(resource_for("https://h/team", ""), "https://h/team");
+        assert_eq!(resource_for("https://h/team", "team"), "https://h/team");
+        assert_eq!(resource_for("https://h/team", "mcp"), "https://h/team/mcp");
+        assert_eq!(
+            resource_for("https://h/team", "teamster/mcp"),
+            "https://h/team/teamster/mcp"
+        );
+        assert_eq!(
+            endpoint_for("https://h/team", "team/servers/a/sse"),
+            "/servers/a/sse"
+        );
     }
 }

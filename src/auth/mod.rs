@@ -1,6 +1,7 @@
 //! Authentication: the bearer token of every request becomes a [`Principal`] or an [`AuthError`]
 //! (DESIGN §4; spec 2025-11-25 "Authorization" §Access Token Usage and §Token Audience Binding).
 
+pub mod jwk;
 pub mod jwks;
 pub mod jwt;
 pub mod metadata;
@@ -121,14 +122,27 @@ impl AuthError {
         }
     }
 
-    /// The HTTP answer: 401 (or 400 for a token in the query) with `WWW-Authenticate`, or 403
-    /// for a missing scope. `resource_metadata` is the RFC 9728 URL for the requested endpoint.
+    /// The HTTP answer: 401 with `WWW-Authenticate` (also for a token in the query string:
+    /// the client must authenticate again, with the header), or 403 for a missing scope.
+    /// `resource_metadata` is the RFC 9728 URL for the requested endpoint.
     pub fn into_response_with(self, resource_metadata: &str) -> Response {
+        self.into_challenge(resource_metadata, "")
+    }
+
+    /// As [`AuthError::into_response_with`]; a 401 also names `scope`, the scopes the endpoint
+    /// requires (spec 2025-11-25 Authorization §Protected Resource Metadata Discovery
+    /// Requirements: "SHOULD include a scope parameter"), when there are any.
+    pub fn into_challenge(self, resource_metadata: &str, required_scope: &str) -> Response {
+        let scope_hint = if required_scope.is_empty() {
+            String::new()
+        } else {
+            format!("scope=\"{}\", ", quote_safe(required_scope))
+        };
         let (status, params, description) = match &self {
-            AuthError::Missing => (StatusCode::UNAUTHORIZED, String::new(), None),
+            AuthError::Missing => (StatusCode::UNAUTHORIZED, scope_hint, None),
             AuthError::TokenInQuery => (
                 StatusCode::UNAUTHORIZED,
-                "error=\"invalid_request\", ".to_owned(),
+                format!("error=\"invalid_request\", {scope_hint}"),
                 Some("tokens are accepted only in the Authorization header"),
             ),
             AuthError::InsufficientScope { scope } => (
@@ -141,12 +155,14 @@ impl AuthError {
             ),
             AuthError::Expired => (
                 StatusCode::UNAUTHORIZED,
-                "error=\"invalid_token\", error_description=\"token expired\", ".to_owned(),
+                format!(
+                    "error=\"invalid_token\", error_description=\"token expired\", {scope_hint}"
+                ),
                 Some("token expired"),
             ),
             _ => (
                 StatusCode::UNAUTHORIZED,
-                "error=\"invalid_token\", ".to_owned(),
+                format!("error=\"invalid_token\", {scope_hint}"),
                 Some("the token is not valid for this resource"),
             ),
         };
@@ -245,6 +261,30 @@ mod tests {
         assert!(query_has_token(Some("sessionId=1&access_token=x")));
         assert!(!query_has_token(Some("sessionId=1")));
         assert!(!query_has_token(None));
+    }
+
+    #[test]
+    fn unauthorized_challenges_name_the_required_scopes() {
+        let www = |e: AuthError, scope: &str| {
+            let r = e.into_challenge("http://x/.well-known/oauth-protected-resource/sse", scope);
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+            r.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(
+            www(AuthError::Missing, "mcp:tools"),
+            "Bearer scope=\"mcp:tools\", resource_metadata=\"http://x/.well-known/oauth-protected-resource/sse\""
+        );
+        assert_eq!(
+            www(AuthError::BadAudience, ""),
+            "Bearer error=\"invalid_token\", resource_metadata=\"http://x/.well-known/oauth-protected-resource/sse\""
+        );
+        assert_eq!(
+            www(AuthError::UnknownKey, "a b"),
+            "Bearer error=\"invalid_token\", scope=\"a b\", resource_metadata=\"http://x/.well-known/oauth-protected-resource/sse\""
+        );
     }
 
     #[test]

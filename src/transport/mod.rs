@@ -23,8 +23,9 @@ pub struct ServerRoute {
     pub base: Arc<str>,
 }
 
-/// Authenticates a request for `route`'s server: the token, the global and the server's
-/// required scopes. The error is the complete 401/403 answer.
+/// Authenticates a request for `route`'s server: the token, then the global and the server's
+/// required scopes together (a 403 names all of them, so one step-up covers the endpoint).
+/// The error is the complete 401/403 answer.
 pub async fn authorize(
     state: &AppState,
     route: &ServerRoute,
@@ -36,25 +37,38 @@ pub async fn authorize(
         &state.public_url_for(headers),
         &format!("{}{endpoint}", route.base),
     );
+    let required = required_scopes(state, route);
     let result = async {
         if query_has_token(query) {
             return Err(AuthError::TokenInQuery);
         }
         let token = bearer_token(headers)?;
-        let principal = state.auth.authenticate(token).await?;
-        if let Some(server) = state.servers.get(&*route.name) {
-            principal
-                .has_scopes(&server.config.required_scopes)
-                .map_err(|scope| AuthError::InsufficientScope { scope })?;
-        }
+        let principal = state.auth.validate(token).await?;
+        principal
+            .has_scopes(&required)
+            .map_err(|scope| AuthError::InsufficientScope { scope })?;
         Ok(principal)
     }
     .await;
     result.map_err(|e| {
         tracing::info!(reason = e.reason(), detail = %e, server = %route.name, "request refused");
         state.metrics.auth_failure(e.reason());
-        e.into_response_with(&resource_metadata)
+        e.into_challenge(&resource_metadata, &required.join(" "))
     })
+}
+
+/// The scopes every request to `route`'s server needs: `auth.required_scopes`, then the
+/// server's `required_scopes`, without duplicates.
+pub fn required_scopes(state: &AppState, route: &ServerRoute) -> Vec<String> {
+    let mut out: Vec<String> = state.auth.required_scopes().to_vec();
+    if let Some(server) = state.servers.get(&*route.name) {
+        for scope in &server.config.required_scopes {
+            if !out.contains(scope) {
+                out.push(scope.clone());
+            }
+        }
+    }
+    out
 }
 
 /// A JSON-RPC error body with an HTTP status (400 for bad bodies).

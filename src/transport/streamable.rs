@@ -30,6 +30,7 @@ use super::sse::SESSION_HEADER;
 use super::standalone::Standalone;
 use super::{ServerRoute, authorize, cap_reached, draining, http_error, jsonrpc_error, no_session};
 use crate::auth::Principal;
+use crate::bridge::{self, Bridged};
 use crate::child::ChildError;
 use crate::jsonrpc::{self, ClientMessage, Kind};
 use crate::mux::{Item, Mux, ROUTE_QUEUE, RouteError, Ticket};
@@ -606,10 +607,16 @@ async fn modern_post(
         Ok(mux) => mux,
         Err(e) => return pool_error(route, e),
     };
+    // The era bridge: a legacy child gets a handshake first and some requests are answered by
+    // the proxy itself (src/bridge).
+    let rewritten = match bridge::prepare(state, server, &mux, principal, message).await {
+        Bridged::Answered(response) => return response,
+        Bridged::Forward(rewritten) => rewritten,
+    };
     respond(
         state,
         &mux,
-        message,
+        rewritten.as_ref().unwrap_or(message),
         None,
         accepts_sse(headers),
         true,

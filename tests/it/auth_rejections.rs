@@ -1,36 +1,75 @@
 //! Every way a token can be wrong gets 401 (or 403 for a missing scope) with
-//! `WWW-Authenticate`, and spawns nothing (DESIGN §4, §6).
+//! `WWW-Authenticate`, and spawns nothing; every supported algorithm is accepted when the
+//! issuer allows it (DESIGN §4, §6).
 
 use std::time::Duration;
 
 use base64::Engine as _;
-use jsonwebtoken::jwk::KeyAlgorithm;
+use jsonwebtoken::jwk::{KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use crate::common::keys::{JwksServer, TestKey};
-use crate::common::{HS_ISSUER, Proxy, claims, example_server, http};
+use crate::common::{HS_ISSUER, Proxy, SECRET, claims, example_server, http};
 
 const JWKS_ISSUER: &str = "https://idp.test/realms/mcp";
+const OTHER_ISSUER: &str = "https://other-idp.test";
+const HS_WIDE_ISSUER: &str = "test-hs-wide";
+
+/// Every asymmetric algorithm the proxy supports.
+const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
 
 struct Setup {
     proxy: Proxy,
     jwks: JwksServer,
+    other_jwks: JwksServer,
     rsa: TestKey,
     ec: TestKey,
     mismatched: TestKey,
+    encryption: TestKey,
+    p384: TestKey,
+    bare_rsa: TestKey,
+    /// One key per algorithm in [`ASYMMETRIC`], kid `all-<alg>`, JWK `alg` set.
+    all: Vec<TestKey>,
+    /// A key only the other issuer publishes.
+    other: TestKey,
 }
 
 async fn setup(min_refetch_secs: u64) -> Setup {
     let rsa = TestKey::rsa("rsa-1");
     let ec = TestKey::ec("ec-1");
     let mismatched = TestKey::rsa("rsa-says-384").with_jwk_alg(KeyAlgorithm::RS384);
-    let jwks = JwksServer::start(vec![
+    let encryption = TestKey::rsa("rsa-enc")
+        .without_jwk_alg()
+        .with_jwk_use(PublicKeyUse::Encryption);
+    let p384 = TestKey::for_alg("p384-no-alg", Algorithm::ES384).without_jwk_alg();
+    let bare_rsa = TestKey::rsa("rsa-no-alg").without_jwk_alg();
+    let all: Vec<TestKey> = ASYMMETRIC
+        .iter()
+        .map(|alg| TestKey::for_alg(&format!("all-{alg:?}"), *alg))
+        .collect();
+    let mut published = vec![
         rsa.jwk.clone(),
         ec.jwk.clone(),
         mismatched.jwk.clone(),
-    ])
-    .await;
+        encryption.jwk.clone(),
+        p384.jwk.clone(),
+        bare_rsa.jwk.clone(),
+    ];
+    published.extend(all.iter().map(|k| k.jwk.clone()));
+    let jwks = JwksServer::start(published).await;
+    let other = TestKey::rsa("other-1");
+    let other_jwks = JwksServer::start(vec![other.jwk.clone()]).await;
     let cfg = format!(
         r#"
 [[auth.issuers]]
@@ -39,8 +78,19 @@ algorithms = ["HS256"]
 secret_env = "TEST_SECRET"
 
 [[auth.issuers]]
+issuer = "{HS_WIDE_ISSUER}"
+algorithms = ["HS384", "HS512"]
+secret_env = "TEST_SECRET"
+
+[[auth.issuers]]
 issuer = "{JWKS_ISSUER}"
-algorithms = ["RS256", "ES256"]
+algorithms = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
+jwks_url = "{}"
+jwks_min_refetch_secs = {min_refetch_secs}
+
+[[auth.issuers]]
+issuer = "{OTHER_ISSUER}"
+algorithms = ["RS256"]
 jwks_url = "{}"
 jwks_min_refetch_secs = {min_refetch_secs}
 
@@ -53,6 +103,7 @@ command = "{}"
 required_scopes = ["mcp:admin"]
 "#,
         jwks.url,
+        other_jwks.url,
         example_server(),
         example_server()
     );
@@ -61,13 +112,19 @@ required_scopes = ["mcp:admin"]
     Setup {
         proxy,
         jwks,
+        other_jwks,
         rsa,
         ec,
         mismatched,
+        encryption,
+        p384,
+        bare_rsa,
+        all,
+        other,
     }
 }
 
-async fn wait_ready(url: &str) {
+pub(crate) async fn wait_ready(url: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let r = http().get(format!("{url}/readyz")).send().await;
@@ -82,8 +139,8 @@ async fn wait_ready(url: &str) {
     }
 }
 
-/// GET /sse with an optional token; returns the status and WWW-Authenticate.
-async fn probe(url: &str, token: Option<&str>) -> (u16, String) {
+/// GET with an optional token; returns the status and WWW-Authenticate.
+pub(crate) async fn probe(url: &str, token: Option<&str>) -> (u16, String) {
     let mut req = http().get(url);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -98,12 +155,25 @@ async fn probe(url: &str, token: Option<&str>) -> (u16, String) {
     (r.status().as_u16(), www)
 }
 
-fn jwks_claims(aud: &str, overrides: Value) -> serde_json::Map<String, Value> {
+fn issued_by(iss: &str, aud: &str, overrides: Value) -> serde_json::Map<String, Value> {
     let mut c = claims(aud, "alice", overrides);
     if !c.contains_key("iss") || c["iss"] == HS_ISSUER {
-        c.insert("iss".into(), JWKS_ISSUER.into());
+        c.insert("iss".into(), iss.into());
     }
     c
+}
+
+fn jwks_claims(aud: &str, overrides: Value) -> serde_json::Map<String, Value> {
+    issued_by(JWKS_ISSUER, aud, overrides)
+}
+
+fn hmac(alg: Algorithm, claims: &serde_json::Map<String, Value>) -> String {
+    jsonwebtoken::encode(
+        &Header::new(alg),
+        claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("sign")
 }
 
 fn b64(v: &Value) -> String {
@@ -115,40 +185,92 @@ async fn good_tokens_of_every_configured_kind_are_accepted() {
     let s = setup(10).await;
     let url = format!("{}/sse", s.proxy.url);
     let aud = s.proxy.url.clone();
-    for (name, token) in [
-        ("HS256", s.proxy.token("alice")),
-        ("RS256", s.rsa.sign(&jwks_claims(&aud, json!({})))),
-        ("ES256", s.ec.sign(&jwks_claims(&aud, json!({})))),
+    let mut cases: Vec<(String, String)> = vec![
+        ("HS256".into(), s.proxy.token("alice")),
+        (
+            "HS384".into(),
+            hmac(
+                Algorithm::HS384,
+                &issued_by(HS_WIDE_ISSUER, &aud, json!({})),
+            ),
+        ),
+        (
+            "HS512".into(),
+            hmac(
+                Algorithm::HS512,
+                &issued_by(HS_WIDE_ISSUER, &aud, json!({})),
+            ),
+        ),
+        // A JWK without `alg` (as many IdPs publish RSA keys) serves RS* and PS* alike.
+        (
+            "PS512 with a JWK without alg".into(),
+            TestKey {
+                alg: Algorithm::PS512,
+                ..s.bare_rsa.clone()
+            }
+            .sign(&jwks_claims(&aud, json!({}))),
+        ),
+        (
+            "RS256 with a JWK without alg".into(),
+            s.bare_rsa.sign(&jwks_claims(&aud, json!({}))),
+        ),
+        (
+            "ES384 with a JWK without alg".into(),
+            s.p384.sign(&jwks_claims(&aud, json!({}))),
+        ),
+        (
+            "another issuer's own key".into(),
+            s.other.sign(&issued_by(OTHER_ISSUER, &aud, json!({}))),
+        ),
         // The endpoint URL (an RFC 8707 resource indicator) is an accepted audience too.
         (
-            "aud=/sse",
+            "aud=/sse".into(),
             s.proxy
                 .token_with("alice", json!({"aud": format!("{aud}/sse")})),
         ),
         (
-            "aud array",
+            "aud array".into(),
             s.proxy
                 .token_with("alice", json!({"aud": ["http://other", aud.clone()]})),
         ),
-    ] {
-        let (status, _) = probe(&url, Some(&token)).await;
-        assert_eq!(status, 200, "{name}");
+    ];
+    for key in &s.all {
+        cases.push((
+            format!("{:?}", key.alg),
+            key.sign(&jwks_claims(&aud, json!({}))),
+        ));
     }
+    for (name, token) in cases {
+        let (status, www) = probe(&url, Some(&token)).await;
+        assert_eq!(status, 200, "{name}: {www}");
+    }
+}
+
+/// One row of the rejection table.
+struct Case {
+    name: &'static str,
+    path: String,
+    token: Option<String>,
+    status: u16,
+    /// The `error=` parameter, or "" for none.
+    error: &'static str,
+    /// The `scope=` parameter, or "" for none.
+    scope: &'static str,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejection_table() {
     let s = setup(3600).await;
-    let url = format!("{}/sse", s.proxy.url);
     let aud = s.proxy.url.clone();
     let now = jsonwebtoken::get_current_timestamp();
-    let other_rsa = TestKey::rsa("rsa-1"); // same kid, different key
+    let good = || jwks_claims(&aud, json!({}));
+    let other_rsa = TestKey::rsa("rsa-impostor").with_kid("rsa-1"); // same kid, different key
     let hs_with_public_key = {
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some("rsa-1".into());
         jsonwebtoken::encode(
             &h,
-            &jwks_claims(&aud, json!({})),
+            &good(),
             &EncodingKey::from_secret(s.rsa.public_pem.as_bytes()),
         )
         .expect("sign")
@@ -161,92 +283,279 @@ async fn rejection_table() {
     let unknown_kid = {
         let mut k = s.rsa.clone();
         k.kid = "no-such-kid".into();
-        k.sign(&jwks_claims(&aud, json!({})))
+        k.sign(&good())
     };
-    let cases: Vec<(&str, Option<String>, &str)> = vec![
-        ("no token", None, ""),
-        ("malformed", Some("not-a-jwt".into()), "invalid_token"),
-        (
-            "malformed base64",
-            Some("eyJ!!!.eyJ!!!.sig".into()),
-            "invalid_token",
-        ),
-        ("oversized", Some("a".repeat(20_000)), "invalid_token"),
-        (
-            "bad signature",
-            Some(other_rsa.sign(&jwks_claims(&aud, json!({})))),
-            "invalid_token",
-        ),
-        (
-            "expired",
-            Some(s.proxy.token_with("alice", json!({"exp": now - 3600}))),
-            "invalid_token",
-        ),
-        (
-            "not yet valid",
-            Some(s.proxy.token_with("alice", json!({"nbf": now + 3600}))),
-            "invalid_token",
-        ),
-        (
-            "wrong issuer",
-            Some(s.proxy.token_with("alice", json!({"iss": "someone-else"}))),
-            "invalid_token",
-        ),
-        (
-            "wrong audience",
-            Some(
+    // Signed by the other issuer's key, kid and all, but claiming to come from this issuer.
+    let other_issuers_kid = s.other.sign(&good());
+    // An ES256 header on a P-384 key (signed with ES384): the curve pins the algorithm.
+    let es256_on_p384 = s.p384.sign_claiming("ES256", &s.p384.kid, &good());
+    // A PS256 token whose kid names the key whose JWK says RS256.
+    let ps_on_rs_jwk = TestKey {
+        alg: Algorithm::PS256,
+        ..s.rsa.clone()
+    }
+    .sign(&good());
+    let token = |t: String| Some(t);
+    let sse = "/sse".to_owned();
+    let cases = vec![
+        Case {
+            name: "no token",
+            path: sse.clone(),
+            token: None,
+            status: 401,
+            error: "",
+            scope: "",
+        },
+        Case {
+            name: "not a JWT (an opaque token)",
+            path: sse.clone(),
+            token: token("5wRoSMSw0Votxv83OVypKfgsKjelZ_76-7MxUYoQkZr".into()),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "malformed base64",
+            path: sse.clone(),
+            token: token("eyJ!!!.eyJ!!!.sig".into()),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "oversized",
+            path: sse.clone(),
+            token: token("a".repeat(20_000)),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "bad signature",
+            path: sse.clone(),
+            token: token(other_rsa.sign(&good())),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "expired",
+            path: sse.clone(),
+            token: token(s.proxy.token_with("alice", json!({"exp": now - 3600}))),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "expired (RS256)",
+            path: sse.clone(),
+            token: token(s.rsa.sign(&jwks_claims(&aud, json!({"exp": now - 3600})))),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "nbf in the future",
+            path: sse.clone(),
+            token: token(s.proxy.token_with("alice", json!({"nbf": now + 3600}))),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "wrong issuer",
+            path: sse.clone(),
+            token: token(s.proxy.token_with("alice", json!({"iss": "someone-else"}))),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "wrong audience",
+            path: sse.clone(),
+            token: token(
                 s.proxy
                     .token_with("alice", json!({"aud": "http://elsewhere"})),
             ),
-            "invalid_token",
-        ),
-        (
-            "missing sub",
-            Some(s.proxy.token_with("alice", json!({"sub": null}))),
-            "invalid_token",
-        ),
-        ("alg none", Some(alg_none), "invalid_token"),
-        (
-            "HS256 signed with the RSA public key",
-            Some(hs_with_public_key),
-            "invalid_token",
-        ),
-        ("unknown kid", Some(unknown_kid), "invalid_token"),
-        (
-            "JWK alg mismatch",
-            Some(s.mismatched.sign(&jwks_claims(&aud, json!({})))),
-            "invalid_token",
-        ),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "wrong audience (ES256, another path of another host)",
+            path: sse.clone(),
+            token: token(s.ec.sign(&jwks_claims(
+                &aud,
+                json!({"aud": "https://api.example.com/sse"}),
+            ))),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "missing sub",
+            path: sse.clone(),
+            token: token(s.proxy.token_with("alice", json!({"sub": null}))),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "missing aud",
+            path: sse.clone(),
+            token: token(s.rsa.sign(&jwks_claims(&aud, json!({"aud": null})))),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "alg none",
+            path: sse.clone(),
+            token: token(alg_none),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "HS256 signed with the RSA public key",
+            path: sse.clone(),
+            token: token(hs_with_public_key),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "HS256 for an issuer that allows only HS384/HS512",
+            path: sse.clone(),
+            token: token(hmac(
+                Algorithm::HS256,
+                &issued_by(HS_WIDE_ISSUER, &aud, json!({})),
+            )),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "ES256 for an issuer that allows only RS256",
+            path: sse.clone(),
+            token: token(s.ec.sign(&issued_by(OTHER_ISSUER, &aud, json!({})))),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "unknown kid",
+            path: sse.clone(),
+            token: token(unknown_kid),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "kid of another issuer's key",
+            path: sse.clone(),
+            token: token(other_issuers_kid),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "JWK alg mismatch (JWK says RS384, token RS256)",
+            path: sse.clone(),
+            token: token(s.mismatched.sign(&good())),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "JWK alg mismatch (JWK says RS256, token PS256)",
+            path: sse.clone(),
+            token: token(ps_on_rs_jwk),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "JWK use=enc",
+            path: sse.clone(),
+            token: token(s.encryption.sign(&good())),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "ES256 header on a P-384 key",
+            path: sse.clone(),
+            token: token(es256_on_p384),
+            status: 401,
+            error: "invalid_token",
+            scope: "",
+        },
+        Case {
+            name: "token in the query string",
+            path: format!("/sse?access_token={}", s.proxy.token("alice")),
+            token: None,
+            status: 401,
+            error: "invalid_request",
+            scope: "",
+        },
+        Case {
+            name: "missing scope",
+            path: "/servers/admin/sse".into(),
+            token: token(s.rsa.sign(&jwks_claims(&aud, json!({"scope": "mcp:read"})))),
+            status: 403,
+            error: "insufficient_scope",
+            scope: "mcp:admin",
+        },
+        Case {
+            name: "no token for a server with scopes",
+            path: "/servers/admin/sse".into(),
+            token: None,
+            status: 401,
+            error: "",
+            scope: "mcp:admin",
+        },
     ];
-    for (name, token, error) in cases {
-        let (status, www) = probe(&url, token.as_deref()).await;
-        assert_eq!(status, 401, "{name}");
+    for case in cases {
+        let name = case.name;
+        let (status, www) = probe(
+            &format!("{}{}", s.proxy.url, case.path),
+            case.token.as_deref(),
+        )
+        .await;
+        assert_eq!(status, case.status, "{name}: {www}");
+        let endpoint = case.path.split('?').next().unwrap_or_default();
         assert!(
             www.starts_with("Bearer ")
-                && www.contains(&format!(
-                    "resource_metadata=\"{}/.well-known/oauth-protected-resource/sse\"",
+                && www.ends_with(&format!(
+                    "resource_metadata=\"{}/.well-known/oauth-protected-resource{endpoint}\"",
                     s.proxy.url
                 )),
             "{name}: {www}"
         );
-        if error.is_empty() {
+        if case.error.is_empty() {
             assert!(!www.contains("error="), "{name}: {www}");
         } else {
-            assert!(www.contains(&format!("error=\"{error}\"")), "{name}: {www}");
+            assert!(
+                www.starts_with(&format!("Bearer error=\"{}\"", case.error)),
+                "{name}: {www}"
+            );
         }
-        if let Some(t) = &token {
+        if case.scope.is_empty() {
+            assert!(!www.contains("scope="), "{name}: {www}");
+        } else {
+            assert!(
+                www.contains(&format!("scope=\"{}\"", case.scope)),
+                "{name}: {www}"
+            );
+        }
+        if let Some(t) = &case.token {
             assert!(!www.contains(t.as_str()), "{name}: the token is echoed");
         }
     }
-    // A token in the query string is refused even when it is valid.
-    let (status, www) = probe(
-        &format!("{url}?access_token={}", s.proxy.token("alice")),
-        None,
-    )
-    .await;
-    assert_eq!(status, 401);
-    assert!(www.contains("invalid_request"), "{www}");
     assert_eq!(s.proxy.spawned(), 0, "a refused request spawned a child");
+    // The other issuer's key set was never consulted for this issuer's tokens.
+    assert_eq!(s.other_jwks.fetch_count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,14 +567,18 @@ async fn missing_scope_is_403_insufficient_scope() {
     assert!(www.contains("error=\"insufficient_scope\""), "{www}");
     assert!(www.contains("scope=\"mcp:admin\""), "{www}");
     assert_eq!(s.proxy.spawned(), 0);
-    let ok = s
-        .proxy
-        .token_with("alice", json!({"scope": "mcp:read mcp:admin"}));
-    assert_eq!(probe(&url, Some(&ok)).await.0, 200);
+    for granted in [
+        json!({"scope": "mcp:read mcp:admin"}),
+        json!({"scp": ["mcp:read", "mcp:admin"]}),
+        json!({"scp": "mcp:admin"}),
+    ] {
+        let ok = s.proxy.token_with("alice", granted.clone());
+        assert_eq!(probe(&url, Some(&ok)).await.0, 200, "{granted}");
+    }
 }
 
 /// Unknown kids trigger at most one refetch per jwks_min_refetch_secs; a key added to the
-/// JWKS is picked up by that refetch without a restart.
+/// JWKS is picked up by that refetch without a restart; concurrent misses share one fetch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_kid_refetch_is_rate_limited_and_finds_new_keys() {
     let s = setup(3600).await;
@@ -275,9 +588,12 @@ async fn unknown_kid_refetch_is_rate_limited_and_finds_new_keys() {
     let rotated = TestKey::rsa("rsa-2");
     s.jwks
         .set_keys(vec![s.rsa.jwk.clone(), rotated.jwk.clone()]);
-    // First miss refetches and finds the new key.
-    let (status, _) = probe(&url, Some(&rotated.sign(&jwks_claims(&aud, json!({}))))).await;
-    assert_eq!(status, 200);
+    // Concurrent first misses refetch once and all find the new key.
+    let token = rotated.sign(&jwks_claims(&aud, json!({})));
+    let probes = (0..8).map(|_| probe(&url, Some(&token)));
+    for (status, www) in futures::future::join_all(probes).await {
+        assert_eq!(status, 200, "{www}");
+    }
     assert_eq!(s.jwks.fetch_count(), before + 1);
     // Many misses within the window: no further fetches.
     let bogus = {
@@ -290,4 +606,50 @@ async fn unknown_kid_refetch_is_rate_limited_and_finds_new_keys() {
         assert_eq!(status, 401);
     }
     assert_eq!(s.jwks.fetch_count(), before + 1, "refetch not rate-limited");
+    let stats = s
+        .proxy
+        .state
+        .auth
+        .jwks_stats()
+        .into_iter()
+        .find(|(iss, _)| iss == JWKS_ISSUER)
+        .map(|(_, st)| st)
+        .expect("stats");
+    assert_eq!(stats.unknown_kid_refetches, 1, "{stats:?}");
+    assert_eq!(stats.unknown_kid_throttled, 10, "{stats:?}");
+    assert_eq!(stats.fetches_failed, 0, "{stats:?}");
+    assert_eq!(stats.keys, 2, "{stats:?}");
+}
+
+/// A JWKS answer with `Cache-Control: max-age=1` is refetched about every second even though
+/// jwks_refresh_secs is an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_control_max_age_shortens_the_refresh() {
+    let key = TestKey::rsa("k1");
+    let jwks = JwksServer::start(vec![key.jwk.clone()]).await;
+    jwks.set_cache_control(Some("public, max-age=1"));
+    let cfg = format!(
+        r#"
+[[auth.issuers]]
+issuer = "{JWKS_ISSUER}"
+algorithms = ["RS256"]
+jwks_url = "{}"
+jwks_refresh_secs = 3600
+
+[servers.default]
+command = "{}"
+"#,
+        jwks.url,
+        example_server()
+    );
+    let proxy = Proxy::with_config(&cfg, &[]).await;
+    wait_ready(&proxy.url).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while jwks.fetch_count() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "max-age=1 did not shorten the refresh interval"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -1,10 +1,14 @@
 //! Integration tests: the proxy in-process on port 0, real child processes, real sockets,
-#![allow(unreachable_pub)]
 //! and the official MCP SDK clients (Node and Python) where the interop harness is installed.
+#![allow(unreachable_pub)]
 
 mod common;
 
 mod auth_rejections;
+mod bridge;
+mod bridge_interop;
+mod bridge_lb;
+mod bridge_rmcp;
 mod child_policy;
 mod cli;
 mod config_files;
@@ -14,6 +18,10 @@ mod interop;
 mod legacy_sse;
 mod lifecycle;
 mod load_balancer;
+mod metadata;
+mod oidc;
 mod ops;
+mod soak;
 mod streamable;
+mod token_expiry;
 mod tool_rules;

@@ -417,3 +417,53 @@ async fn streamable_traffic_is_metered_too() {
     assert_eq!(value("mcp_proxy_sessions_active{server=\"default\"}"), 1.0);
     assert_eq!(value("mcp_proxy_children_active{server=\"default\"}"), 1.0);
 }
+
+/// The JWKS caches' counters reach /metrics, per issuer, including an unknown-kid refetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_fetches_are_exported() {
+    use crate::common::keys::{JwksServer, TestKey};
+    let issuer = "https://idp.test/realms/ops";
+    let key = TestKey::rsa("k1");
+    let jwks = JwksServer::start(vec![key.jwk.clone()]).await;
+    let cfg = format!(
+        "[[auth.issuers]]\nissuer = \"{issuer}\"\nalgorithms = [\"RS256\"]\njwks_url = \"{}\"\njwks_min_refetch_secs = 0\n{}",
+        jwks.url,
+        example_server_section()
+    );
+    let proxy = Proxy::with_config(&cfg, &[]).await;
+    crate::auth_rejections::wait_ready(&proxy.url).await;
+    // A token whose kid is not (yet) published makes the proxy refetch once.
+    let stranger = TestKey::rsa("k2");
+    let claims = crate::common::claims(&proxy.url, "alice", json!({"iss": issuer}));
+    let r = http()
+        .get(format!("{}/sse", proxy.url))
+        .bearer_auth(stranger.sign(&claims))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 401);
+    let text = proxy.metrics().await;
+    let series = |name: &str| format!("{name}{{issuer=\"{issuer}\"}}");
+    assert!(
+        metric(&text, &series("mcp_proxy_jwks_fetches_total")) >= Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, &series("mcp_proxy_jwks_unknown_kid_refetches_total")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(metric(&text, &series("mcp_proxy_jwks_keys")), Some(1.0));
+    assert_eq!(
+        metric(&text, &series("mcp_proxy_jwks_fetch_failures_total")),
+        Some(0.0)
+    );
+    assert!(text.contains("# TYPE mcp_proxy_jwks_fetches_total counter"));
+    assert_eq!(
+        metric(
+            &text,
+            "mcp_proxy_auth_failures_total{reason=\"unknown_kid\"}"
+        ),
+        Some(1.0)
+    );
+}
