@@ -28,7 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::sse::SESSION_HEADER;
 use super::standalone::Standalone;
-use super::{ServerRoute, authorize, cap_reached, draining, http_error, jsonrpc_error, no_session};
+use super::{
+    NewSession, ServerRoute, authorize, cap_reached, draining, http_error, jsonrpc_error,
+    no_session, prepare_session, spawn_failed,
+};
 use crate::auth::Principal;
 use crate::bridge::{self, Bridged};
 use crate::child::ChildError;
@@ -151,45 +154,24 @@ async fn initialize(
     if server.config.child_scope != crate::config::ChildScope::Session {
         return initialize_shared(state, route, principal, message).await;
     }
-    let slot = match state.sessions.reserve(&principal.key()) {
-        Ok(slot) => slot,
-        Err(e) => {
-            state.metrics.refused_cap(e);
-            return cap_reached(e);
-        }
+    let NewSession {
+        slot,
+        spec,
+        id,
+        span,
+        warm,
+    } = match prepare_session(state, route, principal) {
+        Ok(n) => n,
+        Err(response) => return response,
     };
-    let spec = match server.child_spec(Some(principal)) {
-        Ok(spec) => spec,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot build the child environment");
-            return http_error(
-                StatusCode::FORBIDDEN,
-                "the token lacks a claim this server needs",
-            );
-        }
-    };
-    let id = crate::session::new_session_id();
-    let span = tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name);
-    let spawned = match server.warm.get().and_then(|w| w.take()) {
-        Some(w) => {
-            tracing::info!(parent: &span, pid = w.child.pid(), "warm child handed to the session");
-            Ok(Mux::adopt(w.child, w.output, &state.tracker))
-        }
+    let spawned = match warm {
+        Some(w) => Ok(Mux::adopt(w.child, w.output, &state.tracker)),
         None => Mux::spawn(&spec, span.clone(), &state.tracker),
     };
     let mux = match spawned {
         Ok(mux) => mux,
-        Err(e) => {
-            tracing::error!(parent: &span, error = %e, "spawning the server failed");
-            return http_error(
-                StatusCode::BAD_GATEWAY,
-                "the MCP server could not be started",
-            );
-        }
+        Err(e) => return spawn_failed(&span, &e),
     };
-    state
-        .spawned
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let standalone = Arc::new(Standalone::new());
     mux.set_unrouted(standalone.clone());
     let session = state.sessions.insert(
