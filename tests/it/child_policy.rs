@@ -289,7 +289,7 @@ async fn crash_looping_child_backs_off_then_is_held() {
             "crash loop not reached in time"
         );
         // Wait until the pool has forgotten the last child, so the next request starts one.
-        while proxy.state.pool.len() > 0 {
+        while !proxy.state.pool.is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let a = mcp::modern(
@@ -309,7 +309,7 @@ async fn crash_looping_child_backs_off_then_is_held() {
         }
     }
     assert!(refused > 0, "restarts were never delayed");
-    while proxy.state.pool.len() > 0 {
+    while !proxy.state.pool.is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let held = mcp::modern(
