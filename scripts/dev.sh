@@ -23,7 +23,7 @@ PROXY="$ROOT/target/release/mcp-auth-proxy"
 
 cat <<TXT
 mcp-auth-proxy (development config: $CONFIG)
-  legacy SSE endpoint:  http://127.0.0.1:8080/sse
+  MCP endpoints:  http://127.0.0.1:8080/mcp (Streamable HTTP), http://127.0.0.1:8080/sse (legacy SSE)
   a 24 h token for 'dev-user' is in .dev-token; mint others with:
     MCP_PROXY_JWT_SECRET="\$(cat .dev-secret)" $PROXY token --config $CONFIG --sub alice
   try it:

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::jsonrpc;
+use crate::metrics::ChildMetrics;
 
 /// Messages waiting for the child's stdin; past this, senders wait (backpressure).
 pub const STDIN_QUEUE: usize = 256;
@@ -61,6 +62,8 @@ pub struct ChildSpec {
     pub max_line_bytes: usize,
     /// How long a request sent through [`ChildHandle::send`] may wait for its answer.
     pub request_timeout: Duration,
+    /// Where spawns, the live count and exits are recorded (`Default`: recorded nowhere).
+    pub metrics: ChildMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,9 +213,12 @@ fn start(
     tracker: &TaskTracker,
     output: Output,
 ) -> Result<ChildHandle, ChildError> {
-    let mut child = command(spec).spawn().map_err(|source| ChildError::Spawn {
-        command: spec.command.clone(),
-        source,
+    let mut child = command(spec).spawn().map_err(|source| {
+        spec.metrics.spawn_failed();
+        ChildError::Spawn {
+            command: spec.command.clone(),
+            source,
+        }
     })?;
     let pid = child.id().ok_or_else(|| ChildError::Spawn {
         command: spec.command.clone(),
@@ -227,6 +233,7 @@ fn start(
         });
     };
     tracing::info!(parent: &span, pid, command = %spec.command, "child spawned");
+    spec.metrics.spawned();
 
     let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
     let stop = CancellationToken::new();
@@ -234,7 +241,9 @@ fn start(
     let pending = Arc::new(Mutex::new(HashMap::new()));
 
     let cancel_tx = stdin_tx.clone();
-    tracker.spawn(write_stdin(stdin, stdin_rx, stop.clone()).instrument(span.clone()));
+    tracker.spawn(
+        write_stdin(stdin, stdin_rx, stop.clone(), spec.metrics.clone()).instrument(span.clone()),
+    );
     tracker.spawn(drain_stderr(stderr).instrument(span.clone()));
     let actor = Actor {
         child,
@@ -247,6 +256,7 @@ fn start(
         stop: stop.clone(),
         exited: exited.clone(),
         max_line_bytes: spec.max_line_bytes,
+        metrics: spec.metrics.clone(),
     };
     tracker.spawn(actor.run(stdout).instrument(span));
     Ok(ChildHandle {
@@ -318,8 +328,11 @@ async fn write_stdin(
     mut stdin: ChildStdin,
     mut rx: mpsc::Receiver<Bytes>,
     stop: CancellationToken,
+    metrics: ChildMetrics,
 ) {
     let mut batch: Vec<u8> = Vec::new();
+    // Sizes of the messages in the current write (without their newlines), for the metrics.
+    let mut sizes: Vec<usize> = Vec::new();
     loop {
         let line = tokio::select! {
             _ = stop.cancelled() => break,
@@ -328,6 +341,8 @@ async fn write_stdin(
                 None => break,
             },
         };
+        sizes.clear();
+        sizes.push(line.len().saturating_sub(1));
         let out: &[u8] = if rx.is_empty() {
             &line
         } else {
@@ -335,7 +350,10 @@ async fn write_stdin(
             batch.extend_from_slice(&line);
             while batch.len() < STDIN_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
+                    Ok(more) => {
+                        sizes.push(more.len().saturating_sub(1));
+                        batch.extend_from_slice(&more);
+                    }
                     Err(_) => break,
                 }
             }
@@ -348,6 +366,11 @@ async fn write_stdin(
                 stdin.flush().await
             } => r,
         };
+        if written.is_ok() {
+            for size in &sizes {
+                metrics.relayed_to_child(*size);
+            }
+        }
         if batch.capacity() > 4 * STDIN_BATCH_BYTES {
             batch = Vec::new();
         }
@@ -431,6 +454,7 @@ struct Actor {
     stop: CancellationToken,
     exited: CancellationToken,
     max_line_bytes: usize,
+    metrics: ChildMetrics,
 }
 
 impl Actor {
@@ -483,6 +507,7 @@ impl Actor {
         };
         let status = self.terminate(status, reason).await;
         tracing::info!(?reason, status = %DisplayStatus(status), "child gone");
+        self.metrics.exited(reason);
         self.fail_pending().await;
         self.exited.cancel();
     }
@@ -492,6 +517,7 @@ impl Actor {
         let Some(probe) = jsonrpc::probe(&line) else {
             if serde_json::from_str::<serde::de::IgnoredAny>(&line).is_ok() {
                 // Valid JSON but not an object: a batch response array, forward as is.
+                self.metrics.relayed_from_child(line.len());
                 return self.send_out(line).await;
             }
             let shown: String = line.chars().take(200).collect();
@@ -507,6 +533,7 @@ impl Actor {
                 return true;
             }
         }
+        self.metrics.relayed_from_child(line.len());
         self.send_out(line).await
     }
 

@@ -21,6 +21,7 @@ pub const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 16;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 1800;
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// HMAC keys shorter than the hash output weaken the MAC (RFC 7518 §3.2); we refuse them.
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 /// The prefix of environment overrides: `MCP_PROXY__LISTEN__ADDR=…`.
@@ -56,6 +57,35 @@ pub struct Config {
     pub sessions: SessionsConfig,
     #[serde(default)]
     pub servers: BTreeMap<String, ServerConfig>,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// Log output: one line per event on stderr.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json` (`--log-format`/`MCP_PROXY_LOG_FORMAT` override it).
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `info,access=warn`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: DEFAULT_LOG_LEVEL.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -178,6 +208,20 @@ pub enum ChildScope {
     Shared,
 }
 
+/// Which protocol era a server's children speak (spec 2026-07-28 versioning §Backward
+/// Compatibility); it decides whether modern requests are bridged (see [`crate::bridge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Era {
+    /// Probe the first child with `server/discover` and remember the answer (the default).
+    #[default]
+    Auto,
+    /// An `initialize`-based server: the proxy bridges modern requests to it.
+    Legacy,
+    /// A 2026-07-28 server: modern requests pass through unchanged.
+    Modern,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -202,6 +246,8 @@ pub struct ServerConfig {
     pub request_timeout_secs: u64,
     #[serde(default)]
     pub tool_rules: Vec<ToolRule>,
+    #[serde(default)]
+    pub era: Era,
 }
 
 fn default_max_line_bytes() -> usize {
@@ -285,6 +331,28 @@ impl Config {
         }
         if self.http.sse_keepalive_secs == 0 {
             return Err(ConfigError::new("http.sse_keepalive_secs", "must be > 0"));
+        }
+        for (i, host) in self.http.allowed_hosts.iter().enumerate() {
+            let ok = !host.is_empty()
+                && host.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+                });
+            if !ok {
+                return Err(ConfigError::new(
+                    format!("http.allowed_hosts[{i}]"),
+                    format!("`{host}` is not a host name like mcp.example.com or localhost:8080"),
+                ));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::new(
+                "log.level",
+                format!(
+                    "`{}` is not a filter like `info` or `info,access=warn`",
+                    self.log.level
+                ),
+            ));
         }
         for (i, origin) in self.http.allowed_origins.iter().enumerate() {
             if origin != "*" && Url::parse(origin).is_err() {
@@ -627,6 +695,7 @@ command = "true"
         assert_eq!(c.sessions.max_sessions_per_principal, 16);
         let s = &c.servers["default"];
         assert_eq!(s.child_scope, ChildScope::Session);
+        assert_eq!(s.era, Era::Auto);
         assert_eq!(s.max_line_bytes, DEFAULT_MAX_LINE_BYTES);
         assert_eq!(c.root_server(), Some("default"));
     }
@@ -659,6 +728,7 @@ command = "true"
             ("[http]\npublic_url = \"ftp://x\"\n", "http.public_url"),
             ("[sessions]\nmax_sessions = 0\n", "sessions.max_sessions"),
             ("[servers.default]\nchild_scope = \"nope\"\n", "child_scope"),
+            ("[servers.default]\nera = \"2025\"\n", "era"),
         ];
         for (extra, key) in cases {
             // Put the extra section after the minimal one; duplicate tables are a TOML error,

@@ -7,13 +7,21 @@
 //! - [`transport`]: legacy HTTP+SSE (`/sse`, `/message`).
 //! - [`session`]: the registry of sessions and their owners; caps.
 //! - [`child`]: one stdio server process as an actor.
+//! - [`bridge`]: the era bridge — 2026-07-28 requests served by legacy (`initialize`) children.
 //! - [`jsonrpc`]: message classification and framing.
+//! - [`origin`], [`forwarded`], [`access`]: Origin/Host/CORS, the address the client used,
+//!   the access log; [`metrics`]: Prometheus; [`serve`]: graceful drain.
 
+pub mod access;
 pub mod auth;
+pub mod bridge;
 pub mod child;
 pub mod config;
+pub mod forwarded;
 pub mod jsonrpc;
+pub mod metrics;
 pub mod mux;
+pub mod origin;
 pub mod policy;
 pub mod pool;
 pub mod router;
@@ -22,7 +30,7 @@ pub mod state;
 pub mod transport;
 pub mod warm;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +40,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::session::SessionRegistry;
 use crate::state::{AppState, ServerRuntime};
 
@@ -83,14 +92,14 @@ pub fn build_state(
             .iter()
             .filter_map(|i| i.secret_env.clone()),
     );
+    let metrics = Metrics::new(config.servers.keys().map(String::as_str));
     let servers = config
         .servers
         .iter()
         .map(|(name, server)| {
-            (
-                name.clone(),
-                ServerRuntime::new(name, server.clone(), env_remove.clone()),
-            )
+            let runtime = ServerRuntime::new(name, server.clone(), env_remove.clone())
+                .with_metrics(metrics.server(name).cloned().unwrap_or_default());
+            (name.clone(), runtime)
         })
         .collect();
     let sessions = SessionRegistry::new(
@@ -104,6 +113,8 @@ pub fn build_state(
         servers,
         tracker: TaskTracker::new(),
         shutdown: CancellationToken::new(),
+        draining: CancellationToken::new(),
+        metrics: Arc::new(metrics),
         spawned: Default::default(),
         pool: Default::default(),
         config: Arc::new(config),
@@ -112,8 +123,12 @@ pub fn build_state(
     Ok(Arc::new(state))
 }
 
-/// Runs the proxy on an already bound listener until `shutdown` resolves, then stops every
-/// session and waits (bounded by `shutdown_grace_secs`) for every child to be reaped.
+/// After the drain, how long stopping the children (stdin close, SIGTERM, SIGKILL: about
+/// 2.5 s per child, in parallel) and finishing in-flight HTTP exchanges may take.
+pub const STOP_BOUND: Duration = Duration::from_secs(10);
+
+/// Runs the proxy on an already bound listener until `shutdown` resolves, then drains (see
+/// [`serve`]).
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -124,7 +139,16 @@ pub async fn run(
     serve(state, listener, shutdown).await
 }
 
-/// Serves a prepared state (tests build the state themselves).
+/// Serves a prepared state (tests build the state themselves) until `shutdown` resolves, then
+/// drains (DESIGN §5):
+/// 1. `draining`: `/readyz` answers 503 and new sessions (and new sessionless requests) get
+///    503 at once; the listener stays open, so existing sessions (whose POSTs may come on new
+///    connections) keep working;
+/// 2. when the last session has ended the listener closes and the exchanges still in flight
+///    may finish — all within `shutdown_grace_secs` from the signal;
+/// 3. then every remaining child is stopped — its in-flight requests are answered with a
+///    JSON-RPC error and its stream ends — and reaped; streams still open are cancelled
+///    (bounded by [`STOP_BOUND`]).
 pub async fn serve(
     state: Arc<AppState>,
     listener: TcpListener,
@@ -135,12 +159,6 @@ pub async fn serve(
     start_idle_reaper(&state);
     start_warm_pools(&state);
     let app = router::router(state.clone());
-    let token = state.shutdown.clone();
-    let stop = async move {
-        shutdown.await;
-        tracing::info!("shutting down");
-        token.cancel();
-    };
     // Nagle's algorithm holds a small SSE event back until the previous one is acknowledged,
     // and the client delays that ACK (up to 40 ms on Linux): with several answers in flight on
     // one stream, p99 was 44 ms. Every write here is a complete message; send it now.
@@ -149,26 +167,76 @@ pub async fn serve(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await?;
+    let close_listener = CancellationToken::new();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(close_listener.clone().cancelled_owned())
+        .into_future();
+    let mut server = tokio::spawn(server);
+    tokio::select! {
+        _ = shutdown => {}
+        // Not expected: axum::serve returns only after the graceful shutdown asked for below.
+        result = &mut server => {
+            state.shutdown.cancel();
+            return match result {
+                Ok(r) => r.map_err(StartError::Io),
+                Err(e) => Err(StartError::Io(std::io::Error::other(e))),
+            };
+        }
+    }
+    let grace = Duration::from_secs(state.config.http.shutdown_grace_secs);
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(
+        sessions = state.sessions.len(),
+        grace_secs = grace.as_secs(),
+        "draining: new sessions refused, existing sessions may finish"
+    );
+    state.draining.cancel();
+    if tokio::time::timeout_at(deadline, state.sessions.wait_empty())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            sessions = state.sessions.len(),
+            "shutdown_grace_secs passed; stopping the remaining sessions"
+        );
+    }
+    // No session needs the listener any more. Closing it lets the exchanges in flight (a
+    // sessionless request on a pooled child) finish, within what is left of the grace.
+    close_listener.cancel();
+    let mut served = tokio::time::timeout_at(deadline, &mut server).await.is_ok();
+    if !served {
+        tracing::warn!(
+            in_flight = state.pool.in_flight(),
+            "shutdown_grace_secs passed with requests in flight; stopping their children"
+        );
+    }
     for session in state.sessions.all() {
         state.sessions.remove(&session.id);
     }
-    state.pool.clear();
+    state.pool.stop_all();
     for server in state.servers.values() {
         if let Some(warm) = server.warm.get() {
             warm.clear();
         }
     }
     state.tracker.close();
-    let grace = Duration::from_secs(state.config.http.shutdown_grace_secs);
-    if tokio::time::timeout(grace, state.tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some children did not stop within shutdown_grace_secs");
+    let stopped = tokio::time::timeout(STOP_BOUND, async {
+        state.tracker.wait().await;
+        state.shutdown.cancel();
+        if !served {
+            let _ = (&mut server).await;
+            served = true;
+        }
+    })
+    .await;
+    if stopped.is_err() {
+        tracing::warn!("children or connections did not stop in time");
+        state.shutdown.cancel();
+        if !served {
+            server.abort();
+        }
     }
+    tracing::info!("stopped");
     Ok(())
 }
 

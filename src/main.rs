@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mcp_auth_proxy::config::{Config, is_hmac, parse_algorithm};
+use mcp_auth_proxy::config::{Config, LogFormat as ConfigLogFormat, is_hmac, parse_algorithm};
 
 /// Exit code for a configuration error (sysexits.h EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -20,9 +20,14 @@ struct Cli {
     /// The config file.
     #[arg(long, short, env = "MCP_PROXY_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// Log format (the level comes from RUST_LOG, default `info`).
-    #[arg(long, env = "MCP_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    /// Log format (default: `log.format` from the config, else text; the level comes from
+    /// RUST_LOG, else `log.level`).
+    #[arg(long, env = "MCP_PROXY_LOG_FORMAT", value_enum, global = true)]
+    log_format: Option<LogFormat>,
+    /// Listen on this address instead of `listen.addr` (`127.0.0.1:0`: any free port; the
+    /// bound address is logged as `listening addr=…`).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -59,18 +64,25 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     let Some(path) = cli.config.clone() else {
         eprintln!("mcp-auth-proxy: no config file: pass --config FILE or set MCP_PROXY_CONFIG");
         return ExitCode::from(EXIT_CONFIG);
     };
-    let config = match Config::load(&path) {
+    let mut config = match Config::load(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mcp-auth-proxy: {}: {e}", path.display());
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Some(listen) = cli.listen {
+        config.listen.addr = listen;
+    }
+    let format = cli.log_format.unwrap_or(match config.log.format {
+        ConfigLogFormat::Text => LogFormat::Text,
+        ConfigLogFormat::Json => LogFormat::Json,
+    });
+    init_logging(format, &config.log.level);
     match cli.command {
         Some(Command::Check) => check(&config),
         Some(Command::Token {
@@ -84,9 +96,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     use std::io::IsTerminal;
     // Colours only for a person at a terminal, never in files or log collectors.
     let builder = tracing_subscriber::fmt()

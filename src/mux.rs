@@ -4,7 +4,7 @@
 //! of one session or of many clients sharing a child, never collide or cross-wire (DESIGN §2).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -46,6 +46,13 @@ pub enum Delivery {
     Buffered,
 }
 
+/// Rewrites the child's answers to modern-era requests before they reach the client: the era
+/// bridge adds the fields 2026-07-28 results require to a legacy child's results.
+pub trait Finish: Send + Sync + 'static {
+    /// The response `line` (client id already restored) to a request of `method`.
+    fn finish(&self, method: &str, line: String) -> String;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     #[error("a request with this id is already in flight in this session")]
@@ -60,6 +67,8 @@ struct Route {
     /// The session that sent it (for duplicate-id checks and id translation of cancellations).
     owner: Option<u64>,
     progress: Option<Box<str>>,
+    /// The request's method, kept only when a [`Finish`] hook will need it.
+    method: Option<Box<str>>,
 }
 
 #[derive(Default)]
@@ -76,6 +85,7 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     unrouted: Mutex<Option<Arc<dyn Unrouted>>>,
+    finish: OnceLock<Arc<dyn Finish>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -86,6 +96,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Mux {
     child: ChildHandle,
     shared: Arc<Shared>,
+    /// The era bridge of a child serving modern traffic (see [`crate::bridge`]).
+    bridge: OnceLock<Arc<crate::bridge::ChildBridge>>,
 }
 
 impl std::fmt::Debug for Mux {
@@ -172,10 +184,15 @@ impl Mux {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             unrouted: Mutex::new(None),
+            finish: OnceLock::new(),
         });
         let sink: Arc<dyn LineSink> = Arc::new(Sink(shared.clone()));
         let child = child::spawn_with_sink(spec, span, tracker, sink)?;
-        Ok(Arc::new(Mux { child, shared }))
+        Ok(Arc::new(Mux {
+            child,
+            shared,
+            bridge: OnceLock::new(),
+        }))
     }
 
     /// Takes over a child spawned with a channel for its output (a warm child): a small task
@@ -188,6 +205,7 @@ impl Mux {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             unrouted: Mutex::new(None),
+            finish: OnceLock::new(),
         });
         let sink = Sink(shared.clone());
         tracker.spawn(async move {
@@ -198,7 +216,11 @@ impl Mux {
             }
             sink.closed();
         });
-        Arc::new(Mux { child, shared })
+        Arc::new(Mux {
+            child,
+            shared,
+            bridge: OnceLock::new(),
+        })
     }
 
     pub fn child(&self) -> &ChildHandle {
@@ -208,6 +230,17 @@ impl Mux {
     /// Sets where messages that belong to no request go.
     pub fn set_unrouted(&self, sink: Arc<dyn Unrouted>) {
         *lock(&self.shared.unrouted) = Some(sink);
+    }
+
+    /// Sets the hook that rewrites answers to modern-era requests (once; later calls are
+    /// ignored). Requests sent before it is set are answered unchanged.
+    pub fn set_finish(&self, hook: Arc<dyn Finish>) {
+        let _ = self.shared.finish.set(hook);
+    }
+
+    /// The slot of this child's era bridge.
+    pub fn bridge_slot(&self) -> &OnceLock<Arc<crate::bridge::ChildBridge>> {
+        &self.bridge
     }
 
     /// Registers the requests of a validated client body and sends it to the child with
@@ -269,6 +302,9 @@ impl Mux {
                         if let Some(owner) = owner {
                             st.by_client_id.insert((owner, original.clone()), proxy_id);
                         }
+                        let method = (owner.is_none() && self.shared.finish.get().is_some())
+                            .then(|| probe.method.as_deref().map(Box::from))
+                            .flatten();
                         st.routes.insert(
                             proxy_id,
                             Route {
@@ -276,6 +312,7 @@ impl Mux {
                                 original_id: original,
                                 owner,
                                 progress,
+                                method,
                             },
                         );
                         ticket.ids.push(proxy_id);
@@ -311,9 +348,11 @@ impl Mux {
         Ok(ticket)
     }
 
-    /// Number of requests in flight (tests and metrics).
+    /// Number of requests in flight (tests and metrics), counting the `subscriptions/listen`
+    /// streams the era bridge serves itself, so an idle reaper leaves their child alone.
     pub fn in_flight(&self) -> usize {
-        lock(&self.shared.state).routes.len()
+        let listening = self.bridge.get().map_or(0, |b| b.listeners());
+        lock(&self.shared.state).routes.len() + listening
     }
 }
 
@@ -402,9 +441,12 @@ impl Sink {
             }
             route
         };
-        let Some(restored) = jsonrpc::splice(line, id.get(), &route.original_id) else {
+        let Some(mut restored) = jsonrpc::splice(line, id.get(), &route.original_id) else {
             return;
         };
+        if let (Some(method), Some(hook)) = (&route.method, self.0.finish.get()) {
+            restored = hook.finish(method, restored);
+        }
         if route.tx.try_send(Item::Final(restored)).is_err() {
             tracing::debug!(
                 proxy_id,

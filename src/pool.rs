@@ -234,6 +234,16 @@ impl ChildPool {
         lock(&self.map).clear();
     }
 
+    /// Stops every child now, also one still answering requests (whose callers then get the
+    /// child-exit error): the end of a drain's grace.
+    pub fn stop_all(&self) {
+        let mut map = lock(&self.map);
+        for entry in map.values() {
+            entry.mux.child().stop();
+        }
+        map.clear();
+    }
+
     /// Requests in flight across every pool child.
     pub fn in_flight(&self) -> usize {
         lock(&self.map).values().map(|e| e.mux.in_flight()).sum()

@@ -1,18 +1,21 @@
 //! The routes (DESIGN §7): the root server at `/sse`, `/message`; every server under
-//! `/servers/NAME/…`; RFC 9728 metadata; health.
+//! `/servers/NAME/…`; RFC 9728 metadata; health and metrics; the Origin/CORS guard and the
+//! access log around all of them.
 
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json, Router, middleware};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
+use crate::access;
 use crate::auth::metadata::{self, WELL_KNOWN};
 use crate::config::Config;
+use crate::origin::{self, OriginPolicy};
 use crate::state::AppState;
 use crate::transport::{ServerRoute, sse, streamable};
 
@@ -24,6 +27,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route(WELL_KNOWN, get(resource_metadata_root))
         .route(&format!("{WELL_KNOWN}/{{*rest}}"), get(resource_metadata));
     if let Some(root) = state.config.root_server() {
@@ -32,6 +36,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     for name in state.servers.keys() {
         app = app.merge(server_routes(name, &format!("/servers/{name}")));
     }
+    let origins = Arc::new(OriginPolicy::new(&state.config.http, &state.public_url));
     app.layer(RequestBodyLimitLayer::new(state.config.http.max_body_bytes))
         // axum's own 2 MB limit would shadow max_body_bytes (DEPENDENCIES.md, axum traps).
         .layer(DefaultBodyLimit::disable())
@@ -39,6 +44,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::http::header::AUTHORIZATION,
             axum::http::header::COOKIE,
         ]))
+        // Outermost last: every request is logged and measured, even one refused by Origin.
+        .layer(middleware::from_fn_with_state(origins, origin::guard))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            access::log_and_measure,
+        ))
         .with_state(state)
 }
 
@@ -81,7 +92,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.shutdown.is_cancelled() {
+    if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
     } else if !state.auth.keys_loaded() {
         (StatusCode::SERVICE_UNAVAILABLE, "keys not loaded").into_response()
@@ -90,23 +101,49 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn resource_metadata_root(State(state): State<Arc<AppState>>) -> Response {
-    metadata_document(&state, "")
+/// Prometheus text exposition of [`crate::metrics`].
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let sessions = state.sessions.all();
+    let body = state.metrics.render(
+        sessions.iter().map(|s| (s.server.as_str(), 1)),
+        state.is_draining(),
+        &state.auth.jwks_stats(),
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
+}
+
+async fn resource_metadata_root(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Response {
+    metadata_document(&state, &headers, "")
 }
 
 async fn resource_metadata(
     State(state): State<Arc<AppState>>,
     Path(rest): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
-    metadata_document(&state, &rest)
+    metadata_document(&state, &headers, &rest)
 }
 
 /// RFC 9728 §3.2: the document for one of our endpoints; 404 for anything else (a document
 /// must describe a resource that exists, with `resource` exactly its URL).
-fn metadata_document(state: &AppState, rest: &str) -> Response {
+fn metadata_document(state: &AppState, headers: &HeaderMap, rest: &str) -> Response {
     let endpoint = metadata::endpoint_for(&state.public_url, rest);
     match metadata::document(state, &endpoint) {
-        Some(doc) => Json(doc).into_response(),
+        Some(mut doc) => {
+            // The address the client used (trusted X-Forwarded-*), as in the challenge.
+            doc.resource = format!("{}{endpoint}", state.public_url_for(headers));
+            Json(doc).into_response()
+        }
         None => (StatusCode::NOT_FOUND, "no such protected resource").into_response(),
     }
 }

@@ -133,6 +133,8 @@ pub struct SessionRegistry {
     counts: Arc<Mutex<Counts>>,
     max_sessions: usize,
     max_per_principal: usize,
+    /// Woken whenever a session is removed (drain waits for the registry to empty).
+    removed: tokio::sync::Notify,
 }
 
 /// A fresh unguessable session id: 122 random bits, visible ASCII only (spec 2025-11-25
@@ -152,6 +154,7 @@ impl SessionRegistry {
             counts: Arc::new(Mutex::new(Counts::default())),
             max_sessions,
             max_per_principal,
+            removed: tokio::sync::Notify::new(),
         }
     }
 
@@ -204,7 +207,22 @@ impl SessionRegistry {
         if !matches!(session.pipe, Pipe::Mux { share: Some(_), .. }) {
             session.child().stop();
         }
+        self.removed.notify_waiters();
         Some(session)
+    }
+
+    /// Resolves once no session is left (graceful drain).
+    pub async fn wait_empty(&self) {
+        loop {
+            // Register for the wake-up before looking, so a removal in between is not missed.
+            let removed = self.removed.notified();
+            tokio::pin!(removed);
+            removed.as_mut().enable();
+            if self.is_empty() {
+                return;
+            }
+            removed.await;
+        }
     }
 
     pub fn len(&self) -> usize {

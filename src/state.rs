@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{Authenticator, Principal};
 use crate::child::ChildSpec;
 use crate::config::{Config, ServerConfig};
+use crate::metrics::{Metrics, ServerMetrics};
 use crate::session::SessionRegistry;
 
 /// Longest claim value copied into a child's environment.
@@ -25,6 +26,10 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Cancelled when the proxy shuts down: every stream ends.
     pub shutdown: CancellationToken,
+    /// Cancelled when draining starts (SIGTERM): `/readyz` answers 503 and new sessions are
+    /// refused, while existing sessions go on until they end or `shutdown_grace_secs` passes.
+    pub draining: CancellationToken,
+    pub metrics: Arc<Metrics>,
     /// Children serving the modern era (per principal, or shared).
     pub pool: Arc<crate::pool::ChildPool>,
     /// Children spawned since start (tests assert that refused requests spawn nothing).
@@ -39,6 +44,10 @@ pub struct ServerRuntime {
     /// Children spawned ahead (`warm_pool`), when configured.
     pub warm: std::sync::OnceLock<Arc<crate::warm::WarmPool>>,
     env_remove: Vec<String>,
+    /// This server's metric handles (children record into them).
+    pub metrics: ServerMetrics,
+    /// The era of this server's children, configured or probed once (see [`crate::bridge`]).
+    pub era: crate::bridge::EraCache,
 }
 
 /// Why a child environment could not be built from the caller's claims.
@@ -55,9 +64,17 @@ impl ServerRuntime {
             name: name.to_owned(),
             policy: crate::policy::ToolPolicy::new(&config.tool_rules),
             warm: std::sync::OnceLock::new(),
+            era: crate::bridge::EraCache::new(config.era),
             config,
             env_remove,
+            metrics: ServerMetrics::default(),
         }
+    }
+
+    /// Records this server's children and traffic into `metrics`.
+    pub fn with_metrics(mut self, metrics: ServerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The spawn recipe for a child serving `principal`: the server's `env`, then
@@ -95,6 +112,23 @@ impl ServerRuntime {
             cwd: self.config.cwd.clone(),
             max_line_bytes: self.config.max_line_bytes,
             request_timeout: std::time::Duration::from_secs(self.config.request_timeout_secs),
+            metrics: self.metrics.child.clone(),
         })
+    }
+}
+
+impl AppState {
+    /// True once draining has started (new sessions are refused).
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// The public base URL for this request: `public_url`, with the scheme and host taken
+    /// from `X-Forwarded-Proto`/`X-Forwarded-Host` when `trust_forwarded_headers` is on.
+    pub fn public_url_for(&self, headers: &http::HeaderMap) -> std::borrow::Cow<'_, str> {
+        if !self.config.http.trust_forwarded_headers {
+            return std::borrow::Cow::Borrowed(&self.public_url);
+        }
+        crate::forwarded::public_url(&self.public_url, headers)
     }
 }

@@ -48,9 +48,12 @@ pub async fn authorize(
     .await;
     result.map_err(|e| {
         tracing::info!(reason = e.reason(), detail = %e, server = %route.name, "request refused");
+        state.metrics.auth_failure(e.reason());
         // Built only for a refusal: a granted request does not pay for the URL.
-        let resource_metadata =
-            metadata_url(&state.public_url, &format!("{}{endpoint}", route.base));
+        let resource_metadata = metadata_url(
+            &state.public_url_for(headers),
+            &format!("{}{endpoint}", route.base),
+        );
         e.into_challenge(&resource_metadata, &required.join(" "))
     })
 }
@@ -97,7 +100,76 @@ pub fn cap_reached(e: CapError) -> Response {
     r
 }
 
+/// 503 for a new session while the proxy drains (DESIGN §5): the load balancer retries it
+/// on another instance; `Connection: close` moves the client off this one.
+pub fn draining() -> Response {
+    let mut r = http_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    let h = r.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// 404 for an unknown, ended or someone else's session: the same answer for all three.
 pub fn no_session() -> Response {
     http_error(StatusCode::NOT_FOUND, "session not found")
+}
+
+/// What a new session needs before its child runs: a counted slot (caps are checked before
+/// anything is spawned, DESIGN §3), the spawn recipe, its id and log span, and a warm child
+/// when the server keeps some.
+pub struct NewSession {
+    pub slot: crate::session::Slot,
+    pub spec: crate::child::ChildSpec,
+    pub id: String,
+    pub span: tracing::Span,
+    pub warm: Option<crate::warm::Warm>,
+}
+
+/// Prepares a session of `route`'s server for `principal` (both transports).
+#[allow(clippy::result_large_err)] // an early answer, built once per new session
+pub fn prepare_session(
+    state: &AppState,
+    route: &ServerRoute,
+    principal: &Principal,
+) -> Result<NewSession, Response> {
+    let Some(server) = state.servers.get(&*route.name) else {
+        return Err(no_session());
+    };
+    let slot = state.sessions.reserve(&principal.key()).map_err(|e| {
+        state.metrics.refused_cap(e);
+        cap_reached(e)
+    })?;
+    let spec = server.child_spec(Some(principal)).map_err(|e| {
+        tracing::warn!(error = %e, "cannot build the child environment");
+        http_error(
+            StatusCode::FORBIDDEN,
+            "the token lacks a claim this server needs",
+        )
+    })?;
+    let id = crate::session::new_session_id();
+    let span = tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name);
+    let warm = server.warm.get().and_then(|w| w.take());
+    if let Some(w) = &warm {
+        tracing::info!(parent: &span, pid = w.child.pid(), "warm child handed to the session");
+    }
+    state
+        .spawned
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(NewSession {
+        slot,
+        spec,
+        id,
+        span,
+        warm,
+    })
+}
+
+/// 502 when the server cannot be started (the detail goes to the log only).
+pub fn spawn_failed(span: &tracing::Span, e: &crate::child::ChildError) -> Response {
+    tracing::error!(parent: span, error = %e, "spawning the server failed");
+    http_error(
+        StatusCode::BAD_GATEWAY,
+        "the MCP server could not be started",
+    )
 }

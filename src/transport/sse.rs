@@ -20,7 +20,10 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::{ServerRoute, authorize, cap_reached, http_error, jsonrpc_error, no_session};
+use super::{
+    NewSession, ServerRoute, authorize, draining, http_error, jsonrpc_error, no_session,
+    prepare_session, spawn_failed,
+};
 use crate::child::{self, ChildError};
 use crate::jsonrpc;
 use crate::policy::{TOOL_DENIED, Verdict};
@@ -42,50 +45,31 @@ pub async fn open(
         Ok(p) => p,
         Err(response) => return response,
     };
-    if state.shutdown.is_cancelled() {
-        return http_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    if state.is_draining() {
+        state.metrics.refused_draining();
+        return draining();
     }
     let Some(server) = state.servers.get(&*route.name) else {
         return no_session();
     };
-    // Caps are checked before anything is spawned (DESIGN §3).
-    let slot = match state.sessions.reserve(&principal.key()) {
-        Ok(slot) => slot,
-        Err(e) => return cap_reached(e),
+    let NewSession {
+        slot,
+        spec,
+        id,
+        span,
+        warm,
+    } = match prepare_session(&state, &route, &principal) {
+        Ok(n) => n,
+        Err(response) => return response,
     };
-    let spec = match server.child_spec(Some(&principal)) {
-        Ok(spec) => spec,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot build the child environment");
-            return http_error(
-                StatusCode::FORBIDDEN,
-                "the token lacks a claim this server needs",
-            );
-        }
-    };
-    let id = crate::session::new_session_id();
-    let span = tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name);
-    let warm = server.warm.get().and_then(|w| w.take());
     let spawned = match warm {
-        Some(w) => {
-            tracing::info!(parent: &span, pid = w.child.pid(), "warm child handed to the session");
-            Ok((w.child, w.output))
-        }
+        Some(w) => Ok((w.child, w.output)),
         None => child::spawn(&spec, span.clone(), &state.tracker),
     };
     let (child, out_rx) = match spawned {
         Ok(pair) => pair,
-        Err(e) => {
-            tracing::error!(parent: &span, error = %e, "spawning the server failed");
-            return http_error(
-                StatusCode::BAD_GATEWAY,
-                "the MCP server could not be started",
-            );
-        }
+        Err(e) => return spawn_failed(&span, &e),
     };
-    state
-        .spawned
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (inject, inject_rx) = mpsc::channel(INJECT_QUEUE);
     let session = state.sessions.insert(
         id,
@@ -103,7 +87,9 @@ pub async fn open(
     // path prefix and proxy in between (spec 2024-11-05 §HTTP with SSE: "endpoint" event).
     let endpoint = format!(
         "{}{}/message?sessionId={}",
-        state.public_url, route.base, session.id
+        state.public_url_for(&headers),
+        route.base,
+        session.id
     );
     let expiry = state
         .config
@@ -214,8 +200,15 @@ impl Stream for SessionStream {
             return Poll::Ready(Some(Ok(Event::default().event("endpoint").data(endpoint))));
         }
         if this.shutdown.as_mut().poll(cx).is_ready() {
-            this.done = true;
-            return Poll::Ready(None);
+            // Lines already queued (the errors for the in-flight requests of a child stopped
+            // by the drain) go out before the stream ends.
+            return match this.out_rx.try_recv() {
+                Ok(line) => Poll::Ready(Some(Ok(Event::default().event("message").data(line)))),
+                Err(_) => {
+                    this.done = true;
+                    Poll::Ready(None)
+                }
+            };
         }
         if let Some(expiry) = this.expiry.as_mut()
             && expiry.as_mut().poll(cx).is_ready()

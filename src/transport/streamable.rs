@@ -28,8 +28,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::sse::SESSION_HEADER;
 use super::standalone::Standalone;
-use super::{ServerRoute, authorize, cap_reached, http_error, jsonrpc_error, no_session};
+use super::{
+    NewSession, ServerRoute, authorize, cap_reached, draining, http_error, jsonrpc_error,
+    no_session, prepare_session, spawn_failed,
+};
 use crate::auth::Principal;
+use crate::bridge::{self, Bridged};
 use crate::child::ChildError;
 use crate::jsonrpc::{self, ClientMessage, Kind};
 use crate::mux::{Item, Mux, ROUTE_QUEUE, RouteError, Ticket};
@@ -136,8 +140,9 @@ async fn initialize(
     headers: &HeaderMap,
     message: &ClientMessage,
 ) -> Response {
-    if state.shutdown.is_cancelled() {
-        return http_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    if state.is_draining() {
+        state.metrics.refused_draining();
+        return draining();
     }
     let Some(server) = state.servers.get(&*route.name) else {
         return no_session();
@@ -149,42 +154,24 @@ async fn initialize(
     if server.config.child_scope != crate::config::ChildScope::Session {
         return initialize_shared(state, route, principal, message).await;
     }
-    let slot = match state.sessions.reserve(&principal.key()) {
-        Ok(slot) => slot,
-        Err(e) => return cap_reached(e),
+    let NewSession {
+        slot,
+        spec,
+        id,
+        span,
+        warm,
+    } = match prepare_session(state, route, principal) {
+        Ok(n) => n,
+        Err(response) => return response,
     };
-    let spec = match server.child_spec(Some(principal)) {
-        Ok(spec) => spec,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot build the child environment");
-            return http_error(
-                StatusCode::FORBIDDEN,
-                "the token lacks a claim this server needs",
-            );
-        }
-    };
-    let id = crate::session::new_session_id();
-    let span = tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name);
-    let spawned = match server.warm.get().and_then(|w| w.take()) {
-        Some(w) => {
-            tracing::info!(parent: &span, pid = w.child.pid(), "warm child handed to the session");
-            Ok(Mux::adopt(w.child, w.output, &state.tracker))
-        }
+    let spawned = match warm {
+        Some(w) => Ok(Mux::adopt(w.child, w.output, &state.tracker)),
         None => Mux::spawn(&spec, span.clone(), &state.tracker),
     };
     let mux = match spawned {
         Ok(mux) => mux,
-        Err(e) => {
-            tracing::error!(parent: &span, error = %e, "spawning the server failed");
-            return http_error(
-                StatusCode::BAD_GATEWAY,
-                "the MCP server could not be started",
-            );
-        }
+        Err(e) => return spawn_failed(&span, &e),
     };
-    state
-        .spawned
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let standalone = Arc::new(Standalone::new());
     mux.set_unrouted(standalone.clone());
     let session = state.sessions.insert(
@@ -240,7 +227,10 @@ async fn initialize_shared(
     };
     let slot = match state.sessions.reserve(&principal.key()) {
         Ok(slot) => slot,
-        Err(e) => return cap_reached(e),
+        Err(e) => {
+            state.metrics.refused_cap(e);
+            return cap_reached(e);
+        }
     };
     let (mux, share) = match state.pool.get_or_spawn_for_sessions(
         server,
@@ -581,8 +571,9 @@ async fn modern_post(
         // notifications have no meaning without a session.
         return StatusCode::ACCEPTED.into_response();
     }
-    if state.shutdown.is_cancelled() {
-        return http_error(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    // A draining instance takes no new work; the load balancer retries it elsewhere.
+    if state.is_draining() {
+        return draining();
     }
     let Some(server) = state.servers.get(&*route.name) else {
         return no_session();
@@ -598,10 +589,16 @@ async fn modern_post(
         Ok(mux) => mux,
         Err(e) => return pool_error(route, e),
     };
+    // The era bridge: a legacy child gets a handshake first and some requests are answered by
+    // the proxy itself (src/bridge).
+    let rewritten = match bridge::prepare(state, server, &mux, principal, message).await {
+        Bridged::Answered(response) => return response,
+        Bridged::Forward(rewritten) => rewritten,
+    };
     respond(
         state,
         &mux,
-        message,
+        rewritten.as_ref().unwrap_or(message),
         None,
         accepts_sse(headers),
         true,
@@ -816,7 +813,8 @@ async fn next_item(
     tokio::select! {
         item = rx.recv() => item.map_or(Next::Closed, Next::Item),
         _ = sleep => Next::TimedOut,
-        _ = shutdown.cancelled() => Next::Closed,
+        // Answers already queued go out before a shutdown closes the stream.
+        _ = shutdown.cancelled() => rx.try_recv().map_or(Next::Closed, Next::Item),
     }
 }
 

@@ -271,3 +271,67 @@ async fn request_timeout_answers_the_client_on_every_transport() {
     .await;
     assert_eq!(a.last()["error"]["message"], "request timed out", "{a:?}");
 }
+
+/// A per-principal child that keeps crashing restarts with growing delays, and after
+/// `CRASH_LOOP_LIMIT` crashes in a row requests get 503 with a long `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_looping_child_backs_off_then_is_held() {
+    let proxy = Proxy::with_config(&server("era = \"legacy\""), &[]).await;
+    let url = format!("{}/mcp", proxy.url);
+    let token = proxy.token("alice");
+    let limit = mcp_auth_proxy::pool::CRASH_LOOP_LIMIT as usize;
+    let mut refused = 0;
+    let mut crashes = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while crashes <= limit {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "crash loop not reached in time"
+        );
+        // Wait until the pool has forgotten the last child, so the next request starts one.
+        while !proxy.state.pool.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let a = mcp::modern(
+            &url,
+            &token,
+            json!(1),
+            "tools/call",
+            json!({"name":"crash","arguments":{}}),
+        )
+        .await;
+        match a.status {
+            503 => {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            _ => crashes += 1,
+        }
+    }
+    assert!(refused > 0, "restarts were never delayed");
+    while !proxy.state.pool.is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let held = mcp::modern(
+        &url,
+        &token,
+        json!(2),
+        "tools/call",
+        json!({"name":"echo","arguments":{"message":"x"}}),
+    )
+    .await;
+    assert_eq!(held.status, 503, "{held:?}");
+    let other = mcp::modern(
+        &url,
+        &proxy.token("bob"),
+        json!(1),
+        "tools/call",
+        json!({"name":"echo","arguments":{"message":"bob"}}),
+    )
+    .await;
+    assert_eq!(
+        text(&other),
+        "bob",
+        "another principal's child is unaffected"
+    );
+}

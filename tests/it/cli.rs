@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::common::binary::ProxyProcess;
 use crate::common::sse::SseClient;
 use crate::common::{SECRET, example_server, proxy_binary};
 
@@ -102,18 +103,26 @@ fn broken_config_exits_64_before_binding() {
     assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
 }
 
-/// The real binary: the `token` subcommand's token opens a session; the proxy's secret is
-/// not in the child's environment; SIGTERM stops the proxy with exit 0 and no child remains.
+/// The real binary on a port of its choosing (`--listen 127.0.0.1:0`): the `token`
+/// subcommand's token opens a session; the proxy's secret is not in the child's environment;
+/// SIGTERM drains (readyz 503, new sessions 503, the open session keeps working), and after
+/// `shutdown_grace_secs` the session is closed, the child stopped, and the exit code is 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn token_subcommand_and_a_full_run() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+async fn token_subcommand_and_a_full_run_with_drain() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(&dir, &hs_config(&format!("127.0.0.1:{port}")));
+    let path = write_config(&dir, &hs_config("127.0.0.1:9"));
+    let mut proxy = ProxyProcess::start(
+        &path,
+        &[
+            ("MCP_PROXY_JWT_SECRET", SECRET),
+            ("MCP_PROXY__SESSIONS__MAX_SESSIONS", "5"),
+            ("MCP_PROXY__HTTP__SHUTDOWN_GRACE_SECS", "2"),
+        ],
+    )
+    .await;
+    let base = proxy.url();
     let out = Command::new(proxy_binary())
-        .args(["token", "--sub", "dana", "--config"])
+        .args(["token", "--sub", "dana", "--aud", &base, "--config"])
         .arg(&path)
         .env("MCP_PROXY_JWT_SECRET", SECRET)
         .output()
@@ -122,16 +131,6 @@ async fn token_subcommand_and_a_full_run() {
     let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(token.split('.').count(), 3);
 
-    let mut child = tokio::process::Command::new(proxy_binary())
-        .arg("--config")
-        .arg(&path)
-        .env("MCP_PROXY_JWT_SECRET", SECRET)
-        .env("MCP_PROXY__SESSIONS__MAX_SESSIONS", "5")
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn proxy");
-    let base = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while crate::common::http()
         .get(format!("{base}/readyz"))
@@ -142,7 +141,7 @@ async fn token_subcommand_and_a_full_run() {
     {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "proxy did not start"
+            "proxy did not become ready"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -158,20 +157,48 @@ async fn token_subcommand_and_a_full_run() {
     let grandchild: u32 = pid.trim().parse().expect("pid");
     assert!(crate::common::process_alive(grandchild));
 
-    let proxy_pid = child.id().expect("pid") as i32;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(proxy_pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+    proxy.sigterm();
+    // The signal is handled asynchronously: poll (bounded) until readiness drops.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = crate::common::http()
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz while draining")
+            .status();
+        if status == 503 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz stayed {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = crate::common::http()
+        .get(format!("{base}/sse"))
+        .bearer_auth(&token)
+        .send()
         .await
-        .expect("exits")
-        .expect("status");
+        .expect("new session while draining");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        c.tool_text(json!("after"), "echo", json!({"message": "draining"}))
+            .await,
+        "draining"
+    );
+
+    let status = proxy.wait(Duration::from_secs(20)).await;
     assert!(status.success(), "exit status {status}");
     assert!(
         crate::common::wait_gone(grandchild, Duration::from_secs(5)).await,
         "the session's grandchild outlived the proxy"
     );
     assert!(c.next_event().await.is_none(), "stream ends at shutdown");
+    let log = proxy.log_text();
+    assert!(!log.contains(&token), "the token was logged");
+    assert!(!log.contains(SECRET), "the secret was logged");
+    assert!(!proxy.events("request").is_empty(), "no access log lines");
+    assert_eq!(proxy.events("stopped").len(), 1, "{log}");
 }

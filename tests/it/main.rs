@@ -5,15 +5,22 @@
 mod common;
 
 mod auth_rejections;
+mod bridge;
+mod bridge_interop;
+mod bridge_lb;
+mod bridge_rmcp;
 mod child_policy;
 mod cli;
 mod config_files;
+mod drain;
 mod faults;
 mod interop;
 mod legacy_sse;
 mod lifecycle;
+mod load_balancer;
 mod metadata;
 mod oidc;
+mod ops;
 mod soak;
 mod streamable;
 mod token_expiry;

@@ -42,12 +42,12 @@ async fn round(url: &str, i: usize) {
         2 => {
             // Forgotten: the idle reaper ends it.
             let s = Session::open(&format!("{url}/mcp"), &token, "2025-11-25").await;
-            assert_eq!(
-                s.call_tool(json!(1), "echo", json!({"message":"y"}))
-                    .await
-                    .status,
-                200
-            );
+            // On a stalled machine the reaper may already have ended it: both are fine here.
+            let status = s
+                .call_tool(json!(1), "echo", json!({"message":"y"}))
+                .await
+                .status;
+            assert!(status == 200 || status == 404, "status {status}");
         }
         3 => {
             let mut c = SseClient::connect(&format!("{url}/sse"), &token).await;
@@ -119,7 +119,7 @@ async fn run_for(url: &str, duration: Duration, workers: usize) -> usize {
 async fn soak_leaves_no_process_and_no_memory_behind() {
     let marker = uuid::Uuid::new_v4().simple().to_string();
     let cfg = base_config(&format!(
-        "[sessions]\nidle_timeout_secs = 1\n[servers.default]\ncommand = \"{}\"\nenv = {{ SOAK_MARKER = \"{marker}\" }}\n",
+        "[sessions]\nidle_timeout_secs = 3\n[servers.default]\ncommand = \"{}\"\nenv = {{ SOAK_MARKER = \"{marker}\" }}\n",
         example_server()
     ));
     let proxy = ProxyProcess::start(&cfg, &[("MALLOC_ARENA_MAX", "2")]).await;

@@ -143,13 +143,32 @@ pub async fn post_raw(url: &str, token: &str, headers: &[(&str, &str)], body: St
     read_answer(req.send().await.expect("POST /mcp")).await
 }
 
-/// A modern (2026-07-28) request with its mirrored headers.
-pub async fn modern(url: &str, token: &str, id: Value, method: &str, mut params: Value) -> Answer {
-    params["_meta"] = json!({
+/// A modern (2026-07-28) request with its mirrored headers; keys already in `params._meta`
+/// (a `progressToken`) are kept.
+pub async fn modern(url: &str, token: &str, id: Value, method: &str, params: Value) -> Answer {
+    let (headers, body) = modern_request(id, method, params);
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    post(url, token, &headers, &body).await
+}
+
+/// The headers and body of a modern request (for clients that read the answer themselves).
+pub fn modern_request(
+    id: Value,
+    method: &str,
+    mut params: Value,
+) -> (Vec<(&'static str, String)>, Value) {
+    let mut meta = json!({
         "io.modelcontextprotocol/protocolVersion": MODERN,
         "io.modelcontextprotocol/clientInfo": {"name": "it", "version": "0"},
         "io.modelcontextprotocol/clientCapabilities": {}
     });
+    if let (Some(extra), Some(meta)) = (
+        params.get("_meta").and_then(Value::as_object).cloned(),
+        meta.as_object_mut(),
+    ) {
+        meta.extend(extra);
+    }
+    params["_meta"] = meta;
     let name = params
         .get("name")
         .or_else(|| params.get("uri"))
@@ -162,12 +181,68 @@ pub async fn modern(url: &str, token: &str, id: Value, method: &str, mut params:
     if let Some(name) = name {
         headers.push(("mcp-name", name));
     }
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    post(
-        url,
-        token,
-        &headers,
-        &json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}),
+    (
+        headers,
+        json!({"jsonrpc":"2.0","id":id,"method":method,"params":params}),
     )
-    .await
+}
+
+/// A response stream kept open and read event by event (a `subscriptions/listen` stream).
+pub struct EventStream {
+    response: reqwest::Response,
+    buf: String,
+    queue: std::collections::VecDeque<Value>,
+}
+
+impl EventStream {
+    /// Sends a modern request and keeps its SSE answer open.
+    pub async fn modern(url: &str, token: &str, id: Value, method: &str, params: Value) -> Self {
+        let (headers, body) = modern_request(id, method, params);
+        let mut req = reqwest::Client::new()
+            .post(url)
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        for (k, v) in &headers {
+            req = req.header(*k, v.as_str());
+        }
+        let response = req.send().await.expect("POST /mcp");
+        assert_eq!(response.status(), 200, "{method}");
+        let ct = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(ct.starts_with("text/event-stream"), "{method}: {ct}");
+        Self {
+            response,
+            buf: String::new(),
+            queue: Default::default(),
+        }
+    }
+
+    /// The next event's data as JSON; `None` when the stream ends or nothing comes in time.
+    pub async fn next(&mut self, within: std::time::Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(v) = self.queue.pop_front() {
+                return Some(v);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .ok()?
+                .ok()??;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(pos) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..pos + 2).collect();
+                for data in sse_data(&block) {
+                    if let Ok(v) = serde_json::from_str(&data) {
+                        self.queue.push_back(v);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod binary;
 pub mod keys;
 pub mod mcp;
 pub mod process;
@@ -86,12 +87,20 @@ impl Proxy {
                     .expect("serve");
             }
         });
-        Proxy {
+        let proxy = Proxy {
             url: format!("http://{addr}"),
             state,
             stop: Some(tx),
             task: Some(task),
-        }
+        };
+        // One answer means `serve` has started: its background tasks (key loading, warm pools,
+        // reaper) exist before the test looks at them.
+        http()
+            .get(format!("{}/healthz", proxy.url))
+            .send()
+            .await
+            .expect("the proxy answers");
+        proxy
     }
 
     /// A valid token for `sub` from the HS issuer, for this proxy's audience.
@@ -108,6 +117,42 @@ impl Proxy {
         self.state
             .spawned
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sends the shutdown signal (as SIGTERM would) and waits until draining has begun.
+    pub async fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(5), self.state.draining.cancelled())
+            .await
+            .expect("draining starts");
+    }
+
+    /// Waits (bounded) until `serve` has returned; true if it did.
+    pub async fn wait_stopped(&mut self, within: Duration) -> bool {
+        match self.task.as_mut() {
+            Some(task) => match tokio::time::timeout(within, task).await {
+                Ok(r) => {
+                    r.expect("serve task");
+                    self.task = None;
+                    true
+                }
+                Err(_) => false,
+            },
+            None => true,
+        }
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        let r = http()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(r.status(), 200);
+        r.text().await.expect("metrics body")
     }
 
     pub async fn shutdown(mut self) {
@@ -227,4 +272,12 @@ pub async fn wait_group_empty(pgid: u32, within: Duration) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     group_members(pgid).is_empty()
+}
+
+/// The value of one series (`name{labels}` exactly as rendered) in a Prometheus text body.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
 }

@@ -22,14 +22,24 @@ pub struct SseEvent {
 impl SseClient {
     /// `GET {base}/sse` with `token`; reads the endpoint event. Panics on a non-200.
     pub async fn connect(base_sse_url: &str, token: &str) -> SseClient {
-        let response = super::http()
+        Self::connect_with(base_sse_url, token, &[]).await
+    }
+
+    /// As [`SseClient::connect`], with extra request headers.
+    pub async fn connect_with(
+        base_sse_url: &str,
+        token: &str,
+        extra: &[(&str, &str)],
+    ) -> SseClient {
+        let mut request = super::http()
             .get(base_sse_url)
             .bearer_auth(token)
             .header("accept", "text/event-stream")
-            .timeout(Duration::from_secs(3600))
-            .send()
-            .await
-            .expect("GET /sse");
+            .timeout(Duration::from_secs(3600));
+        for (k, v) in extra {
+            request = request.header(*k, *v);
+        }
+        let response = request.send().await.expect("GET /sse");
         assert_eq!(response.status(), 200, "GET /sse status");
         let headers = response.headers().clone();
         let session_id = headers
