@@ -129,7 +129,7 @@ fn raise_fd_limit() {
 /// Runtime worker threads unless `TOKIO_WORKER_THREADS` says otherwise: half the cores,
 /// rounded up. The wrapped servers do the real work and need the other half, and every
 /// message crosses a pipe both ways: on 2 cores one worker used 10-25% less CPU per call than
-/// two (fewer wake-ups between workers) at equal or better calls/s (docs/benchmarks.md).
+/// two (fewer wake-ups between workers) at equal or better calls/s (README, "Benchmarks").
 fn default_worker_threads() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cores.div_ceil(2)
