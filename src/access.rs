@@ -24,37 +24,44 @@ pub async fn log_and_measure(
     let started = Instant::now();
     let method = method_label(request.method());
     let transport = transport_of(request.uri().path());
-    // Bounded and printable only: the path is client-controlled.
-    let path: String = request
-        .uri()
-        .path()
-        .chars()
-        .take(256)
-        .filter(|c| !c.is_control())
-        .collect();
-    let request_session = session_from_request(&request);
+    // The log line's strings are only built when the access log is on (benchmarks and
+    // RUST_LOG=warn deployments skip the allocations).
+    let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
+    let logged = logging.then(|| {
+        // Bounded and printable only: the path is client-controlled.
+        let path: String = request
+            .uri()
+            .path()
+            .chars()
+            .take(256)
+            .filter(|c| !c.is_control())
+            .collect();
+        (path, session_from_request(&request))
+    });
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state.metrics.request(transport, method, status, elapsed);
-    let session = response
-        .headers()
-        .get(SESSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| plausible_session_id(s))
-        .map(str::to_owned)
-        .or(request_session)
-        .unwrap_or_default();
-    tracing::info!(
-        target: "access",
-        method,
-        path,
-        status,
-        micros = elapsed.as_micros() as u64,
-        transport,
-        session,
-        "request"
-    );
+    if let Some((path, request_session)) = logged {
+        let session = response
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| plausible_session_id(s))
+            .map(str::to_owned)
+            .or(request_session)
+            .unwrap_or_default();
+        tracing::info!(
+            target: "access",
+            method,
+            path,
+            status,
+            micros = elapsed.as_micros() as u64,
+            transport,
+            session,
+            "request"
+        );
+    }
     response
 }
 
