@@ -229,7 +229,8 @@ impl ChildPool {
         before - map.len()
     }
 
-    /// Stops every child (shutdown).
+    /// Forgets every child; each stops as soon as no request in flight holds it any more
+    /// ([`ChildPool::stop_all`] stops them at once).
     pub fn clear(&self) {
         lock(&self.map).clear();
     }
