@@ -895,18 +895,9 @@ pub async fn get(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let principal = match authorize(&state, &route, "/mcp", &headers, uri.query()).await {
-        Ok(p) => p,
+    let (principal, session) = match session_for(&state, &route, &uri, &headers).await {
+        Ok(found) => found,
         Err(response) => return response,
-    };
-    let Some(session_id) = header_str(&headers, SESSION_HEADER) else {
-        return method_not_allowed();
-    };
-    let Some(session) = state
-        .sessions
-        .get(session_id, &principal.key(), &route.name)
-    else {
-        return no_session();
     };
     let Pipe::Mux { standalone, .. } = &session.pipe else {
         return no_session();
@@ -969,23 +960,33 @@ pub async fn delete(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let principal = match authorize(&state, &route, "/mcp", &headers, uri.query()).await {
-        Ok(p) => p,
+    let (_, session) = match session_for(&state, &route, &uri, &headers).await {
+        Ok(found) => found,
         Err(response) => return response,
     };
-    let Some(session_id) = header_str(&headers, SESSION_HEADER) else {
-        return method_not_allowed();
+    state.sessions.remove(&session.id);
+    tracing::info!(session = %session.id, "session deleted by the client");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The caller and the session its `Mcp-Session-Id` names (GET and DELETE): 405 without the
+/// header (the modern era has no sessions), 404 for an unknown or someone else's session.
+#[allow(clippy::result_large_err)] // an early answer, built once per request
+async fn session_for(
+    state: &AppState,
+    route: &ServerRoute,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(Principal, Arc<Session>), Response> {
+    let principal = authorize(state, route, "/mcp", headers, uri.query()).await?;
+    let Some(session_id) = header_str(headers, SESSION_HEADER) else {
+        return Err(method_not_allowed());
     };
-    if state
+    let session = state
         .sessions
         .get(session_id, &principal.key(), &route.name)
-        .is_none()
-    {
-        return no_session();
-    }
-    state.sessions.remove(session_id);
-    tracing::info!(session = %session_id, "session deleted by the client");
-    StatusCode::NO_CONTENT.into_response()
+        .ok_or_else(no_session)?;
+    Ok((principal, session))
 }
 
 fn method_not_allowed() -> Response {
