@@ -27,7 +27,7 @@ use crate::metrics::ChildMetrics;
 /// Messages waiting for the child's stdin; past this, senders wait (backpressure).
 pub const STDIN_QUEUE: usize = 256;
 /// Lines waiting for the consumer (the client's stream).
-pub const STDOUT_QUEUE: usize = 256;
+pub const STDOUT_QUEUE: usize = 64;
 /// After stdin is closed, how long a child gets to exit on its own.
 pub const STDIN_CLOSE_GRACE: Duration = Duration::from_millis(500);
 /// After SIGTERM, how long before SIGKILL.

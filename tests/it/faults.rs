@@ -161,3 +161,46 @@ async fn a_sigkilled_proxy_leaves_no_child_running() {
         );
     }
 }
+
+/// A legacy SSE client that stops reading: once the buffers are full and stay full for the
+/// stall timeout, its session (and child) end; another session is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_session_only() {
+    let cfg = base_config(&format!(
+        "[servers.default]\ncommand = \"{}\"\n",
+        example_server()
+    ));
+    let proxy = ProxyProcess::start(&cfg, &[]).await;
+    let sse = format!("{}/sse", proxy.url);
+    let mut slow = SseClient::connect(&sse, &token(&proxy.url, "slow")).await;
+    let mut other = SseClient::connect(&sse, &token(&proxy.url, "other")).await;
+    slow.initialize().await;
+    other.initialize().await;
+    assert_eq!(
+        wait_for_count(|| proxy.descendants().len(), 2, Duration::from_secs(5)).await,
+        2
+    );
+    // From here on `slow` never reads its stream; its child keeps writing 64 KiB lines.
+    let mut refused = false;
+    for i in 0..2000 {
+        let body = json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":"long_line","arguments":{"bytes":65536}}});
+        if slow.post(&body).await != 202 {
+            refused = true;
+            break;
+        }
+        if proxy.descendants().len() < 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        wait_for_count(|| proxy.descendants().len(), 1, Duration::from_secs(30)).await,
+        1,
+        "the unread session's child is still running (refused: {refused})"
+    );
+    assert_eq!(
+        other
+            .tool_text(json!(1), "echo", json!({"message":"fine"}))
+            .await,
+        "fine"
+    );
+}
