@@ -140,15 +140,8 @@ async fn initialize(
     headers: &HeaderMap,
     message: &ClientMessage,
 ) -> Response {
-    if state.is_draining() {
-        state.metrics.refused_draining();
-        return draining();
-    }
-    let Some(server) = state.servers.get(&*route.name) else {
-        return no_session();
-    };
-    let list_filter = match tool_gate(state, route, principal, message) {
-        Ok(f) => f,
+    let (server, list_filter) = match admit(state, route, principal, message) {
+        Ok(admitted) => admitted,
         Err(response) => return response,
     };
     if server.config.child_scope != crate::config::ChildScope::Session {
@@ -571,15 +564,8 @@ async fn modern_post(
         // notifications have no meaning without a session.
         return StatusCode::ACCEPTED.into_response();
     }
-    // A draining instance takes no new work; the load balancer retries it elsewhere.
-    if state.is_draining() {
-        return draining();
-    }
-    let Some(server) = state.servers.get(&*route.name) else {
-        return no_session();
-    };
-    let list_filter = match tool_gate(state, route, principal, message) {
-        Ok(f) => f,
+    let (server, list_filter) = match admit(state, route, principal, message) {
+        Ok(admitted) => admitted,
         Err(response) => return response,
     };
     let mux = match state
@@ -606,6 +592,26 @@ async fn modern_post(
         list_filter,
     )
     .await
+}
+
+/// New work (a new session, or a sessionless request): refused while draining (the load
+/// balancer retries it elsewhere), then the server and its tool policy.
+#[allow(clippy::result_large_err)] // an early answer, built once per request
+fn admit<'a>(
+    state: &'a AppState,
+    route: &ServerRoute,
+    principal: &Principal,
+    message: &ClientMessage,
+) -> Result<(&'a crate::state::ServerRuntime, ListFilter), Response> {
+    if state.is_draining() {
+        state.metrics.refused_draining();
+        return Err(draining());
+    }
+    let Some(server) = state.servers.get(&*route.name) else {
+        return Err(no_session());
+    };
+    let list_filter = tool_gate(state, route, principal, message)?;
+    Ok((server, list_filter))
 }
 
 /// A `tools/list` answer to filter: the server's policy and the caller's scopes.
