@@ -16,6 +16,8 @@ pub struct ProxyProcess {
     pub addr: SocketAddr,
     /// Every stderr line so far (JSON log events), parsed.
     pub log: Arc<Mutex<Vec<Value>>>,
+    /// Ends when the log reader has seen the end of stderr (every line is in `log`).
+    log_done: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ProxyProcess {
@@ -38,7 +40,7 @@ impl ProxyProcess {
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn({
+        let log_done = tokio::spawn({
             let log = log.clone();
             async move {
                 let mut addr_tx = Some(addr_tx);
@@ -63,7 +65,12 @@ impl ProxyProcess {
             .expect("the proxy logged its address in time")
             .expect("stderr open")
             .expect("a socket address");
-        ProxyProcess { child, addr, log }
+        ProxyProcess {
+            child,
+            addr,
+            log,
+            log_done: Some(log_done),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -101,11 +108,18 @@ impl ProxyProcess {
         .expect("SIGTERM");
     }
 
-    /// Waits (bounded) for the exit status.
+    /// Waits (bounded) for the exit, then for the last log lines (the reader may lag behind the exit).
     pub async fn wait(&mut self, within: Duration) -> std::process::ExitStatus {
-        tokio::time::timeout(within, self.child.wait())
+        let status = tokio::time::timeout(within, self.child.wait())
             .await
             .expect("the proxy exited in time")
-            .expect("exit status")
+            .expect("exit status");
+        if let Some(reader) = self.log_done.take() {
+            tokio::time::timeout(Duration::from_secs(10), reader)
+                .await
+                .expect("stderr reaches its end after the exit")
+                .expect("log reader");
+        }
+        status
     }
 }
