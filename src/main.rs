@@ -130,18 +130,37 @@ fn raise_fd_limit() {
 /// rounded up. The wrapped servers do the real work and need the other half, and every
 /// message crosses a pipe both ways: on 2 cores one worker used 10-25% less CPU per call than
 /// two (fewer wake-ups between workers) at equal or better calls/s (README, "Benchmarks").
-fn default_worker_threads() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cores.div_ceil(2)
+fn worker_threads() -> usize {
+    match std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        Some(n) if n > 0 => n,
+        _ => {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cores.div_ceil(2)
+        }
+    }
+}
+
+/// One worker runs on tokio's current-thread scheduler: the same single thread of work
+/// without the multi-thread scheduler's work-stealing bookkeeping, which on 2 cores served
+/// 15-25% more calls/s at 10-20% less CPU per call (README, "Benchmarks"). Children are
+/// spawned from this thread, which lives as long as the process (PR_SET_PDEATHSIG, `child.rs`).
+fn runtime_builder(workers: usize) -> tokio::runtime::Builder {
+    if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    }
 }
 
 fn serve(config: Config) -> ExitCode {
     raise_fd_limit();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = runtime_builder(worker_threads());
     builder.enable_all();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        builder.worker_threads(default_worker_threads());
-    }
     let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
