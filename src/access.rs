@@ -2,11 +2,9 @@
 //! Only the method, the path (never the query string), the status, the time to the response
 //! head and the session id are logged — never a header value, so never a token.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
 
 use crate::metrics::{method_label, transport_of};
@@ -16,11 +14,12 @@ use crate::transport::sse::SESSION_HEADER;
 /// Longest session id echoed into the log (ours are 32 hex digits).
 const MAX_LOGGED_SESSION_ID: usize = 64;
 
-pub async fn log_and_measure(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// Runs `inner` (the rest of the stack) on `request`, then measures and logs it.
+pub async fn log_and_measure<F, Fut>(state: &AppState, request: Request, inner: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let started = Instant::now();
     let method = method_label(request.method());
     let transport = transport_of(request.uri().path());
@@ -38,7 +37,7 @@ pub async fn log_and_measure(
             .collect();
         (path, session_from_request(&request))
     });
-    let response = next.run(request).await;
+    let response = inner(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state.metrics.request(transport, method, status, elapsed);

@@ -3,10 +3,8 @@
 //! Warning), the optional `Host` allow-list, and CORS for browser-based clients (preflights are
 //! answered here, without a token; `Mcp-Session-Id` and `WWW-Authenticate` are exposed).
 
-use std::sync::Arc;
-
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -105,11 +103,7 @@ fn forbidden(message: &'static str) -> Response {
 }
 
 /// The middleware: Host, then Origin, then a preflight answer or CORS headers on the response.
-pub async fn guard(
-    State(policy): State<Arc<OriginPolicy>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn guard(policy: &OriginPolicy, request: Request, next: Next) -> Response {
     if !OPS_PATHS.contains(&request.uri().path()) && !policy.host_allowed(request.headers()) {
         tracing::info!("request refused: Host not in http.allowed_hosts");
         return forbidden("Host not allowed");

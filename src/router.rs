@@ -36,7 +36,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     for name in state.servers.keys() {
         app = app.merge(server_routes(name, &format!("/servers/{name}")));
     }
-    let origins = Arc::new(OriginPolicy::new(&state.config.http, &state.public_url));
+    let edge = Edge {
+        state: state.clone(),
+        origins: Arc::new(OriginPolicy::new(&state.config.http, &state.public_url)),
+    };
     app.layer(RequestBodyLimitLayer::new(state.config.http.max_body_bytes))
         // axum's own 2 MB limit would shadow max_body_bytes (DEPENDENCIES.md, axum traps).
         .layer(DefaultBodyLimit::disable())
@@ -44,13 +47,29 @@ pub fn router(state: Arc<AppState>) -> Router {
             axum::http::header::AUTHORIZATION,
             axum::http::header::COOKIE,
         ]))
-        // Outermost last: every request is logged and measured, even one refused by Origin.
-        .layer(middleware::from_fn_with_state(origins, origin::guard))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            access::log_and_measure,
-        ))
+        .layer(middleware::from_fn_with_state(edge, edge_layer))
         .with_state(state)
+}
+
+/// What the outermost layer needs.
+#[derive(Clone)]
+struct Edge {
+    state: Arc<AppState>,
+    origins: Arc<OriginPolicy>,
+}
+
+/// The outermost layer: every request is logged and measured, even one refused by Origin or
+/// Host. One middleware rather than two: each axum `from_fn` layer boxes a future and clones
+/// the inner service per request (~0.7 µs per call on the benchmark machine).
+async fn edge_layer(
+    State(edge): State<Edge>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    access::log_and_measure(&edge.state, request, |request| {
+        origin::guard(&edge.origins, request, next)
+    })
+    .await
 }
 
 fn server_routes(name: &str, base: &str) -> Router<Arc<AppState>> {

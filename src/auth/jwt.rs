@@ -337,7 +337,7 @@ fn principal_from_claims(claims: Map<String, Value>, leeway: u64) -> Result<Prin
         sub,
         scopes,
         exp,
-        claims,
+        claims: std::sync::Arc::new(claims),
     })
 }
 

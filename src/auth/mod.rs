@@ -22,7 +22,9 @@ pub struct Principal {
     pub scopes: Vec<String>,
     /// `exp` as seconds since the epoch.
     pub exp: u64,
-    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// Shared: a principal is cloned out of the token cache on every request, the claims
+    /// are read only when a child is spawned (`env_from_claims`).
+    pub claims: std::sync::Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Principal {
