@@ -53,10 +53,11 @@ pub(crate) struct Args {
     /// Comma-separated scenarios: lat-1x1, tput-1x16, tput-50x1, idle, setup.
     #[arg(long, default_value = "lat-1x1,tput-1x16,tput-50x1,idle,setup")]
     scenarios: String,
-    /// Comma-separated targets: direct, proxy-sse, proxy-streamable, proxy-modern, supergateway.
+    /// Comma-separated targets: direct, proxy-sse, proxy-streamable, proxy-modern,
+    /// supergateway, http-floor (GET /healthz on the proxy: HTTP alone, no auth, no child).
     #[arg(
         long,
-        default_value = "direct,proxy-sse,proxy-streamable,proxy-modern,supergateway"
+        default_value = "direct,proxy-sse,proxy-streamable,proxy-modern,supergateway,http-floor"
     )]
     targets: String,
     /// Measured seconds per load run.
@@ -207,6 +208,10 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
                 path: "/mcp".into(),
                 token: Some(token.clone()),
             },
+            "http-floor" => Target::HttpFloor {
+                addr: proxy.addr.clone(),
+                path: "/healthz".into(),
+            },
             "supergateway" => match &sg {
                 Some(sg) => Target::LegacySse {
                     addr: sg.addr.clone(),
@@ -301,6 +306,9 @@ pub(crate) async fn echo(session: &Session, lane: &mut transport::Lane, id: u64)
     let marker = format!("m{}", MARKER.fetch_add(1, Ordering::Relaxed));
     let args = format!(r#"{{"message":"{marker}"}}"#);
     let answer = session.call_tool(lane, id, "echo", &args).await?;
+    if session.is_floor() {
+        return Ok(&answer[..] == b"ok");
+    }
     Ok(answer_matches(&answer, &marker))
 }
 

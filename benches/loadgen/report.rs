@@ -259,6 +259,26 @@ impl Report {
                 });
             }
         }
+        // Context, not a target: the same client doing GET /healthz on the proxy (one HTTP
+        // exchange, no auth, no child) bounds what any HTTP transport can reach here.
+        for scenario in ["tput-1x16", "tput-50x1"] {
+            if let (Some(f), Some(d)) = (rate(scenario, "http-floor"), rate(scenario, "direct")) {
+                let best = ["proxy-sse", "proxy-streamable", "proxy-modern"]
+                    .iter()
+                    .filter_map(|t| rate(scenario, t))
+                    .fold(0.0_f64, f64::max);
+                checks.push(Check {
+                    name: format!("{scenario} http-floor (GET /healthz): share of direct"),
+                    measured: format!(
+                        "{:.1}% ({f:.0} / {d:.0}); best proxy row = {:.0}% of the floor",
+                        100.0 * f / d,
+                        100.0 * best / f
+                    ),
+                    target: "context: HTTP alone, no MCP".into(),
+                    pass: None,
+                });
+            }
+        }
         let idle = format!("idle-{idle_sessions}");
         if let Some(r) = self.find(&idle, "proxy-sse") {
             let limit = 20.0 + 64.0 * idle_sessions as f64 / 1024.0;

@@ -52,6 +52,10 @@ pub(crate) enum Target {
         path: String,
         token: Option<Arc<str>>,
     },
+    /// Not MCP: `GET path` (the proxy's `/healthz`) on the same lanes and connections. The
+    /// cost of one HTTP exchange with this client and the proxy's HTTP stack, without auth or
+    /// a child: the ceiling of any HTTP transport on this machine.
+    HttpFloor { addr: String, path: String },
 }
 
 /// Answers waiting for their request, by id (the shared-stream transports).
@@ -91,6 +95,11 @@ pub(crate) enum Session {
         addr: String,
         path: String,
         auth: Option<String>,
+        counters: Arc<Counters>,
+    },
+    HttpFloor {
+        addr: String,
+        path: String,
         counters: Arc<Counters>,
     },
 }
@@ -170,6 +179,11 @@ impl Session {
                 auth: bearer(token),
                 counters: Default::default(),
             },
+            Target::HttpFloor { addr, path } => Session::HttpFloor {
+                addr: addr.clone(),
+                path: path.clone(),
+                counters: Default::default(),
+            },
         };
         Ok(session)
     }
@@ -179,7 +193,8 @@ impl Session {
             Session::Stdio { counters, .. }
             | Session::LegacySse { counters, .. }
             | Session::Streamable { counters, .. }
-            | Session::Modern { counters, .. } => counters,
+            | Session::Modern { counters, .. }
+            | Session::HttpFloor { counters, .. } => counters,
         }
     }
 
@@ -188,9 +203,15 @@ impl Session {
             Session::Stdio { .. } => None,
             Session::LegacySse { addr, .. }
             | Session::Streamable { addr, .. }
-            | Session::Modern { addr, .. } => Some(Conn::open(addr).await?),
+            | Session::Modern { addr, .. }
+            | Session::HttpFloor { addr, .. } => Some(Conn::open(addr).await?),
         };
         Ok(Lane { conn })
+    }
+
+    /// True for the `HttpFloor` pseudo-session (its answers are not JSON-RPC).
+    pub(crate) fn is_floor(&self) -> bool {
+        matches!(self, Session::HttpFloor { .. })
     }
 
     /// Calls `tools/call` `name` with `arguments` (JSON text) under `id`; returns the raw
@@ -265,6 +286,18 @@ impl Session {
                 ];
                 streamable_post(conn, path, auth.as_deref(), &headers, line, id).await
             }
+            Session::HttpFloor { path, .. } => {
+                let conn = lane_conn(lane)?;
+                let response = conn
+                    .request(http::Method::GET, path, &[], Bytes::new())
+                    .await?;
+                let status = response.status().as_u16();
+                let body = read_body(response.into_body()).await?;
+                if status != 200 {
+                    bail!("GET {path} answered {status}");
+                }
+                Ok(body)
+            }
             Session::Modern { path, auth, .. } => {
                 let conn = lane_conn(lane)?;
                 let mut headers = vec![
@@ -315,7 +348,7 @@ impl Session {
                         .await;
                 }
             }
-            Session::Modern { .. } => {}
+            Session::Modern { .. } | Session::HttpFloor { .. } => {}
         }
     }
 }
