@@ -302,8 +302,9 @@ fn command(spec: &ChildSpec) -> tokio::process::Command {
 
 /// The one `unsafe` of the crate (STYLE.md habit 12): a `pre_exec` hook that asks the kernel to
 /// SIGKILL the child when the thread that spawned it dies, so a SIGKILLed proxy leaves nothing
-/// behind. Children are spawned from the runtime's long-lived worker threads, never from
-/// `spawn_blocking` (whose threads exit when idle and would take the child with them).
+/// behind. Children are spawned from the runtime's own threads (with one worker: the main
+/// thread, `main.rs`), which live as long as the process, never from `spawn_blocking`
+/// (whose threads exit when idle and would take the child with them).
 #[allow(unsafe_code)]
 fn set_parent_death_signal(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;

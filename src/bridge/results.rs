@@ -1,6 +1,12 @@
 //! The shape changes between a legacy child's messages and what a 2026-07-28 client expects
 //! (spec 2026-07-28 changelog, schema `Result`, `CacheableResult`, `DiscoverResult`).
 
+use std::borrow::Cow;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::de::{MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::Legacy;
@@ -76,6 +82,14 @@ pub(super) fn modern_capabilities(legacy: &Value) -> Value {
 /// cacheable results `ttlMs`/`cacheScope`, each only where absent; the server's identity in
 /// `_meta`; the renumbered resource-not-found error. Anything unexpected passes unchanged.
 pub(super) fn finish(method: &str, line: String, server_info: &Value) -> String {
+    match finish_raw(method, &line, server_info) {
+        Some(fast) => fast,
+        None => finish_by_tree(method, line, server_info),
+    }
+}
+
+/// [`finish`] on the parsed answer: any shape, at the cost of a parse and a serialization.
+fn finish_by_tree(method: &str, line: String, server_info: &Value) -> String {
     let Ok(mut answer) = serde_json::from_str::<Value>(&line) else {
         return line;
     };
@@ -109,9 +123,155 @@ pub(super) fn finish(method: &str, line: String, server_info: &Value) -> String 
     serde_json::to_string(&answer).unwrap_or(line)
 }
 
+/// The members of a JSON object in order, each value as its raw text (never parsed into a
+/// tree: the bridge's rewrites cost a scan, not a parse and a serialization of the message).
+struct RawMembers<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawMembers<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Members<'a> {
+            type Value = RawMembers<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawMembers<'a>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    out.push((key, map.next_value::<&'de RawValue>()?));
+                }
+                Ok(RawMembers(out))
+            }
+        }
+        d.deserialize_map(Members(PhantomData))
+    }
+}
+
+impl RawMembers<'_> {
+    fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+
+    fn get(&self, key: &str) -> Option<&RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+/// `{"k":raw,…}`: keys escaped again, values as they were.
+fn write_object(members: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(members.iter().map(|(k, v)| k.len() + v.len() + 4).sum());
+    out.push('{');
+    for (i, (k, v)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        if k.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+            out.push_str(&Value::from(*k).to_string());
+        } else {
+            out.push('"');
+            out.push_str(k);
+            out.push('"');
+        }
+        out.push(':');
+        out.push_str(v);
+    }
+    out.push('}');
+    out
+}
+
+/// `line` with the raw value `part` (borrowed from `line`) replaced by `with`.
+fn replace_raw(line: &str, part: &RawValue, with: &str) -> Option<String> {
+    let start = (part.get().as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
+    let end = start.checked_add(part.get().len())?;
+    let mut out = String::with_capacity(line.len() + with.len());
+    out.push_str(line.get(..start)?);
+    out.push_str(with);
+    out.push_str(line.get(end..)?);
+    Some(out)
+}
+
+/// [`finish`] for the usual answer, from raw members: a result object without a `_meta` of
+/// its own to merge the server's identity into. `None`: the tree handles it.
+fn finish_raw(method: &str, line: &str, server_info: &Value) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Answer<'a> {
+        #[serde(borrow)]
+        result: Option<&'a RawValue>,
+    }
+    let answer: Answer<'_> = serde_json::from_str(line).ok()?;
+    let raw = answer.result?;
+    let result: RawMembers<'_> = serde_json::from_str(raw.get()).ok()?;
+    if result.has("_meta") && server_info.is_object() {
+        return None;
+    }
+    let cacheable = CACHEABLE.contains(&method);
+    let ttl = TTL_MS.to_string();
+    let scope = format!(r#""{CACHE_SCOPE}""#);
+    let meta = format!(r#"{{"{SERVER_INFO}":{server_info}}}"#);
+    let mut members: Vec<(&str, &str)> = result.0.iter().map(|(k, v)| (&**k, v.get())).collect();
+    if !result.has("resultType") {
+        members.push(("resultType", r#""complete""#));
+    }
+    if cacheable && !result.has("ttlMs") {
+        members.push(("ttlMs", &ttl));
+    }
+    if cacheable && !result.has("cacheScope") {
+        members.push(("cacheScope", &scope));
+    }
+    if server_info.is_object() {
+        members.push(("_meta", &meta));
+    }
+    replace_raw(line, raw, &write_object(&members))
+}
+
 /// Removes the modern `_meta` keys from a request for a legacy child (an empty `_meta` goes
-/// too); `None` when there is nothing to remove. `progressToken` and foreign keys stay.
+/// too); `None` when there is nothing to remove. `progressToken` and foreign keys stay. Only
+/// `params` is rewritten (from raw members); the rest of the request keeps its bytes.
 pub(super) fn strip_modern_meta(line: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(line).ok()?;
+    if !text.contains(MODERN_META_PREFIX) {
+        return None;
+    }
+    #[derive(Deserialize)]
+    struct Request<'a> {
+        #[serde(borrow)]
+        params: Option<&'a RawValue>,
+    }
+    let request: Request<'_> = serde_json::from_str(text).ok()?;
+    let raw_params = request.params?;
+    let params: RawMembers<'_> = serde_json::from_str(raw_params.get()).ok()?;
+    let meta: RawMembers<'_> = serde_json::from_str(params.get("_meta")?.get()).ok()?;
+    let kept: Vec<(&str, &str)> = meta
+        .0
+        .iter()
+        .filter(|(k, _)| !k.starts_with(MODERN_META_PREFIX))
+        .map(|(k, v)| (&**k, v.get()))
+        .collect();
+    if kept.len() == meta.0.len() {
+        return None;
+    }
+    let new_meta = write_object(&kept);
+    let members: Vec<(&str, &str)> = params
+        .0
+        .iter()
+        .filter(|(k, _)| k != "_meta" || !kept.is_empty())
+        .map(|(k, v)| {
+            (
+                &**k,
+                if k == "_meta" {
+                    new_meta.as_str()
+                } else {
+                    v.get()
+                },
+            )
+        })
+        .collect();
+    replace_raw(text, raw_params, &write_object(&members)).map(String::into_bytes)
+}
+
+/// [`strip_modern_meta`] on the parsed request: the reference the raw one is tested against.
+#[cfg(test)]
+fn strip_modern_meta_by_tree(line: &[u8]) -> Option<Vec<u8>> {
     let text = std::str::from_utf8(line).ok()?;
     if !text.contains(MODERN_META_PREFIX) {
         return None;
@@ -136,6 +296,63 @@ mod tests {
 
     fn info() -> Value {
         json!({"name": "legacy-server", "version": "1.0"})
+    }
+
+    /// The raw rewrites give the same JSON as the tree ones for every shape they take, and
+    /// decline what they cannot do.
+    #[test]
+    fn raw_rewrites_agree_with_the_tree() {
+        let answers = [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"a}b\"c"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":"x","result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":2,"result":{ "a" : 1 }}"#,
+            r#"{"result":{"tools":[]},"id":3,"jsonrpc":"2.0"}"#,
+            r#"{"jsonrpc":"2.0","id":4,"result":{"tools":[],"ttlMs":5,"resultType":"complete"}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"result":{"x":{"_meta":{"a":1}},"cacheScope":"public","k\u0041\n":2}}"#,
+            r#"{"jsonrpc":"2.0","id":6,"result":{"contents":[],"_meta":{"x/y":1}}}"#,
+            r#"{"jsonrpc":"2.0","id":7,"error":{"code":-32002,"message":"m"}}"#,
+        ];
+        for info in [info(), Value::Null] {
+            for method in ["tools/call", "tools/list", "resources/read"] {
+                for line in answers {
+                    let tree: Value =
+                        serde_json::from_str(&finish_by_tree(method, line.into(), &info))
+                            .expect("json");
+                    let raw: Value = serde_json::from_str(&finish(method, line.into(), &info))
+                        .expect("raw json");
+                    assert_eq!(raw, tree, "{method} {line}");
+                }
+            }
+        }
+        for line in [
+            r#"{"jsonrpc":"2.0","id":6,"result":{"_meta":{"x/y":1}}}"#,
+            r#"{"jsonrpc":"2.0","id":7,"error":{"code":-32002,"message":"m"}}"#,
+            r#"{"jsonrpc":"2.0","id":8,"result":"#,
+            r#"{"jsonrpc":"2.0","id":9,"result":[1]}"#,
+        ] {
+            assert!(
+                finish_raw("resources/read", line, &info()).is_none(),
+                "{line}"
+            );
+        }
+        let requests: [&[u8]; 5] = [
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"e","arguments":{"m":"io.modelcontextprotocol/x"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"c","version":"0"},"progressToken":"p"}}}"#,
+            br#"{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+            br#"{"params":{"cursor":"c\"","_meta":{"io.modelcontextprotocol/a":1,"x/y":[1,2]}},"method":"tools/list","id":3,"jsonrpc":"2.0"}"#,
+            br#"{"jsonrpc":"2.0","id":4,"method":"tools/list","params":{"_meta":{"x/y":"io.modelcontextprotocol/"}}}"#,
+            br#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#,
+        ];
+        for line in requests {
+            let raw = strip_modern_meta(line);
+            let tree = strip_modern_meta_by_tree(line);
+            let shown = String::from_utf8_lossy(line);
+            assert_eq!(raw.is_some(), tree.is_some(), "{shown}");
+            if let (Some(raw), Some(tree)) = (raw, tree) {
+                let raw: Value = serde_json::from_slice(&raw).expect("raw json");
+                let tree: Value = serde_json::from_slice(&tree).expect("json");
+                assert_eq!(raw, tree, "{shown}");
+            }
+        }
     }
 
     #[test]
