@@ -40,6 +40,9 @@ pub async fn authorize(
         }
         let token = bearer_token(headers)?;
         let principal = state.auth.validate_cached(token).await?;
+        if !audience_fits(state, route, &principal) {
+            return Err(AuthError::BadAudience);
+        }
         principal
             .has_scopes(&required)
             .map_err(|scope| AuthError::InsufficientScope { scope })?;
@@ -56,6 +59,40 @@ pub async fn authorize(
         );
         e.into_challenge(&resource_metadata, &required.join(" "))
     })
+}
+
+/// Token audience binding per server (spec 2025-11-25 Authorization §Token Audience Binding:
+/// a token issued for another MCP server is refused). With the default audiences
+/// (`auth.audiences` empty) a token's `aud` names the whole proxy (`public_url`), accepted
+/// everywhere, or one server's endpoint (an RFC 8707 resource indicator), accepted at that
+/// server only — under any of its mount points. Explicit `auth.audiences` are the operator's
+/// choice and already checked when the token was validated.
+fn audience_fits(state: &AppState, route: &ServerRoute, principal: &Principal) -> bool {
+    if !state.config.auth.audiences.is_empty() {
+        return true;
+    }
+    let is_root = state.config.root_server() == Some(&*route.name);
+    let fits = |aud: &str| {
+        let Some(rest) = aud.strip_prefix(state.public_url.as_str()) else {
+            return false;
+        };
+        if rest.is_empty() || rest == "/" {
+            return true;
+        }
+        let endpoint = |e: &str| e == "/mcp" || e == "/sse";
+        (is_root && endpoint(rest))
+            || rest
+                .strip_prefix("/servers/")
+                .and_then(|r| r.strip_prefix(&*route.name))
+                .is_some_and(endpoint)
+    };
+    match principal.claims.get("aud") {
+        Some(serde_json::Value::String(aud)) => fits(aud),
+        Some(serde_json::Value::Array(auds)) => {
+            auds.iter().any(|a| a.as_str().is_some_and(|aud| fits(aud)))
+        }
+        _ => false,
+    }
 }
 
 /// The scopes every request to `route`'s server needs: `auth.required_scopes`, then the

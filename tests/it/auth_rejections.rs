@@ -577,6 +577,78 @@ async fn missing_scope_is_403_insufficient_scope() {
     }
 }
 
+/// With the default audiences a token issued for one server's endpoint (an RFC 8707 resource
+/// indicator) works at that server, under each of its mount points, and nowhere else; a
+/// token for the whole proxy works everywhere (spec 2025-11-25 §Token Audience Binding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_one_server_is_refused_at_another() {
+    let s = setup(10).await;
+    let url = &s.proxy.url;
+    let token_for = |aud: Value| {
+        s.proxy
+            .token_with("alice", json!({"aud": aud, "scope": "mcp:admin"}))
+    };
+    let admin = format!("{url}/servers/admin/sse");
+    let root = format!("{url}/sse");
+    let default = format!("{url}/servers/default/sse");
+    let cases = [
+        // (aud, [(endpoint, status)])
+        (
+            json!(format!("{url}/servers/admin/mcp")),
+            [(&admin, 200), (&root, 401), (&default, 401)],
+        ),
+        (
+            json!(format!("{url}/servers/admin/sse")),
+            [(&admin, 200), (&root, 401), (&default, 401)],
+        ),
+        // The root server is `default`: its root endpoints and its /servers/default ones.
+        (
+            json!(format!("{url}/sse")),
+            [(&admin, 401), (&root, 200), (&default, 200)],
+        ),
+        (
+            json!(format!("{url}/servers/default/mcp")),
+            [(&admin, 401), (&root, 200), (&default, 200)],
+        ),
+        (json!(url), [(&admin, 200), (&root, 200), (&default, 200)]),
+        (
+            json!(format!("{url}/")),
+            [(&admin, 200), (&root, 200), (&default, 200)],
+        ),
+        // One fitting entry of an array is enough.
+        (
+            json!([
+                format!("{url}/servers/default/sse"),
+                format!("{url}/servers/admin/sse")
+            ]),
+            [(&admin, 200), (&root, 200), (&default, 200)],
+        ),
+    ];
+    let mut accepted = 0;
+    for (aud, expected) in cases {
+        let token = token_for(aud.clone());
+        for (endpoint, status) in expected {
+            let (got, www) = probe(endpoint, Some(&token)).await;
+            accepted += u64::from(got == 200);
+            assert_eq!(got, status, "aud {aud} at {endpoint}: {www}");
+            if status == 401 {
+                assert!(www.starts_with("Bearer error=\"invalid_token\""), "{www}");
+            }
+        }
+    }
+    let metrics = s.proxy.metrics().await;
+    let refused = crate::common::metric(
+        &metrics,
+        "mcp_proxy_auth_failures_total{reason=\"audience\"}",
+    );
+    assert_eq!(refused, Some(6.0), "audience refusals counted");
+    assert_eq!(
+        s.proxy.spawned(),
+        accepted,
+        "only accepted requests spawn a child"
+    );
+}
+
 /// Unknown kids trigger at most one refetch per jwks_min_refetch_secs; a key added to the
 /// JWKS is picked up by that refetch without a restart; concurrent misses share one fetch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
