@@ -88,9 +88,7 @@ fn audience_fits(state: &AppState, route: &ServerRoute, principal: &Principal) -
     };
     match principal.claims.get("aud") {
         Some(serde_json::Value::String(aud)) => fits(aud),
-        Some(serde_json::Value::Array(auds)) => {
-            auds.iter().any(|a| a.as_str().is_some_and(|aud| fits(aud)))
-        }
+        Some(serde_json::Value::Array(auds)) => auds.iter().any(|a| a.as_str().is_some_and(&fits)),
         _ => false,
     }
 }
