@@ -232,7 +232,7 @@ async fn initialize_shared(
         &state.tracker,
     ) {
         Ok(pair) => pair,
-        Err(e) => return pool_error(route, e),
+        Err(e) => return pool_error(state, route, e),
     };
     let id = crate::session::new_session_id();
     let span = tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name);
@@ -312,9 +312,12 @@ fn watch_child_exit(state: &Arc<AppState>, mux: &Arc<Mux>, session_id: &str, spa
     });
 }
 
-fn pool_error(route: &ServerRoute, e: PoolError) -> Response {
+fn pool_error(state: &AppState, route: &ServerRoute, e: PoolError) -> Response {
     match e {
-        PoolError::Cap(e) => cap_reached(e),
+        PoolError::Cap(e) => {
+            state.metrics.refused_cap(e);
+            cap_reached(e)
+        }
         PoolError::Backoff {
             crashes,
             retry_after,
@@ -573,7 +576,7 @@ async fn modern_post(
         .get_or_spawn(server, principal, &state.sessions, &state.tracker)
     {
         Ok(mux) => mux,
-        Err(e) => return pool_error(route, e),
+        Err(e) => return pool_error(state, route, e),
     };
     // The era bridge: a legacy child gets a handshake first and some requests are answered by
     // the proxy itself (src/bridge).

@@ -196,7 +196,30 @@ async fn caps_answer_503_with_retry_after_before_spawning() {
     let r = mcp::post(&format!("{}/mcp", proxy.url), &proxy.token("carol"), &[],
         &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"x","version":"0"}}})).await;
     assert_eq!(r.status, 503, "global cap");
+    // A 2026-07-28 request that would need a new per-principal child meets the same cap.
+    let r = mcp::modern(
+        &format!("{}/mcp", proxy.url),
+        &proxy.token("dave"),
+        json!(1),
+        "tools/call",
+        json!({"name":"echo","arguments":{"message":"x"}}),
+    )
+    .await;
+    assert_eq!(r.status, 503, "global cap, modern era");
     assert_eq!(proxy.spawned(), 3);
+    let metrics = proxy.metrics().await;
+    let refused = |reason: &str| {
+        crate::common::metric(
+            &metrics,
+            &format!("mcp_proxy_sessions_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(
+        refused("max_sessions_per_principal"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(refused("max_sessions"), Some(2.0), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
