@@ -2,7 +2,8 @@
 # Installs what the interop/integration tests need, idempotently and quietly:
 #   - the Node clients and servers in tests/interop (npm ci from the committed lockfile),
 #   - the Python client's venv at tests/interop/.venv (pip install -r requirements.txt),
-#   - haproxy from Debian (only when not already installed).
+#   - haproxy and nginx from Debian (only when not already installed; their services are not
+#     started).
 # Prints one line per thing it installed; nothing when everything is up to date.
 # Works from any cwd. Env overrides: MCP_INTEROP_BOOTSTRAP_PYTHON (python used to create the venv).
 set -euo pipefail
@@ -55,12 +56,31 @@ if [[ ! -x "$venv_py" || ! -f "$stamp" || "$(cat "$stamp")" != "$want_stamp" ]];
   echo "installed: python venv tests/interop/.venv ($(grep -E '^mcp([=<>~ ]|$)' "$INTEROP/requirements.txt" || echo requirements.txt))"
 fi
 
-# --- haproxy ------------------------------------------------------------------------------
-if ! command -v haproxy >/dev/null 2>&1 && [[ ! -x /usr/sbin/haproxy ]]; then
+# --- haproxy and nginx (the load-balancer tests run the real ones) -------------------------
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
+missing=()
+have haproxy || missing+=(haproxy)
+have nginx || missing+=(nginx-light)
+if (( ${#missing[@]} )); then
   sudo_cmd=()
   if [[ "$(id -u)" -ne 0 ]]; then sudo_cmd=(sudo -n); fi
   export DEBIAN_FRONTEND=noninteractive
+  # The packages would start their system services (nginx on port 80): the tests run their
+  # own instances, so invoke-rc.d is told not to start anything while they are installed.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [[ ! -e "$policy" ]]; then
+    printf '#!/bin/sh\nexit 101\n' | quiet "${sudo_cmd[@]}" tee "$policy"
+    quiet "${sudo_cmd[@]}" chmod 755 "$policy"
+    own_policy=1
+  fi
   quiet "${sudo_cmd[@]}" apt-get update -qq
-  quiet "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends haproxy </dev/null
-  echo "installed: haproxy $(haproxy_bin="$(command -v haproxy || echo /usr/sbin/haproxy)"; "$haproxy_bin" -v 2>/dev/null | awk 'NR==1 {print $3}')"
+  quiet "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+  if [[ "$own_policy" == 1 ]]; then quiet "${sudo_cmd[@]}" rm -f "$policy"; fi
+  for pkg in "${missing[@]}"; do
+    case "$pkg" in
+      haproxy) echo "installed: haproxy $("$(command -v haproxy || echo /usr/sbin/haproxy)" -v 2>/dev/null | awk 'NR==1 {print $3}')" ;;
+      nginx-light) echo "installed: nginx $("$(command -v nginx || echo /usr/sbin/nginx)" -v 2>&1 | awk -F/ '{print $2}')" ;;
+    esac
+  done
 fi

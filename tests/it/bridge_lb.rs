@@ -18,7 +18,7 @@ const PRINCIPALS: usize = 3;
 const ROUNDS: usize = 3;
 
 /// A loopback port that was free a moment ago (for a subprocess, which binds it itself).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -47,7 +47,12 @@ fn haproxy() -> PathBuf {
 
 /// Starts one proxy process and waits until it logs that it listens. Its log keeps being
 /// drained (a full stderr pipe would block it).
-async fn start_proxy(dir: &tempfile::TempDir, name: &str, port: u16, public_url: &str) -> Child {
+pub(crate) async fn start_proxy(
+    dir: &tempfile::TempDir,
+    name: &str,
+    port: u16,
+    public_url: &str,
+) -> Child {
     let config = format!(
         r#"
 [listen]

@@ -19,6 +19,7 @@ mod legacy_sse;
 mod lifecycle;
 mod load_balancer;
 mod metadata;
+mod nginx_lb;
 mod oidc;
 mod ops;
 mod soak;

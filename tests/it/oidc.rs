@@ -279,7 +279,12 @@ async fn real_provider_tokens_rotation_and_outage() {
 
     // Scopes and audience as the provider issued them.
     let admin = format!("{}/servers/admin/sse", proxy.url);
-    assert_eq!(probe(&admin, Some(&rs)).await.0, 403);
+    // `rs` was issued for the root server's /sse: another server refuses it (audience).
+    let (status, www) = probe(&admin, Some(&rs)).await;
+    assert_eq!(status, 401, "a token for another server: {www}");
+    assert!(www.contains("invalid_token"), "{www}");
+    let rs_tools = idp.token("RS256", &proxy.url, Some("mcp:tools")).await;
+    assert_eq!(probe(&admin, Some(&rs_tools)).await.0, 403);
     let rs_admin = idp
         .token("RS256", &proxy.url, Some("mcp:tools mcp:admin"))
         .await;
