@@ -127,21 +127,28 @@ async fn start_haproxy(dir: &tempfile::TempDir, port: u16, backends: &[u16]) -> 
         .kill_on_drop(true)
         .spawn()
         .expect("start haproxy");
-    // HAProxy announces nothing when ready: wait (bounded) until its port accepts.
+    // HAProxy announces nothing when ready.
+    wait_listening(&mut child, port, "haproxy").await;
+    child
+}
+
+/// Waits (bounded) until a load balancer that announces nothing accepts on `port`; fails
+/// at once if it exits instead.
+pub(crate) async fn wait_listening(child: &mut Child, port: u16, what: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return child;
+            return;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("haproxy exited: {status}");
+            panic!("{what} exited: {status}");
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "haproxy did not listen"
+            "{what} did not listen on {port}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use crate::bridge_lb::{free_port, start_proxy};
+use crate::bridge_lb::{free_port, start_proxy, wait_listening};
 use crate::common::{claims, hs_token, mcp};
 
 const CLIENTS: usize = 12;
@@ -135,24 +135,9 @@ async fn start_nginx(dir: &tempfile::TempDir, port: u16, backends: &[u16]) -> Ch
         .kill_on_drop(true)
         .spawn()
         .expect("start nginx");
-    // nginx announces nothing when ready: wait (bounded) until its port accepts.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return child;
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("nginx exited: {status} (its log is above)");
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nginx did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    // nginx announces nothing when ready (its own log, on stderr above, says why it exits).
+    wait_listening(&mut child, port, "nginx").await;
+    child
 }
 
 /// One client: `ROUNDS` calls, all with JSON-RPC id 1; each answer must be its own. Counts
