@@ -205,20 +205,22 @@ fn finish_raw(method: &str, line: &str, server_info: &Value) -> Option<String> {
         return None;
     }
     let cacheable = CACHEABLE.contains(&method);
-    let ttl = TTL_MS.to_string();
-    let scope = format!(r#""{CACHE_SCOPE}""#);
-    let meta = format!(r#"{{"{SERVER_INFO}":{server_info}}}"#);
+    // Rendered only when added (they outlive `members`, which borrows them).
+    let (ttl, scope, meta): (String, String, String);
     let mut members: Vec<(&str, &str)> = result.0.iter().map(|(k, v)| (&**k, v.get())).collect();
     if !result.has("resultType") {
         members.push(("resultType", r#""complete""#));
     }
     if cacheable && !result.has("ttlMs") {
+        ttl = TTL_MS.to_string();
         members.push(("ttlMs", &ttl));
     }
     if cacheable && !result.has("cacheScope") {
+        scope = format!(r#""{CACHE_SCOPE}""#);
         members.push(("cacheScope", &scope));
     }
     if server_info.is_object() {
+        meta = format!(r#"{{"{SERVER_INFO}":{server_info}}}"#);
         members.push(("_meta", &meta));
     }
     replace_raw(line, raw, &write_object(&members))
