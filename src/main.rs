@@ -131,16 +131,16 @@ fn raise_fd_limit() {
 /// message crosses a pipe both ways: on 2 cores one worker used 10-25% less CPU per call than
 /// two (fewer wake-ups between workers) at equal or better calls/s (README, "Benchmarks").
 fn worker_threads() -> usize {
-    match std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
-        Some(n) if n > 0 => n,
-        _ => {
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            cores.div_ceil(2)
+    if let Some(v) = std::env::var_os("TOKIO_WORKER_THREADS") {
+        match v.to_str().and_then(|v| v.trim().parse::<usize>().ok()) {
+            Some(n) if n > 0 => return n,
+            _ => eprintln!(
+                "mcp-auth-proxy: ignoring TOKIO_WORKER_THREADS={v:?} (not a positive integer)"
+            ),
         }
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.div_ceil(2)
 }
 
 /// One worker runs on tokio's current-thread scheduler: the same single thread of work
