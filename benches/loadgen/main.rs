@@ -247,7 +247,23 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
                     "supergateway" => sg.as_ref().and_then(|s| s.pid()),
                     _ => Some(proxy.pid),
                 };
-                let mut row = load(target, sessions, lanes, warmup, duration, cpu_pid).await;
+                // Every session its own child: a 2026-07-28 "session" is a principal (the
+                // proxy keeps one child per principal), so each gets its own token.
+                let per_session: Vec<Target> = match target {
+                    Target::Modern { addr, path, .. } if sessions > 1 => (0..sessions)
+                        .map(|i| {
+                            let token =
+                                proxy.token(&format!("bench-{i}"), Duration::from_secs(6 * 3600));
+                            token.map(|t| Target::Modern {
+                                addr: addr.clone(),
+                                path: path.clone(),
+                                token: Some(t.into()),
+                            })
+                        })
+                        .collect::<Result<_>>()?,
+                    _ => vec![target.clone()],
+                };
+                let mut row = load(&per_session, sessions, lanes, warmup, duration, cpu_pid).await;
                 row.scenario = scenario.clone();
                 row.target = (*name).into();
                 row.rss_mib = match *name {
@@ -313,9 +329,9 @@ pub(crate) async fn echo(session: &Session, lane: &mut transport::Lane, id: u64)
 }
 
 /// `sessions` × `lanes` calls in flight for `warmup + duration`; the latencies of calls that
-/// start after the warm-up are kept.
+/// start after the warm-up are kept. Session `i` connects to `targets[i % targets.len()]`.
 async fn load(
-    target: &Target,
+    targets: &[Target],
     sessions: usize,
     lanes: usize,
     warmup: Duration,
@@ -324,7 +340,11 @@ async fn load(
 ) -> Row {
     let mut row = Row::new("", "");
     let mut opened = Vec::new();
-    for _ in 0..sessions {
+    for i in 0..sessions {
+        let Some(target) = targets.get(i % targets.len().max(1)) else {
+            row.note = "no target".into();
+            return row;
+        };
         match Session::open(target).await {
             Ok(s) => opened.push(Arc::new(s)),
             Err(e) => {
