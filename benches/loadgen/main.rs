@@ -283,9 +283,24 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
         match scenario.as_str() {
             "idle" => {
                 eprintln!("idle-{} proxy-sse ...", args.idle_sessions);
+                // A fresh proxy: the load runs leave per-principal children (2026-07-28
+                // traffic) in its pool until they idle out, which are not this scenario's.
+                let fresh = Proxy::start(
+                    &proxy_bin,
+                    &ServerCmd {
+                        command: server.clone(),
+                        args: vec![],
+                        warm_pool: 0,
+                    },
+                    &args.proxy_log,
+                )
+                .await?;
+                let fresh_token: Arc<str> =
+                    fresh.token("bench", Duration::from_secs(6 * 3600))?.into();
                 report
                     .rows
-                    .push(scenarios::idle(&proxy, &token, args.idle_sessions).await);
+                    .push(scenarios::idle(&fresh, &fresh_token, args.idle_sessions).await);
+                fresh.stop().await;
             }
             "setup" => {
                 scenarios::setup(&args, &proxy_bin, &server, &proxy, &token, &mut report).await
