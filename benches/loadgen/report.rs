@@ -27,6 +27,26 @@ pub(crate) struct Row {
 }
 
 impl Row {
+    /// The table cells, in column order, for the text and the Markdown report.
+    fn cells(&self) -> [String; 14] {
+        [
+            self.scenario.clone(),
+            self.target.clone(),
+            self.calls.to_string(),
+            self.errors.to_string(),
+            self.mismatched.to_string(),
+            self.foreign.to_string(),
+            opt(self.p50_ms, 3),
+            opt(self.p90_ms, 3),
+            opt(self.p99_ms, 3),
+            opt(self.max_ms, 3),
+            opt(self.calls_per_sec, 0),
+            opt(self.rss_mib, 1),
+            opt(self.cpu_us_per_call, 1),
+            self.note.clone(),
+        ]
+    }
+
     pub(crate) fn new(scenario: &str, target: &str) -> Row {
         Row {
             scenario: scenario.into(),
@@ -111,23 +131,25 @@ impl Report {
             "cpu us"
         );
         for r in &self.rows {
+            let [
+                sc,
+                tg,
+                calls,
+                err,
+                mism,
+                forgn,
+                p50,
+                p90,
+                p99,
+                max,
+                rate,
+                rss,
+                cpu,
+                note,
+            ] = r.cells();
             let _ = writeln!(
                 out,
-                "{:<10} {:<22} {:>8} {:>6} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}  {}",
-                r.scenario,
-                r.target,
-                r.calls,
-                r.errors,
-                r.mismatched,
-                r.foreign,
-                opt(r.p50_ms, 3),
-                opt(r.p90_ms, 3),
-                opt(r.p99_ms, 3),
-                opt(r.max_ms, 3),
-                opt(r.calls_per_sec, 0),
-                opt(r.rss_mib, 1),
-                opt(r.cpu_us_per_call, 1),
-                r.note
+                "{sc:<10} {tg:<22} {calls:>8} {err:>6} {mism:>5} {forgn:>5} {p50:>8} {p90:>8} {p99:>8} {max:>8} {rate:>10} {rss:>8} {cpu:>8}  {note}",
             );
         }
         let _ = writeln!(out, "\ntargets (issue 7):");
@@ -160,24 +182,7 @@ impl Report {
             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"
         );
         for r in &self.rows {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.scenario,
-                r.target,
-                r.calls,
-                r.errors,
-                r.mismatched,
-                r.foreign,
-                opt(r.p50_ms, 3),
-                opt(r.p90_ms, 3),
-                opt(r.p99_ms, 3),
-                opt(r.max_ms, 3),
-                opt(r.calls_per_sec, 0),
-                opt(r.rss_mib, 1),
-                opt(r.cpu_us_per_call, 1),
-                r.note
-            );
+            let _ = writeln!(out, "| {} |", r.cells().join(" | "));
         }
         let _ = writeln!(out, "\n| target (issue 7) | measured | required | result |");
         let _ = writeln!(out, "|---|---|---|---|");
