@@ -56,6 +56,32 @@ pub(crate) async fn run_client(program: &str, script: &str, args: &[&str]) -> Va
     })
 }
 
+/// The arguments of one tool call by a client script: `--url`, `--transport`, `--token`,
+/// `--call`, `--args`, then `extra` flags.
+pub(crate) fn call_args<'a>(
+    url: &'a str,
+    transport: &'a str,
+    token: &'a str,
+    tool: &'a str,
+    arguments: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut out = vec![
+        "--url",
+        url,
+        "--transport",
+        transport,
+        "--token",
+        token,
+        "--call",
+        tool,
+        "--args",
+        arguments,
+    ];
+    out.extend_from_slice(extra);
+    out
+}
+
 pub(crate) async fn ts_client(args: &[&str]) -> Value {
     let i = interop();
     run_client(&i.node, "ts_client.mjs", args).await
@@ -100,32 +126,26 @@ fn assert_report(report: &Value, server_name: &str, tool_answer: &str) {
 async fn typescript_sdk_over_legacy_sse() {
     let proxy = Proxy::with_config(&proxy_config(), &[]).await;
     let token = proxy.token("ts-user");
-    let report = ts_client(&[
-        "--url",
-        &format!("{}/sse", proxy.url),
-        "--transport",
+    let sse = format!("{}/sse", proxy.url);
+    let everything = format!("{}/servers/everything/sse", proxy.url);
+    let report = ts_client(&call_args(
+        &sse,
         "sse",
-        "--token",
         &token,
-        "--call",
         "add",
-        "--args",
         r#"{"a":2,"b":40}"#,
-    ])
+        &[],
+    ))
     .await;
     assert_report(&report, "mcp-example-server", "42");
-    let report = ts_client(&[
-        "--url",
-        &format!("{}/servers/everything/sse", proxy.url),
-        "--transport",
+    let report = ts_client(&call_args(
+        &everything,
         "sse",
-        "--token",
         &token,
-        "--call",
         "echo",
-        "--args",
         r#"{"message":"via proxy"}"#,
-    ])
+        &[],
+    ))
     .await;
     assert_eq!(report["ok"], true, "{report}");
     assert!(
@@ -137,15 +157,7 @@ async fn typescript_sdk_over_legacy_sse() {
         .unwrap_or_default();
     assert!(text.contains("via proxy"), "{report}");
     // Without a token the SDK sees the 401.
-    let report = ts_client(&[
-        "--url",
-        &format!("{}/sse", proxy.url),
-        "--transport",
-        "sse",
-        "--token",
-        "bogus",
-    ])
-    .await;
+    let report = ts_client(&["--url", &sse, "--transport", "sse", "--token", "bogus"]).await;
     assert_eq!(report["ok"], false, "{report}");
 }
 
@@ -153,32 +165,26 @@ async fn typescript_sdk_over_legacy_sse() {
 async fn python_sdk_over_legacy_sse() {
     let proxy = Proxy::with_config(&proxy_config(), &[]).await;
     let token = proxy.token("py-user");
-    let report = py_client(&[
-        "--url",
-        &format!("{}/sse", proxy.url),
-        "--transport",
+    let sse = format!("{}/sse", proxy.url);
+    let everything = format!("{}/servers/everything/sse", proxy.url);
+    let report = py_client(&call_args(
+        &sse,
         "sse",
-        "--token",
         &token,
-        "--call",
         "echo",
-        "--args",
         r#"{"message":"from python"}"#,
-    ])
+        &[],
+    ))
     .await;
     assert_report(&report, "mcp-example-server", "from python");
-    let report = py_client(&[
-        "--url",
-        &format!("{}/servers/everything/sse", proxy.url),
-        "--transport",
+    let report = py_client(&call_args(
+        &everything,
         "sse",
-        "--token",
         &token,
-        "--call",
         "echo",
-        "--args",
         r#"{"message":"py everything"}"#,
-    ])
+        &[],
+    ))
     .await;
     assert_eq!(report["ok"], true, "{report}");
     let text = report["results"][0]["content"][0]["text"]
@@ -195,20 +201,14 @@ async fn typescript_sdk_over_streamable_http() {
     let token = proxy.token("ts-user");
     let mcp = format!("{}/mcp", proxy.url);
     let everything = format!("{}/servers/everything/mcp", proxy.url);
-    let report = ts_client(&[
-        "--url",
+    let report = ts_client(&call_args(
         &mcp,
-        "--transport",
         "streamable",
-        "--token",
         &token,
-        "--call",
         "add",
-        "--args",
         r#"{"a":2,"b":40}"#,
-        "--repeat",
-        "3",
-    ])
+        &["--repeat", "3"],
+    ))
     .await;
     assert_report(&report, "mcp-example-server", "42");
     assert_eq!(
@@ -216,50 +216,36 @@ async fn typescript_sdk_over_streamable_http() {
         Some(3),
         "{report}"
     );
-    let report = ts_client(&[
-        "--url",
+    let report = ts_client(&call_args(
         &mcp,
-        "--transport",
         "streamable",
-        "--token",
         &token,
-        "--call",
         "progress",
-        "--args",
         r#"{"steps":4}"#,
-        "--progress",
-    ])
+        &["--progress"],
+    ))
     .await;
     assert_report(&report, "mcp-example-server", "done 4 steps");
     assert_eq!(report["progress"], 4, "{report}");
-    let report = ts_client(&[
-        "--url",
+    let report = ts_client(&call_args(
         &everything,
-        "--transport",
         "streamable",
-        "--token",
         &token,
-        "--call",
         "trigger-long-running-operation",
-        "--args",
         r#"{"duration":1,"steps":5}"#,
-        "--progress",
-    ])
+        &["--progress"],
+    ))
     .await;
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["progress"], 5, "{report}");
-    let report = ts_client(&[
-        "--url",
+    let report = ts_client(&call_args(
         &everything,
-        "--transport",
         "streamable",
-        "--token",
         &token,
-        "--call",
         "trigger-sampling-request",
-        "--args",
         r#"{"prompt":"hello","maxTokens":10}"#,
-    ])
+        &[],
+    ))
     .await;
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(
@@ -273,18 +259,14 @@ async fn typescript_sdk_over_streamable_http() {
         text.contains("interop sampling reply"),
         "the client's answer reached the server: {report}"
     );
-    let report = ts_client(&[
-        "--url",
+    let report = ts_client(&call_args(
         &everything,
-        "--transport",
         "streamable",
-        "--token",
         &token,
-        "--call",
         "trigger-elicitation-request",
-        "--args",
         "{}",
-    ])
+        &[],
+    ))
     .await;
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["elicitation"], 1, "{report}");
@@ -296,49 +278,36 @@ async fn python_sdk_over_streamable_http() {
     let token = proxy.token("py-user");
     let mcp = format!("{}/mcp", proxy.url);
     let everything = format!("{}/servers/everything/mcp", proxy.url);
-    let report = py_client(&[
-        "--url",
+    let report = py_client(&call_args(
         &mcp,
-        "--transport",
         "streamable",
-        "--token",
         &token,
-        "--call",
         "progress",
-        "--args",
         r#"{"steps":3}"#,
-        "--progress",
-    ])
+        &["--progress"],
+    ))
     .await;
     assert_report(&report, "mcp-example-server", "done 3 steps");
     assert_eq!(report["progress"], 3, "{report}");
-    let report = py_client(&[
-        "--url",
+    let report = py_client(&call_args(
         &everything,
-        "--transport",
         "streamable",
-        "--token",
         &token,
-        "--call",
         "trigger-sampling-request",
-        "--args",
         r#"{"prompt":"hello","maxTokens":10}"#,
-    ])
+        &[],
+    ))
     .await;
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["sampling"], 1, "{report}");
-    let report = py_client(&[
-        "--url",
+    let report = py_client(&call_args(
         &everything,
-        "--transport",
         "streamable",
-        "--token",
         &token,
-        "--call",
         "echo",
-        "--args",
         r#"{"message":"py streamable"}"#,
-    ])
+        &[],
+    ))
     .await;
     let text = report["results"][0]["content"][0]["text"]
         .as_str()

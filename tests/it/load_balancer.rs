@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use crate::common::binary::ProxyProcess;
 use crate::common::sse::SseClient;
 use crate::common::{SECRET, claims, example_server, hs_token, http, metric};
-use crate::interop::ts_client;
+use crate::interop::{call_args, ts_client};
 
 const INSTANCES: usize = 3;
 /// Clients started before the SIGTERM, and as many after it.
@@ -188,22 +188,11 @@ fn client(lb: &str, transport: &'static str, token: String) -> tokio::task::Join
     };
     let url = format!("{lb}{path}");
     tokio::spawn(async move {
-        ts_client(&[
-            "--url",
-            &url,
-            "--transport",
-            transport,
-            "--token",
-            &token,
-            "--call",
-            "sleep",
-            "--args",
-            &json!({ "ms": CALL_MS }).to_string(),
-            "--repeat",
-            CALLS,
-            "--timeout-ms",
-            "60000",
-        ])
+        let arguments = json!({ "ms": CALL_MS }).to_string();
+        let extra = ["--repeat", CALLS, "--timeout-ms", "60000"];
+        ts_client(&call_args(
+            &url, transport, &token, "sleep", &arguments, &extra,
+        ))
         .await
     })
 }

@@ -17,7 +17,7 @@ use crate::auth_rejections::{probe, wait_ready};
 use crate::common::keys::TestKey;
 use crate::common::sse::SseClient;
 use crate::common::{Proxy, claims, example_server, http};
-use crate::interop::{interop, run_client, ts_client};
+use crate::interop::{call_args, interop, run_client, ts_client};
 
 const CLIENT_SECRET: &str = "interop-client-secret";
 
@@ -230,18 +230,14 @@ async fn real_provider_tokens_rotation_and_outage() {
     // RS256, resource = the /sse endpoint: the official TypeScript client connects with it.
     let rs = idp.token("RS256", &sse, Some("mcp:tools")).await;
     assert_eq!(header_of(&rs), (idp.kids[0].clone(), "RS256".into()));
-    let report = ts_client(&[
-        "--url",
+    let report = ts_client(&call_args(
         &sse,
-        "--transport",
         "sse",
-        "--token",
         &rs,
-        "--call",
         "add",
-        "--args",
         r#"{"a":40,"b":2}"#,
-    ])
+        &[],
+    ))
     .await;
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["results"][0]["content"][0]["text"], "42", "{report}");
@@ -258,18 +254,15 @@ async fn real_provider_tokens_rotation_and_outage() {
     );
     drop(c);
     // The same token over Streamable HTTP (/mcp) with the official client.
-    let report = ts_client(&[
-        "--url",
-        &format!("{}/mcp", proxy.url),
-        "--transport",
+    let mcp = format!("{}/mcp", proxy.url);
+    let report = ts_client(&call_args(
+        &mcp,
         "streamable",
-        "--token",
         &es,
-        "--call",
         "echo",
-        "--args",
         r#"{"message":"streamable es256"}"#,
-    ])
+        &[],
+    ))
     .await;
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(
