@@ -15,9 +15,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use http_body_util::BodyExt;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use mcp_auth_proxy::auth::Authenticator;
+use mcp_auth_proxy::bench::{self, Authenticator};
 use mcp_auth_proxy::config::Config;
-use mcp_auth_proxy::jsonrpc;
 
 const SECRET: &str = "bench-secret-0123456789abcdef-0123456789";
 const AUD: &str = "http://127.0.0.1:8080";
@@ -170,10 +169,10 @@ fn jsonrpc_bench(c: &mut Criterion) {
     for (name, line) in answers() {
         group.throughput(Throughput::Bytes(line.len() as u64));
         group.bench_with_input(BenchmarkId::new("probe", name), &line, |b, l| {
-            b.iter(|| jsonrpc::probe(black_box(l)).map(|p| p.kind()).is_some())
+            b.iter(|| bench::probe_kind(black_box(l)))
         });
     }
-    // Id rewriting as the modern-era multiplexer does it (src/mux.rs): find the raw id with
+    // Id rewriting as the modern-era multiplexer does it (src/mux/): find the raw id with
     // `probe`, splice the proxy's id in (on the way in) or the client's back (on the way out).
     for (name, line) in answers() {
         if name == "notification" {
@@ -181,13 +180,7 @@ fn jsonrpc_bench(c: &mut Criterion) {
         }
         group.throughput(Throughput::Bytes(line.len() as u64));
         group.bench_with_input(BenchmarkId::new("rewrite_id", name), &line, |b, l| {
-            b.iter(|| {
-                let l: &str = black_box(l);
-                jsonrpc::probe(l)
-                    .and_then(|p| p.id)
-                    .and_then(|id| jsonrpc::splice(l, id.get(), "\"client-7\""))
-                    .map(|s| s.len())
-            })
+            b.iter(|| bench::rewrite_id(black_box(l), "\"client-7\""))
         });
     }
     let bodies: Vec<(&str, Vec<u8>)> = vec![
@@ -214,7 +207,7 @@ fn jsonrpc_bench(c: &mut Criterion) {
     for (name, body) in &bodies {
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_with_input(BenchmarkId::new("client_message", name), body, |b, body| {
-            b.iter(|| jsonrpc::client_message(black_box(body)).is_ok())
+            b.iter(|| bench::client_message(black_box(body)))
         });
     }
     group.finish();

@@ -308,7 +308,7 @@ fn token(
     if let Some(scope) = scope {
         claims.insert("scope".into(), scope.into());
     }
-    match mcp_auth_proxy::auth::jwt::mint_hmac_token(secret.as_bytes(), alg, &claims) {
+    match mcp_auth_proxy::mint_hmac_token(secret.as_bytes(), alg, &claims) {
         Ok(t) => {
             println!("{t}");
             ExitCode::SUCCESS

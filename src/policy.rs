@@ -3,22 +3,66 @@
 //! a JSON-RPC error and never reaches the child; `tools/list` results are filtered to the tools
 //! the caller may call. Tools that match no rule are open to every authenticated caller.
 
-use serde::Deserialize;
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::config::ToolRule;
-
-/// JSON-RPC error for a denied tool: invalid params, as for an unknown tool (spec 2025-11-25
-/// server/tools §Error Handling), with the missing scopes named.
-pub const TOOL_DENIED: i64 = -32602;
+use crate::mux::Finish;
+use crate::protocol::INVALID_PARAMS;
+use crate::protocol::jsonrpc::{self, ClientMessage, Message};
 
 #[derive(Debug, Clone, Default)]
-pub struct ToolPolicy {
-    rules: Vec<ToolRule>,
+pub(crate) struct ToolPolicy {
+    rules: Arc<[ToolRule]>,
+}
+
+/// A `tools/list` answer to filter for the caller who asked (their scopes at that time).
+struct ListFilter {
+    policy: ToolPolicy,
+    scopes: Vec<String>,
+}
+
+impl Finish for ListFilter {
+    fn finish(&self, _method: &str, line: String) -> String {
+        self.policy.filter_list(&line, &self.scopes).unwrap_or(line)
+    }
+}
+
+/// The tool gate of every transport (DESIGN §4): `Ok(None)` lets the body through as it is,
+/// `Ok(Some(filter))` lets a `tools/list` through with its answer to be filtered, `Err` is the
+/// JSON-RPC error line that answers a denied `tools/call` in the child's place. Batches are not
+/// judged (only 2025-03-26 has them, and tool rules are a per-request decision).
+pub(crate) fn gate(
+    policy: &ToolPolicy,
+    message: &ClientMessage,
+    scopes: &[String],
+) -> Result<Option<Arc<dyn Finish>>, String> {
+    if policy.is_empty() || message.batch {
+        return Ok(None);
+    }
+    let Some(first) = message.first() else {
+        return Ok(None);
+    };
+    match policy.judge(first, scopes) {
+        Verdict::Allow => Ok(None),
+        Verdict::FilterList => Ok(Some(Arc::new(ListFilter {
+            policy: policy.clone(),
+            scopes: scopes.to_vec(),
+        }))),
+        Verdict::Deny(why) => {
+            tracing::info!("{why}");
+            Err(jsonrpc::error_response(
+                message.first_request_id(),
+                INVALID_PARAMS,
+                &why,
+            ))
+        }
+    }
 }
 
 /// `*` matches any run of characters, `?` one character; everything else literally.
-pub fn glob(pattern: &str, name: &str) -> bool {
+fn glob(pattern: &str, name: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
     let (mut pi, mut ni) = (0, 0);
@@ -45,23 +89,9 @@ pub fn glob(pattern: &str, name: &str) -> bool {
     pi == p.len()
 }
 
-#[derive(Deserialize)]
-struct CallProbe<'a> {
-    #[serde(borrow, default)]
-    method: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    params: Option<NameProbe<'a>>,
-}
-
-#[derive(Deserialize)]
-struct NameProbe<'a> {
-    #[serde(borrow, default)]
-    name: Option<std::borrow::Cow<'a, str>>,
-}
-
 /// What the policy says about one client message.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+enum Verdict {
     Allow,
     /// A `tools/list` request: filter its result.
     FilterList,
@@ -70,20 +100,20 @@ pub enum Verdict {
 }
 
 impl ToolPolicy {
-    pub fn new(rules: &[ToolRule]) -> Self {
+    pub(crate) fn new(rules: &[ToolRule]) -> Self {
         Self {
-            rules: rules.to_vec(),
+            rules: rules.into(),
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rules.is_empty()
     }
 
     /// The scopes `tool` needs that `scopes` lacks (empty: allowed).
-    pub fn missing(&self, tool: &str, scopes: &[String]) -> Vec<String> {
+    fn missing(&self, tool: &str, scopes: &[String]) -> Vec<String> {
         let mut missing = Vec::new();
-        for rule in &self.rules {
+        for rule in self.rules.iter() {
             if rule.tools.iter().any(|p| glob(p, tool)) {
                 for s in &rule.require_scopes {
                     if !scopes.contains(s) && !missing.contains(s) {
@@ -95,22 +125,15 @@ impl ToolPolicy {
         missing
     }
 
-    /// Judges one message (a single JSON-RPC object) sent by a caller with `scopes`.
-    pub fn judge(&self, message: &[u8], scopes: &[String]) -> Verdict {
+    /// Judges one message sent by a caller with `scopes`.
+    fn judge(&self, message: &Message, scopes: &[String]) -> Verdict {
         if self.rules.is_empty() {
             return Verdict::Allow;
         }
-        let Ok(probe) = serde_json::from_slice::<CallProbe<'_>>(message) else {
-            return Verdict::Allow;
-        };
-        match probe.method.as_deref() {
+        match message.method.as_deref() {
             Some("tools/list") => Verdict::FilterList,
             Some("tools/call") => {
-                let name = probe
-                    .params
-                    .and_then(|p| p.name)
-                    .map(|n| n.into_owned())
-                    .unwrap_or_default();
+                let name = message.name.as_deref().unwrap_or_default();
                 let missing = self.missing(&name, scopes);
                 if missing.is_empty() {
                     Verdict::Allow
@@ -127,7 +150,7 @@ impl ToolPolicy {
 
     /// Removes from a `tools/list` response the tools the caller may not call. Returns `None`
     /// when nothing had to change (the line is forwarded as it is).
-    pub fn filter_list(&self, line: &str, scopes: &[String]) -> Option<String> {
+    fn filter_list(&self, line: &str, scopes: &[String]) -> Option<String> {
         let mut value: Value = serde_json::from_str(line).ok()?;
         let tools = value.pointer_mut("/result/tools")?.as_array_mut()?;
         let before = tools.len();
@@ -179,21 +202,22 @@ mod tests {
                 r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}"}}}}"#
             )
         };
+        let judge = |body: &str, scopes: &[String]| {
+            let m = jsonrpc::client_message(body.as_bytes()).expect("valid");
+            p.judge(m.first().expect("one"), scopes)
+        };
         let none: Vec<String> = vec![];
         let admin = vec!["mcp:admin".to_owned()];
-        assert_eq!(p.judge(call("echo").as_bytes(), &none), Verdict::Allow);
+        assert_eq!(judge(&call("echo"), &none), Verdict::Allow);
         assert!(
-            matches!(p.judge(call("delete_repo").as_bytes(), &none), Verdict::Deny(m) if m.contains("mcp:admin"))
+            matches!(judge(&call("delete_repo"), &none), Verdict::Deny(m) if m.contains("mcp:admin"))
+        );
+        assert_eq!(judge(&call("delete_repo"), &admin), Verdict::Allow);
+        assert!(
+            matches!(judge(&call("delete_write"), &admin), Verdict::Deny(m) if m.contains("mcp:write"))
         );
         assert_eq!(
-            p.judge(call("delete_repo").as_bytes(), &admin),
-            Verdict::Allow
-        );
-        assert!(
-            matches!(p.judge(call("delete_write").as_bytes(), &admin), Verdict::Deny(m) if m.contains("mcp:write"))
-        );
-        assert_eq!(
-            p.judge(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, &none),
+            judge(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, &none),
             Verdict::FilterList
         );
         let list = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"delete_repo"},{"name":"admin_x"}]}}"#;

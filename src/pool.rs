@@ -5,18 +5,18 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Principal, PrincipalKey};
+use crate::bridge::ChildBridge;
 use crate::child::ChildError;
 use crate::config::ChildScope;
 use crate::mux::Mux;
-use crate::session::{CapError, SessionRegistry, Slot};
-use crate::state::{ClaimEnvError, ServerRuntime};
-use crate::transport::standalone::Broadcast;
+use crate::server::{ClaimEnvError, ServerRuntime};
+use crate::session::{CapError, SessionRegistry, SessionShare, Slot};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
@@ -27,27 +27,25 @@ struct PoolKey {
     sessions: bool,
 }
 
-/// What the sessions sharing one child share: the child is initialized once (the first
-/// session's `initialize` goes through, later ones are answered from its result), and
-/// messages that belong to no request reach every session's GET stream.
-#[derive(Debug, Default)]
-pub struct SessionShare {
-    /// The `result` of the child's `InitializeResult`, once known.
-    pub init: tokio::sync::Mutex<Option<String>>,
-    /// Whether `notifications/initialized` was forwarded (it must be, once).
-    pub initialized_sent: std::sync::atomic::AtomicBool,
-    pub broadcast: Arc<Broadcast>,
-}
-
-struct Entry {
-    mux: Arc<Mux>,
+/// A pool child: its multiplexer, the era bridge of a child serving modern requests, and what
+/// its sessions share.
+pub(crate) struct PoolChild {
+    pub(crate) mux: Arc<Mux>,
+    /// The child's era bridge, attached by its first modern request (see [`crate::bridge`]).
+    pub(crate) bridge: OnceLock<Arc<ChildBridge>>,
     share: Option<Arc<SessionShare>>,
     _slot: Slot,
     created: Instant,
     last_used_ms: AtomicU64,
 }
 
-impl Entry {
+impl PoolChild {
+    /// Requests in flight, counting the `subscriptions/listen` streams the era bridge serves
+    /// itself, so the idle reaper leaves their child alone.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.mux.in_flight() + self.bridge.get().map_or(0, |b| b.listeners())
+    }
+
     fn touch(&self) {
         self.last_used_ms
             .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -75,7 +73,7 @@ struct Crashes {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum PoolError {
+pub(crate) enum PoolError {
     #[error("the server crashed {crashes} times in a row; next start in {retry_after:?}")]
     Backoff { crashes: u32, retry_after: Duration },
     #[error(transparent)]
@@ -87,8 +85,8 @@ pub enum PoolError {
 }
 
 #[derive(Default)]
-pub struct ChildPool {
-    map: Mutex<HashMap<PoolKey, Arc<Entry>>>,
+pub(crate) struct ChildPool {
+    map: Mutex<HashMap<PoolKey, Arc<PoolChild>>>,
     crashes: Mutex<HashMap<PoolKey, Crashes>>,
 }
 
@@ -99,20 +97,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl ChildPool {
     /// The child for this principal on this server, spawned if there is none (or it died).
     /// A pool child takes a session slot, so the caps bound it too.
-    pub fn get_or_spawn(
+    pub(crate) fn get_or_spawn(
         self: &Arc<Self>,
         server: &ServerRuntime,
         principal: &Principal,
         sessions: &SessionRegistry,
         tracker: &TaskTracker,
-    ) -> Result<Arc<Mux>, PoolError> {
+    ) -> Result<Arc<PoolChild>, PoolError> {
         self.entry(server, principal, sessions, tracker, false)
-            .map(|e| e.mux.clone())
     }
 
     /// The child that the session-era sessions of this principal (or of everyone, for
     /// `shared`) use under `child_scope = "principal" | "shared"`, with what they share.
-    pub fn get_or_spawn_for_sessions(
+    pub(crate) fn get_or_spawn_for_sessions(
         self: &Arc<Self>,
         server: &ServerRuntime,
         principal: &Principal,
@@ -131,7 +128,7 @@ impl ChildPool {
         sessions: &SessionRegistry,
         tracker: &TaskTracker,
         for_sessions: bool,
-    ) -> Result<Arc<Entry>, PoolError> {
+    ) -> Result<Arc<PoolChild>, PoolError> {
         let shared = server.config.child_scope == ChildScope::Shared;
         let key = PoolKey {
             server: server.name.clone(),
@@ -160,13 +157,14 @@ impl ChildPool {
             Some(owner) => tracing::info_span!("child", server = %server.name, sub = %owner.sub),
             None => tracing::info_span!("child", server = %server.name, scope = "shared"),
         };
-        let mux = Mux::spawn(&spec, span, tracker)?;
+        let mux = Mux::spawn(&spec, span, tracker, None)?;
         let share = for_sessions.then(|| Arc::new(SessionShare::default()));
         if let Some(share) = &share {
             mux.set_unrouted(share.broadcast.clone());
         }
-        let entry = Arc::new(Entry {
+        let entry = Arc::new(PoolChild {
             mux: mux.clone(),
+            bridge: OnceLock::new(),
             share,
             _slot: slot,
             created: Instant::now(),
@@ -222,22 +220,16 @@ impl ChildPool {
     }
 
     /// Stops children with no request in flight for longer than `idle`.
-    pub fn reap_idle(&self, idle: Duration) -> usize {
+    pub(crate) fn reap_idle(&self, idle: Duration) -> usize {
         let mut map = lock(&self.map);
         let before = map.len();
-        map.retain(|_, e| e.mux.in_flight() > 0 || e.idle_for() < idle);
+        map.retain(|_, e| e.in_flight() > 0 || e.idle_for() < idle);
         before - map.len()
-    }
-
-    /// Forgets every child; each stops as soon as no request in flight holds it any more
-    /// ([`ChildPool::stop_all`] stops them at once).
-    pub fn clear(&self) {
-        lock(&self.map).clear();
     }
 
     /// Stops every child now, also one still answering requests (whose callers then get the
     /// child-exit error): the end of a drain's grace.
-    pub fn stop_all(&self) {
+    pub(crate) fn stop_all(&self) {
         let mut map = lock(&self.map);
         for entry in map.values() {
             entry.mux.child().stop();
@@ -246,15 +238,15 @@ impl ChildPool {
     }
 
     /// Requests in flight across every pool child.
-    pub fn in_flight(&self) -> usize {
-        lock(&self.map).values().map(|e| e.mux.in_flight()).sum()
+    pub(crate) fn in_flight(&self) -> usize {
+        lock(&self.map).values().map(|e| e.in_flight()).sum()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         lock(&self.map).len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

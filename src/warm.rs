@@ -14,12 +14,12 @@ use tokio_util::task::TaskTracker;
 use crate::child::{self, ChildHandle, ChildSpec};
 
 /// A spawned, not yet initialized child and its output.
-pub struct Warm {
-    pub child: ChildHandle,
-    pub output: mpsc::Receiver<String>,
+pub(crate) struct Warm {
+    pub(crate) child: ChildHandle,
+    pub(crate) output: mpsc::Receiver<String>,
 }
 
-pub struct WarmPool {
+pub(crate) struct WarmPool {
     server: String,
     target: usize,
     spec: ChildSpec,
@@ -34,7 +34,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl WarmPool {
-    pub fn new(
+    pub(crate) fn new(
         server: &str,
         target: usize,
         spec: ChildSpec,
@@ -53,7 +53,7 @@ impl WarmPool {
     }
 
     /// A ready child, if one is alive; starts a refill either way.
-    pub fn take(self: &Arc<Self>) -> Option<Warm> {
+    pub(crate) fn take(self: &Arc<Self>) -> Option<Warm> {
         let warm = {
             let mut ready = lock(&self.ready);
             let mut found = None;
@@ -71,7 +71,7 @@ impl WarmPool {
 
     /// Spawns children until `target` are ready (one refill task at a time). Runs on the
     /// runtime's worker threads: a child's parent-death signal is tied to the spawning thread.
-    pub fn refill(self: &Arc<Self>) {
+    pub(crate) fn refill(self: &Arc<Self>) {
         if self.shutdown.is_cancelled() || self.refilling.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -87,7 +87,7 @@ impl WarmPool {
                     break;
                 }
                 let span = tracing::info_span!("warm", server = %pool.server);
-                match child::spawn(&pool.spec, span, &pool.tracker) {
+                match child::spawn_warm(&pool.spec, span, &pool.tracker) {
                     Ok((child, output)) => lock(&pool.ready).push_back(Warm { child, output }),
                     Err(e) => {
                         tracing::warn!(server = %pool.server, error = %e, "warm child could not be spawned");
@@ -101,17 +101,17 @@ impl WarmPool {
     }
 
     /// Pids of the children ready now (tests).
-    pub fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         lock(&self.ready).iter().map(|w| w.child.pid()).collect()
     }
 
     /// Children ready now.
-    pub fn ready(&self) -> usize {
+    pub(crate) fn ready(&self) -> usize {
         lock(&self.ready).len()
     }
 
     /// Stops every warm child (shutdown).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         lock(&self.ready).clear();
     }
 }

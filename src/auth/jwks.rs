@@ -49,22 +49,7 @@ pub enum JwksSource {
     Discovery { issuer: String },
 }
 
-/// Counters of one cache, for logs and metrics. Monotonic except `keys` and `last_success_unix`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct JwksStats {
-    /// Fetches that stored a new key set (start-up, background, unknown `kid`).
-    pub fetches_ok: u64,
-    /// Fetches (including discovery) that failed; the previous key set kept serving.
-    pub fetches_failed: u64,
-    /// Fetches caused by a token with an unknown `kid`.
-    pub unknown_kid_refetches: u64,
-    /// Unknown `kid`s answered from the cache because a refetch happened too recently.
-    pub unknown_kid_throttled: u64,
-    /// Keys in the current set.
-    pub keys: u64,
-    /// When the current set was fetched (seconds since the epoch); `None` before the first.
-    pub last_success_unix: Option<u64>,
-}
+pub use crate::metrics::JwksStats;
 
 #[derive(Debug, Default)]
 struct Counters {

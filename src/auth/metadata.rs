@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::state::AppState;
+use crate::config::Config;
 
 /// The well-known path (RFC 9728 §3).
 pub const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
@@ -66,8 +66,12 @@ pub fn resource_for(public_url: &str, rest: &str) -> String {
 /// of ours: the root document, and `/sse` and `/mcp` of every mounted server. Its scopes are
 /// those the endpoint understands: `auth.required_scopes`, the server's `required_scopes` and
 /// its tool rules' scopes (for the root document, every server's).
-pub fn document(state: &AppState, endpoint: &str) -> Option<ResourceMetadata> {
-    let config = &state.config;
+pub fn document(
+    config: &Config,
+    public_url: &str,
+    authorization_servers: Vec<String>,
+    endpoint: &str,
+) -> Option<ResourceMetadata> {
     let mut servers: Vec<&str> = Vec::new();
     if endpoint.is_empty() {
         servers.extend(config.servers.keys().map(String::as_str));
@@ -95,8 +99,8 @@ pub fn document(state: &AppState, endpoint: &str) -> Option<ResourceMetadata> {
     scopes.sort();
     scopes.dedup();
     Some(ResourceMetadata {
-        resource: format!("{}{endpoint}", state.public_url),
-        authorization_servers: state.auth.authorization_servers(),
+        resource: format!("{public_url}{endpoint}"),
+        authorization_servers,
         scopes_supported: scopes,
         bearer_methods_supported: vec!["header"],
         resource_name: "mcp-auth-proxy",

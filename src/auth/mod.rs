@@ -9,8 +9,9 @@ pub mod metadata;
 
 use std::fmt;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, header};
+
+use crate::error::Challenge;
 
 pub use jwt::Authenticator;
 
@@ -125,79 +126,49 @@ impl AuthError {
         }
     }
 
-    /// The HTTP answer: 401 with `WWW-Authenticate` (also for a token in the query string:
-    /// the client must authenticate again, with the header), or 403 for a missing scope.
-    /// `resource_metadata` is the RFC 9728 URL for the requested endpoint.
-    pub fn into_response_with(self, resource_metadata: &str) -> Response {
-        self.into_challenge(resource_metadata, "")
-    }
-
-    /// As [`AuthError::into_response_with`]; a 401 also names `scope`, the scopes the endpoint
-    /// requires (spec 2025-11-25 Authorization §Protected Resource Metadata Discovery
-    /// Requirements: "SHOULD include a scope parameter"), when there are any.
-    pub fn into_challenge(self, resource_metadata: &str, required_scope: &str) -> Response {
-        let scope_hint = if required_scope.is_empty() {
-            String::new()
-        } else {
-            format!("scope=\"{}\", ", quote_safe(required_scope))
-        };
-        let (status, params, description) = match &self {
-            AuthError::Missing => (StatusCode::UNAUTHORIZED, scope_hint, None),
+    /// The challenge that answers this refusal: 401 with `WWW-Authenticate` (also for a token
+    /// in the query string: the client must authenticate again, with the header), or 403 for
+    /// a missing scope. `resource_metadata` is the RFC 9728 URL for the requested endpoint; a
+    /// 401 also names `required_scope`, the scopes the endpoint requires (spec 2025-11-25
+    /// Authorization §Protected Resource Metadata Discovery Requirements: "SHOULD include a
+    /// scope parameter"), when there are any.
+    pub(crate) fn challenge(self, resource_metadata: String, required_scope: &str) -> Challenge {
+        let (error, header_description, description) = match &self {
+            AuthError::Missing => (None, None, "a bearer token is required"),
             AuthError::TokenInQuery => (
-                StatusCode::UNAUTHORIZED,
-                format!("error=\"invalid_request\", {scope_hint}"),
-                Some("tokens are accepted only in the Authorization header"),
+                Some("invalid_request"),
+                None,
+                "tokens are accepted only in the Authorization header",
             ),
-            AuthError::InsufficientScope { scope } => (
-                StatusCode::FORBIDDEN,
-                format!(
-                    "error=\"insufficient_scope\", scope=\"{}\", ",
-                    quote_safe(scope)
-                ),
-                Some("the token lacks a required scope"),
+            AuthError::InsufficientScope { .. } => (
+                Some("insufficient_scope"),
+                None,
+                "the token lacks a required scope",
             ),
             AuthError::Expired => (
-                StatusCode::UNAUTHORIZED,
-                format!(
-                    "error=\"invalid_token\", error_description=\"token expired\", {scope_hint}"
-                ),
+                Some("invalid_token"),
                 Some("token expired"),
+                "token expired",
             ),
             _ => (
-                StatusCode::UNAUTHORIZED,
-                format!("error=\"invalid_token\", {scope_hint}"),
-                Some("the token is not valid for this resource"),
+                Some("invalid_token"),
+                None,
+                "the token is not valid for this resource",
             ),
         };
-        let challenge = format!(
-            "Bearer {params}resource_metadata=\"{}\"",
-            quote_safe(resource_metadata)
-        );
-        let error = match &self {
-            AuthError::Missing => "unauthorized",
-            AuthError::TokenInQuery => "invalid_request",
-            AuthError::InsufficientScope { .. } => "insufficient_scope",
-            _ => "invalid_token",
+        let (forbidden, scope) = match self {
+            AuthError::InsufficientScope { scope } => (true, scope),
+            _ => (false, required_scope.to_owned()),
         };
-        let body = serde_json::json!({
-            "error": error,
-            "error_description": description.unwrap_or("a bearer token is required"),
-        });
-        let mut response = (status, axum::Json(body)).into_response();
-        if let Ok(value) = HeaderValue::from_str(&challenge) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, value);
+        Challenge {
+            forbidden,
+            error,
+            header_description,
+            description,
+            scope,
+            resource_metadata,
         }
-        response
     }
-}
-
-/// Characters that would break a quoted-string are dropped (values come from our own config).
-fn quote_safe(s: &str) -> String {
-    s.chars()
-        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
-        .collect()
 }
 
 /// Upper bound on a bearer token; real access tokens are a few KiB.
@@ -243,6 +214,7 @@ pub fn query_has_token(query: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
 
     #[test]
     fn bearer_parsing() {
@@ -266,43 +238,46 @@ mod tests {
         assert!(!query_has_token(None));
     }
 
+    /// The header as a client sees it, for each kind of refusal.
+    fn www(e: AuthError, scope: &str) -> (u16, String) {
+        use axum::response::IntoResponse;
+        let meta = "http://x/.well-known/oauth-protected-resource/sse".to_owned();
+        let r = crate::error::Error::Auth(Box::new(e.challenge(meta, scope))).into_response();
+        let h = r.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap_or_default()
+            .to_owned();
+        (r.status().as_u16(), h)
+    }
+
     #[test]
     fn unauthorized_challenges_name_the_required_scopes() {
-        let www = |e: AuthError, scope: &str| {
-            let r = e.into_challenge("http://x/.well-known/oauth-protected-resource/sse", scope);
-            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-            r.headers()[header::WWW_AUTHENTICATE]
-                .to_str()
-                .unwrap_or_default()
-                .to_owned()
-        };
         assert_eq!(
             www(AuthError::Missing, "mcp:tools"),
-            "Bearer scope=\"mcp:tools\", resource_metadata=\"http://x/.well-known/oauth-protected-resource/sse\""
+            (401, "Bearer scope=\"mcp:tools\", resource_metadata=\"http://x/.well-known/oauth-protected-resource/sse\"".into())
         );
         assert_eq!(
             www(AuthError::BadAudience, ""),
-            "Bearer error=\"invalid_token\", resource_metadata=\"http://x/.well-known/oauth-protected-resource/sse\""
+            (401, "Bearer error=\"invalid_token\", resource_metadata=\"http://x/.well-known/oauth-protected-resource/sse\"".into())
         );
         assert_eq!(
             www(AuthError::UnknownKey, "a b"),
-            "Bearer error=\"invalid_token\", scope=\"a b\", resource_metadata=\"http://x/.well-known/oauth-protected-resource/sse\""
+            (401, "Bearer error=\"invalid_token\", scope=\"a b\", resource_metadata=\"http://x/.well-known/oauth-protected-resource/sse\"".into())
         );
     }
 
     #[test]
     fn challenge_never_carries_the_error_detail_or_token() {
-        let r = AuthError::InsufficientScope {
-            scope: "mcp:admin".into(),
-        }
-        .into_response_with("http://x/.well-known/oauth-protected-resource/mcp");
-        assert_eq!(r.status(), StatusCode::FORBIDDEN);
-        let h = r.headers()[header::WWW_AUTHENTICATE]
-            .to_str()
-            .unwrap_or_default();
+        let (status, h) = www(
+            AuthError::InsufficientScope {
+                scope: "mcp:admin".into(),
+            },
+            "",
+        );
+        assert_eq!(status, 403);
         assert_eq!(
             h,
-            "Bearer error=\"insufficient_scope\", scope=\"mcp:admin\", resource_metadata=\"http://x/.well-known/oauth-protected-resource/mcp\""
+            "Bearer error=\"insufficient_scope\", scope=\"mcp:admin\", resource_metadata=\"http://x/.well-known/oauth-protected-resource/sse\""
         );
     }
 }

@@ -10,19 +10,21 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::{BridgeError, Era, Legacy};
+use crate::child::ChildError;
 use crate::config;
-use crate::mux::{Item, Mux};
-use crate::transport::streamable::MODERN_VERSIONS;
+use crate::mux::{Dispatch, Item, Mux};
+use crate::protocol::MODERN_VERSIONS;
+use crate::protocol::jsonrpc;
 
 /// How long the probe waits: a legacy server may stay silent on an unknown pre-`initialize`
 /// request (spec 2026-07-28 stdio §Backward Compatibility: "does not respond within a
 /// reasonable timeout: the server is legacy").
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the whole `initialize` exchange (a child may still be starting up).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Legacy versions offered in `initialize`, newest first; the next is tried when the child
 /// refuses one with an error.
-pub const LEGACY_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+const LEGACY_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 /// Modern errors that still identify a modern server (spec 2026-07-28 index §Error Codes):
 /// `HeaderMismatch`, `MissingRequiredClientCapability`, `UnsupportedProtocolVersion`.
 const MODERN_ERRORS: &[i64] = &[-32020, -32021, -32022];
@@ -31,14 +33,14 @@ const MODERN_ERRORS: &[i64] = &[-32020, -32021, -32022];
 /// 2026-07-28 versioning: clients MAY persist it for the same server configuration,
 /// re-probing if the cached assumption later fails).
 #[derive(Debug)]
-pub struct EraCache {
+pub(crate) struct EraCache {
     configured: config::Era,
     detected: Mutex<Option<Era>>,
     probes: AtomicU64,
 }
 
 impl EraCache {
-    pub fn new(configured: config::Era) -> Self {
+    pub(crate) fn new(configured: config::Era) -> Self {
         Self {
             configured,
             detected: Mutex::new(None),
@@ -47,7 +49,7 @@ impl EraCache {
     }
 
     /// The era, when configured or already probed.
-    pub fn known(&self) -> Option<Era> {
+    pub(crate) fn known(&self) -> Option<Era> {
         match self.configured {
             config::Era::Legacy => Some(Era::Legacy),
             config::Era::Modern => Some(Era::Modern),
@@ -66,7 +68,7 @@ impl EraCache {
     }
 
     /// Probes sent so far (tests: the cache spares later children the probe).
-    pub fn probes(&self) -> u64 {
+    pub(crate) fn probes(&self) -> u64 {
         self.probes.load(Ordering::Relaxed)
     }
 
@@ -100,10 +102,7 @@ async fn request(
     within: Duration,
 ) -> Result<Option<Value>, BridgeError> {
     let (tx, mut rx) = mpsc::channel(16);
-    let ticket = mux
-        .send_requests(&body.to_string(), None, tx, false)
-        .await
-        .map_err(BridgeError::from)?;
+    let ticket = send(mux, &body.to_string(), tx).await?;
     let answer = tokio::time::timeout(within, async {
         while let Some(item) = rx.recv().await {
             if let Item::Final(line) = item {
@@ -116,9 +115,27 @@ async fn request(
     drop(ticket);
     match answer {
         Ok(Some(line)) => Ok(serde_json::from_str(&line).ok()),
-        Ok(None) => Err(BridgeError::Child(crate::child::ChildError::Gone)),
+        Ok(None) => Err(BridgeError::Child(ChildError::Gone)),
         Err(_) => Ok(None),
     }
+}
+
+/// Sends a message of the proxy's own; its wait is bounded by the caller.
+async fn send(
+    mux: &Arc<Mux>,
+    body: &str,
+    tx: mpsc::Sender<Item>,
+) -> Result<crate::mux::Ticket, BridgeError> {
+    let message = jsonrpc::client_message(body.as_bytes())
+        .map_err(|e| BridgeError::Refused(e.message().to_owned()))?;
+    let dispatch = Dispatch {
+        owner: None,
+        tx,
+        cancel_on_drop: false,
+        timeout: false,
+        finish: None,
+    };
+    Ok(mux.send(&message, dispatch).await?)
 }
 
 /// Sends `server/discover` as the child's first message and classifies the answer.
@@ -184,11 +201,10 @@ pub(super) async fn handshake(mux: &Arc<Mux>) -> Result<Legacy, BridgeError> {
             return Err(BridgeError::Version(chosen.to_owned()));
         }
         let (tx, _rx) = mpsc::channel(1);
-        mux.send_requests(
+        send(
+            mux,
             r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-            None,
             tx,
-            false,
         )
         .await?;
         return Ok(Legacy {

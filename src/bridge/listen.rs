@@ -5,25 +5,20 @@
 //! per URI across the child's streams.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::task::{Context, Poll};
 
-use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use super::{ChildBridge, Legacy};
-use crate::auth::Principal;
-use crate::jsonrpc::ClientMessage;
-use crate::mux::{Mux, SUBSCRIPTION_ID};
-use crate::state::AppState;
-use crate::transport::streamable::sse_headers;
+use super::{ChildBridge, Legacy, StreamEnd};
+use crate::mux::Mux;
+use crate::protocol::SUBSCRIPTION_ID;
+use crate::protocol::jsonrpc::ClientMessage;
 
 /// Notifications waiting for one listen stream; past this a slow client misses some.
 const LISTEN_QUEUE: usize = 64;
@@ -278,15 +273,11 @@ pub(super) fn open(
     mux: &Arc<Mux>,
     legacy: &Legacy,
     message: &ClientMessage,
-    state: &AppState,
-    principal: &Principal,
-) -> Response {
-    let subscription_id: Value = message
-        .request_ids
-        .first()
-        .and_then(|id| serde_json::from_str(id).ok())
-        .unwrap_or(Value::Null);
-    let params = serde_json::from_slice::<Value>(&message.line)
+    end: StreamEnd,
+) -> ListenStream {
+    let subscription_id: Value =
+        serde_json::from_str(message.first_request_id()).unwrap_or(Value::Null);
+    let params = serde_json::from_str::<Value>(&message.line)
         .ok()
         .and_then(|m| m.get("params").cloned())
         .unwrap_or(Value::Null);
@@ -316,69 +307,51 @@ pub(super) fn open(
         "result": { "resultType": "complete", "_meta": { SUBSCRIPTION_ID: subscription_id } },
     })
     .to_string();
-    let expiry = state.config.auth.close_streams_on_expiry.then(|| {
-        Duration::from_secs(
-            principal
-                .exp
-                .saturating_sub(jsonwebtoken::get_current_timestamp()),
-        )
-    });
-    let stream = ListenStream {
+    ListenStream {
         rx,
         _guard: guard,
-        shutdown: state.shutdown.clone(),
-        exited: mux.child().exited_token(),
-        expiry: expiry.map(|d| Box::pin(tokio::time::sleep(d))),
+        shutdown: Box::pin(end.shutdown.cancelled_owned()),
+        exited: Box::pin(mux.child().exited_token().cancelled_owned()),
+        expiry: end.expiry.map(|d| Box::pin(tokio::time::sleep(d))),
         closing: Some(closing),
         done: false,
     }
-    .into_stream();
-    let keepalive = KeepAlive::new()
-        .interval(Duration::from_secs(state.config.http.sse_keepalive_secs))
-        .text("");
-    let mut response = Sse::new(stream).keep_alive(keepalive).into_response();
-    sse_headers(response.headers_mut());
-    response
 }
 
-struct ListenStream {
+/// The lines of one listen stream. It ends when the client goes away (the guard drops), with
+/// a graceful result on shutdown, and without one when the child exits or the token expires
+/// (the client re-listens).
+pub(crate) struct ListenStream {
     rx: mpsc::Receiver<String>,
     _guard: ListenGuard,
-    shutdown: CancellationToken,
-    exited: CancellationToken,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    exited: Pin<Box<WaitForCancellationFutureOwned>>,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     closing: Option<String>,
     done: bool,
 }
 
-impl ListenStream {
-    /// Ends when the client goes away (the guard drops), with a graceful result on shutdown,
-    /// and without one when the child exits or the token expires (the client re-listens).
-    fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-        futures::stream::unfold(self, |mut st| async move {
-            if st.done {
-                return None;
-            }
-            let expired = async {
-                match st.expiry.as_mut() {
-                    Some(d) => d.await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                line = st.rx.recv() => {
-                    let line = line?;
-                    Some((Ok(Event::default().data(line)), st))
-                }
-                _ = st.shutdown.cancelled() => {
-                    st.done = true;
-                    let closing = st.closing.take()?;
-                    Some((Ok(Event::default().data(closing)), st))
-                }
-                _ = st.exited.cancelled() => None,
-                _ = expired => None,
-            }
-        })
+impl Stream for ListenStream {
+    type Item = String;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(this.closing.take());
+        }
+        let expired = this
+            .expiry
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+        if expired || this.exited.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        this.rx.poll_recv(cx)
     }
 }
 

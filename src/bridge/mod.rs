@@ -2,8 +2,8 @@
 //! `initialize`-based stdio server, which by the spec's compatibility matrix cannot talk to a
 //! modern client at all (spec 2026-07-28 versioning §Compatibility Matrix).
 //!
-//! Every child that serves modern traffic (the per-principal and shared children of
-//! [`crate::pool`]) gets a [`ChildBridge`] before its first request:
+//! Every child that serves modern traffic (the per-principal and shared children of the pool)
+//! gets a [`ChildBridge`] before its first request:
 //! - its era is probed with `server/discover` (spec 2026-07-28 stdio §Backward Compatibility),
 //!   or taken from `era = "legacy" | "modern"`, and remembered per server ([`EraCache`]);
 //! - a **modern** child gets modern requests unchanged;
@@ -16,47 +16,50 @@
 //!
 //! Server-initiated requests cannot reach a stateless client: from any pool child they are
 //! answered with a JSON-RPC error (a `ping` with an empty result) and logged.
+//!
+//! The bridge returns data — answers as JSON-RPC lines, listen streams as streams of lines,
+//! failures as [`BridgeError`] — and leaves HTTP to the transport.
 
 mod era;
 mod listen;
 mod results;
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
 
-pub use era::{EraCache, LEGACY_VERSIONS, PROBE_TIMEOUT};
+pub(crate) use era::EraCache;
+pub(crate) use listen::ListenStream;
 
-use crate::auth::Principal;
 use crate::child::ChildError;
-use crate::jsonrpc::{self, ClientMessage};
+use crate::error::Error;
 use crate::mux::{Delivery, Finish, Mux, RouteError, Unrouted};
-use crate::state::{AppState, ServerRuntime};
-use crate::transport::http_error;
+use crate::protocol::METHOD_NOT_FOUND;
+use crate::protocol::jsonrpc::{self, ClientMessage};
 
 /// What a child speaks, once known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Era {
+pub(crate) enum Era {
     Legacy,
     Modern,
 }
 
 /// What the legacy child declared in its `InitializeResult`.
 #[derive(Debug, Clone)]
-pub struct Legacy {
+pub(crate) struct Legacy {
     /// The legacy protocol version the child agreed to.
-    pub protocol_version: String,
-    pub capabilities: serde_json::Value,
+    pub(crate) protocol_version: String,
+    pub(crate) capabilities: serde_json::Value,
     /// Its `serverInfo` (`Implementation`), `Null` when it sent none.
-    pub server_info: serde_json::Value,
-    pub instructions: Option<String>,
+    pub(crate) server_info: serde_json::Value,
+    pub(crate) instructions: Option<String>,
 }
 
 /// Why a child could not be made ready for modern requests.
 #[derive(Debug, thiserror::Error)]
-pub enum BridgeError {
+pub(crate) enum BridgeError {
     #[error(transparent)]
     Child(#[from] ChildError),
     #[error("the server did not answer initialize within {0:?}")]
@@ -77,20 +80,14 @@ impl From<RouteError> for BridgeError {
     }
 }
 
-impl IntoResponse for BridgeError {
-    fn into_response(self) -> Response {
-        match self {
-            BridgeError::Child(ChildError::Stalled) => http_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the MCP server is not accepting input",
-            ),
+impl From<BridgeError> for Error {
+    fn from(e: BridgeError) -> Self {
+        match e {
+            BridgeError::Child(ChildError::Stalled) => Error::Stalled,
             BridgeError::Child(ChildError::Spawn { .. } | ChildError::Gone)
             | BridgeError::Timeout(_)
             | BridgeError::Refused(_)
-            | BridgeError::Version(_) => http_error(
-                StatusCode::BAD_GATEWAY,
-                "the MCP server did not complete the initialize handshake",
-            ),
+            | BridgeError::Version(_) => Error::Handshake,
         }
     }
 }
@@ -103,7 +100,7 @@ enum Ready {
 
 /// The era state of one child: its probe/handshake (done once, by the first request) and the
 /// `subscriptions/listen` streams the proxy serves for it.
-pub struct ChildBridge {
+pub(crate) struct ChildBridge {
     mux: Weak<Mux>,
     ready: OnceCell<Ready>,
     listeners: listen::Listeners,
@@ -120,16 +117,8 @@ impl std::fmt::Debug for ChildBridge {
 
 impl ChildBridge {
     /// Listen streams open on this child.
-    pub fn listeners(&self) -> usize {
+    pub(crate) fn listeners(&self) -> usize {
         self.listeners.len()
-    }
-
-    /// The child's era, once probed (tests, logs).
-    pub fn era(&self) -> Option<Era> {
-        self.ready.get().map(|r| match r {
-            Ready::Modern => Era::Modern,
-            Ready::Legacy(_) => Era::Legacy,
-        })
     }
 
     /// Probes and, for a legacy child, performs the handshake — once; concurrent first
@@ -189,7 +178,7 @@ impl ChildBridge {
             );
             jsonrpc::error_response(
                 id.get(),
-                jsonrpc::METHOD_NOT_FOUND,
+                METHOD_NOT_FOUND,
                 "server-initiated requests are not available: this server is reached through \
                  mcp-auth-proxy by stateless 2026-07-28 clients",
             )
@@ -227,81 +216,70 @@ impl Finish for ChildBridge {
     }
 }
 
-/// The bridge of a pool child, created on first use: from then on it answers the child's
-/// server-initiated requests and receives its unrouted notifications.
-pub fn attach(mux: &Arc<Mux>) -> Arc<ChildBridge> {
-    mux.bridge_slot()
-        .get_or_init(|| {
-            let bridge = Arc::new(ChildBridge {
-                mux: Arc::downgrade(mux),
-                ready: OnceCell::new(),
-                listeners: listen::Listeners::default(),
-            });
-            mux.set_unrouted(bridge.clone());
-            bridge
-        })
-        .clone()
+/// The bridge of a pool child, created on first use (in `slot`, which the pool keeps beside
+/// the child): from then on it answers the child's server-initiated requests and receives its
+/// unrouted notifications.
+fn attach(slot: &OnceLock<Arc<ChildBridge>>, mux: &Arc<Mux>) -> Arc<ChildBridge> {
+    slot.get_or_init(|| {
+        let bridge = Arc::new(ChildBridge {
+            mux: Arc::downgrade(mux),
+            ready: OnceCell::new(),
+            listeners: listen::Listeners::default(),
+        });
+        mux.set_unrouted(bridge.clone());
+        bridge
+    })
+    .clone()
 }
 
 /// What the bridge made of a modern request.
-pub enum Bridged {
-    /// The proxy answered it itself (or could not make the child ready).
-    Answered(Response),
+pub(crate) enum Bridged {
+    /// The proxy answers it itself: one JSON-RPC line.
+    Answer(String),
+    /// A `subscriptions/listen` stream the proxy serves itself.
+    Listen(ListenStream),
     /// Send it to the child: unchanged (`None`) or rewritten.
     Forward(Option<ClientMessage>),
 }
 
-/// Readies `mux`'s child for modern requests and decides what to do with this one (a
-/// request, already validated by the transport).
-pub async fn prepare(
-    state: &AppState,
-    server: &ServerRuntime,
-    mux: &Arc<Mux>,
-    principal: &Principal,
-    message: &ClientMessage,
-) -> Bridged {
-    let bridge = attach(mux);
-    let legacy = match bridge.ready(mux, &server.era).await {
-        Ok(Ready::Modern) => return Bridged::Forward(None),
-        Ok(Ready::Legacy(legacy)) => legacy,
-        Err(e) => {
-            tracing::error!(server = %server.name, error = %e, "the server could not be readied for 2026-07-28 requests; stopping it");
-            mux.child().stop();
-            return Bridged::Answered(e.into_response());
-        }
-    };
-    let id = message.request_ids.first().map_or("null", String::as_str);
-    match message.first_method.as_deref() {
-        Some("server/discover") => {
-            Bridged::Answered(json_answer(id, &results::discover_result(&legacy)))
-        }
-        Some("subscriptions/listen") => Bridged::Answered(listen::open(
-            &bridge, mux, &legacy, message, state, principal,
-        )),
-        _ => {
-            Bridged::Forward(
-                results::strip_modern_meta(&message.line).map(|line| ClientMessage {
-                    line,
-                    request_ids: message.request_ids.clone(),
-                    batch: message.batch,
-                    kinds: message.kinds.clone(),
-                    first_method: message.first_method.clone(),
-                }),
-            )
-        }
-    }
+/// What a listen stream needs beyond the request: when it must end.
+pub(crate) struct StreamEnd {
+    pub(crate) shutdown: CancellationToken,
+    /// Time left until the caller's token expires, when streams close on expiry.
+    pub(crate) expiry: Option<Duration>,
 }
 
-/// A JSON-RPC result as `application/json`; `id` is raw JSON.
-fn json_answer(id: &str, result: &serde_json::Value) -> Response {
-    let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{result}}}"#);
-    (
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
+/// Readies `mux`'s child for modern requests and decides what to do with this one (a
+/// request, already validated by the transport). A child that cannot be readied is stopped.
+pub(crate) async fn prepare(
+    era: &EraCache,
+    slot: &OnceLock<Arc<ChildBridge>>,
+    mux: &Arc<Mux>,
+    message: &ClientMessage,
+    end: StreamEnd,
+) -> Result<Bridged, BridgeError> {
+    let bridge = attach(slot, mux);
+    let legacy = match bridge.ready(mux, era).await {
+        Ok(Ready::Modern) => return Ok(Bridged::Forward(None)),
+        Ok(Ready::Legacy(legacy)) => legacy,
+        Err(e) => {
+            tracing::error!(error = %e, "the server could not be readied for 2026-07-28 requests; stopping it");
+            mux.child().stop();
+            return Err(e);
+        }
+    };
+    let id = message.first_request_id();
+    Ok(match message.first_method() {
+        Some("server/discover") => Bridged::Answer(format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"result":{}}}"#,
+            results::discover_result(&legacy)
+        )),
+        Some("subscriptions/listen") => {
+            Bridged::Listen(listen::open(&bridge, mux, &legacy, message, end))
+        }
+        _ => Bridged::Forward(
+            results::strip_modern_meta(message.line.as_bytes())
+                .and_then(|line| jsonrpc::client_message(&line).ok()),
+        ),
+    })
 }

@@ -10,7 +10,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::Legacy;
-use crate::transport::streamable::MODERN_VERSIONS;
+use crate::protocol::jsonrpc;
+use crate::protocol::{INVALID_PARAMS, MODERN_VERSIONS};
 
 /// `ttlMs` the proxy adds where a legacy result has none: immediately stale, since the proxy
 /// cannot know how long the child's lists stay valid (schema `CacheableResult`).
@@ -32,7 +33,6 @@ const MODERN_META_PREFIX: &str = "io.modelcontextprotocol/";
 /// Legacy "resource not found", renumbered to Invalid Params in 2026-07-28 (changelog, minor
 /// change 6).
 const LEGACY_RESOURCE_NOT_FOUND: i64 = -32002;
-const INVALID_PARAMS: i64 = -32602;
 
 /// Capabilities of a legacy `InitializeResult` that keep their meaning for a modern client.
 /// Left out: `logging` (legacy log messages belong to no request, and modern clients only get
@@ -179,17 +179,6 @@ fn write_object(members: &[(&str, &str)]) -> String {
     out
 }
 
-/// `line` with the raw value `part` (borrowed from `line`) replaced by `with`.
-fn replace_raw(line: &str, part: &RawValue, with: &str) -> Option<String> {
-    let start = (part.get().as_ptr() as usize).checked_sub(line.as_ptr() as usize)?;
-    let end = start.checked_add(part.get().len())?;
-    let mut out = String::with_capacity(line.len() + with.len());
-    out.push_str(line.get(..start)?);
-    out.push_str(with);
-    out.push_str(line.get(end..)?);
-    Some(out)
-}
-
 /// [`finish`] for the usual answer, from raw members: a result object without a `_meta` of
 /// its own to merge the server's identity into. `None`: the tree handles it.
 fn finish_raw(method: &str, line: &str, server_info: &Value) -> Option<String> {
@@ -223,7 +212,7 @@ fn finish_raw(method: &str, line: &str, server_info: &Value) -> Option<String> {
         meta = format!(r#"{{"{SERVER_INFO}":{server_info}}}"#);
         members.push(("_meta", &meta));
     }
-    replace_raw(line, raw, &write_object(&members))
+    jsonrpc::splice(line, raw.get(), &write_object(&members))
 }
 
 /// Removes the modern `_meta` keys from a request for a legacy child (an empty `_meta` goes
@@ -268,7 +257,7 @@ pub(super) fn strip_modern_meta(line: &[u8]) -> Option<Vec<u8>> {
             )
         })
         .collect();
-    replace_raw(text, raw_params, &write_object(&members)).map(String::into_bytes)
+    jsonrpc::splice(text, raw_params.get(), &write_object(&members)).map(String::into_bytes)
 }
 
 /// [`strip_modern_meta`] on the parsed request: the reference the raw one is tested against.

@@ -681,7 +681,6 @@ async fn unknown_kid_refetch_is_rate_limited_and_finds_new_keys() {
     let stats = s
         .proxy
         .state
-        .auth
         .jwks_stats()
         .into_iter()
         .find(|(iss, _)| iss == JWKS_ISSUER)

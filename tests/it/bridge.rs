@@ -140,7 +140,7 @@ async fn example_server_answers_modern_clients_as_it_answers_legacy_ones() {
     )
     .await;
     assert_eq!(text(&modern_result(&bob, false)), "bob");
-    assert_eq!(proxy.state.servers["default"].era.probes(), 1);
+    assert_eq!(proxy.state.era_probes("default"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,17 +214,17 @@ async fn listen_streams_get_the_list_changes_they_asked_for() {
     );
 
     // Closing the streams forgets them; the children stay.
-    assert_eq!(proxy.state.pool.in_flight(), 3);
+    assert_eq!(proxy.state.pool_in_flight(), 3);
     drop((tools, prompts, bobs));
     let deadline = tokio::time::Instant::now() + WAIT;
-    while proxy.state.pool.in_flight() > 0 {
+    while proxy.state.pool_in_flight() > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "listen streams still registered"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(proxy.state.pool.len(), 2);
+    assert_eq!(proxy.state.pool_len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +289,7 @@ async fn a_modern_child_is_passed_through_and_the_era_can_be_pinned() {
         modern_result(&a, false)["_meta"],
         json!({"fixture/era": "modern"})
     );
-    assert_eq!(proxy.state.servers["default"].era.probes(), 1);
+    assert_eq!(proxy.state.era_probes("default"), 1);
     // Configured eras are never probed.
     let url = format!("{}/servers/forced/mcp", proxy.url);
     let a = mcp::modern(&url, &token, json!(1), "tools/call", call.clone()).await;
@@ -308,7 +308,7 @@ async fn a_modern_child_is_passed_through_and_the_era_can_be_pinned() {
         json!({"content":[{"type":"text","text":"m"}]})
     );
     for name in ["forced", "pinned", "off"] {
-        assert_eq!(proxy.state.servers[name].era.probes(), 0, "{name}");
+        assert_eq!(proxy.state.era_probes(name), 0, "{name}");
     }
     // A legacy client's initialize still gets a session of its own.
     let s = Session::open(
@@ -343,7 +343,7 @@ async fn a_child_that_refuses_the_handshake_gets_502_and_is_stopped() {
     .await;
     assert_eq!(a.status, 502, "{a:?}");
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !proxy.state.pool.is_empty() {
+    while proxy.state.pool_len() != 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the child was not stopped"

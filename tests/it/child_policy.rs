@@ -43,14 +43,10 @@ async fn principal_scope_one_child_per_principal_across_sessions() {
         }
     }
     let mut pids: HashMap<&str, HashSet<u32>> = HashMap::new();
-    for s in proxy.state.sessions.all() {
-        pids.entry(if s.owner.sub == "alice" {
-            "alice"
-        } else {
-            "bob"
-        })
-        .or_default()
-        .insert(s.child().pid());
+    for (sub, pid) in proxy.state.session_children() {
+        pids.entry(if sub == "alice" { "alice" } else { "bob" })
+            .or_default()
+            .insert(pid);
     }
     assert_eq!(pids["alice"].len(), 1, "{pids:?}");
     assert_eq!(pids["bob"].len(), 1, "{pids:?}");
@@ -95,13 +91,7 @@ async fn shared_scope_one_child_for_everyone() {
     let url = format!("{}/mcp", proxy.url);
     let a = Session::open(&url, &proxy.token("alice"), "2025-11-25").await;
     let b = Session::open(&url, &proxy.token("bob"), "2025-11-25").await;
-    let pids: HashSet<u32> = proxy
-        .state
-        .sessions
-        .all()
-        .iter()
-        .map(|s| s.child().pid())
-        .collect();
+    let pids: HashSet<u32> = proxy.state.session_pids().into_iter().collect();
     assert_eq!(pids.len(), 1);
     let (x, y) = tokio::join!(
         a.call_tool(json!(9), "echo", json!({"message": "a"})),
@@ -122,20 +112,16 @@ async fn shared_scope_one_child_for_everyone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_pool_hands_out_prespawned_children_and_refills() {
     let proxy = Proxy::with_config(&server("warm_pool = 2"), &[]).await;
-    let warm = proxy.state.servers["default"]
-        .warm
-        .get()
-        .expect("warm pool")
-        .clone();
+    let warm_pids = || proxy.state.warm_pids("default");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while warm.ready() < 2 {
+    while warm_pids().len() < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "warm pool never filled"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let before: HashSet<u32> = warm.pids().into_iter().collect();
+    let before: HashSet<u32> = warm_pids().into_iter().collect();
     let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &proxy.token("alice")).await;
     c.initialize().await;
     let s = Session::open(
@@ -144,13 +130,7 @@ async fn warm_pool_hands_out_prespawned_children_and_refills() {
         "2025-11-25",
     )
     .await;
-    let used: HashSet<u32> = proxy
-        .state
-        .sessions
-        .all()
-        .iter()
-        .map(|s| s.child().pid())
-        .collect();
+    let used: HashSet<u32> = proxy.state.session_pids().into_iter().collect();
     assert_eq!(used, before, "sessions got the prespawned children");
     assert_eq!(
         text(
@@ -164,14 +144,14 @@ async fn warm_pool_hands_out_prespawned_children_and_refills() {
             .await,
         "warm"
     );
-    while warm.ready() < 2 {
+    while warm_pids().len() < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "warm pool not refilled"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(warm.pids().iter().all(|p| !before.contains(p)));
+    assert!(warm_pids().iter().all(|p| !before.contains(p)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +211,7 @@ async fn idle_sessions_are_reaped_even_with_an_open_stream() {
     let proxy = Proxy::with_config(&cfg, &[]).await;
     let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &proxy.token("alice")).await;
     c.initialize().await;
-    let pid = proxy.state.sessions.all()[0].child().pid();
+    let pid = proxy.state.session_pids()[0];
     let s = Session::open(
         &format!("{}/mcp", proxy.url),
         &proxy.token("bob"),
@@ -245,7 +225,7 @@ async fn idle_sessions_are_reaped_even_with_an_open_stream() {
     );
     assert!(wait_group_empty(pid, Duration::from_secs(10)).await);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !proxy.state.sessions.is_empty() {
+    while proxy.state.session_count() != 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the idle Streamable session was not reaped"
@@ -302,7 +282,7 @@ async fn crash_looping_child_backs_off_then_is_held() {
     let proxy = Proxy::with_config(&server("era = \"legacy\""), &[]).await;
     let url = format!("{}/mcp", proxy.url);
     let token = proxy.token("alice");
-    let limit = mcp_auth_proxy::pool::CRASH_LOOP_LIMIT as usize;
+    let limit = mcp_auth_proxy::CRASH_LOOP_LIMIT as usize;
     let mut refused = 0;
     let mut crashes = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -312,7 +292,7 @@ async fn crash_looping_child_backs_off_then_is_held() {
             "crash loop not reached in time"
         );
         // Wait until the pool has forgotten the last child, so the next request starts one.
-        while !proxy.state.pool.is_empty() {
+        while proxy.state.pool_len() != 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let a = mcp::modern(
@@ -332,7 +312,7 @@ async fn crash_looping_child_backs_off_then_is_held() {
         }
     }
     assert!(refused > 0, "restarts were never delayed");
-    while !proxy.state.pool.is_empty() {
+    while proxy.state.pool_len() != 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let held = mcp::modern(

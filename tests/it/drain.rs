@@ -24,7 +24,7 @@ async fn draining_refuses_new_sessions_and_ends_when_the_last_session_does() {
     let token = proxy.token("alice");
     let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &token).await;
     c.initialize().await;
-    let pid = proxy.state.sessions.all()[0].child().pid();
+    let pid = proxy.state.session_pids()[0];
 
     proxy.begin_shutdown().await;
     let get = |path: &str| {
@@ -82,7 +82,7 @@ async fn after_the_grace_in_flight_requests_are_answered_and_streams_close() {
     let mut proxy = Proxy::with_config(&config(1), &[]).await;
     let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &proxy.token("alice")).await;
     c.initialize().await;
-    let pid = proxy.state.sessions.all()[0].child().pid();
+    let pid = proxy.state.session_pids()[0];
     assert_eq!(
         c.post(&json!({"jsonrpc":"2.0","id":"long","method":"tools/call",
             "params":{"name":"sleep","arguments":{"ms":60000}}}))
@@ -132,7 +132,7 @@ async fn streamable_sessions_and_in_flight_requests_survive_the_drain() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.state.pool.in_flight() == 0 {
+    while proxy.state.pool_in_flight() == 0 {
         assert!(
             Instant::now() < deadline,
             "the modern request never started"
@@ -209,7 +209,7 @@ async fn a_sessionless_request_past_the_grace_is_told() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.state.pool.in_flight() == 0 {
+    while proxy.state.pool_in_flight() == 0 {
         assert!(Instant::now() < deadline, "the request never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -11,14 +11,10 @@ use crate::common::{Proxy, group_members, wait_gone, wait_group_empty};
 async fn session_with_grandchild(proxy: &Proxy) -> (SseClient, u32, u32) {
     let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &proxy.token("alice")).await;
     c.initialize().await;
-    let session = proxy
+    let child_pid = proxy
         .state
-        .sessions
-        .all()
-        .into_iter()
-        .find(|s| s.id == c.session_id)
+        .session_pid(&c.session_id)
         .expect("session registered");
-    let child_pid = session.child().pid();
     let gc: u32 = c
         .tool_text(json!("gc"), "spawn_grandchild", json!({}))
         .await
@@ -45,7 +41,7 @@ async fn client_disconnect_ends_the_session_and_its_process_group() {
     );
     assert!(wait_gone(gc, Duration::from_secs(1)).await);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !proxy.state.sessions.is_empty() {
+    while proxy.state.session_count() != 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "session not removed"
@@ -96,7 +92,7 @@ async fn a_child_that_ignores_sigterm_is_killed() {
     let proxy = Proxy::start().await;
     let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &proxy.token("alice")).await;
     c.initialize().await;
-    let pid = proxy.state.sessions.all()[0].child().pid();
+    let pid = proxy.state.session_pids()[0];
     assert_eq!(
         c.tool_text(json!(1), "ignore_sigterm", json!({})).await,
         "ok"

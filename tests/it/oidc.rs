@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mcp_auth_proxy::auth::jwks::JwksStats;
+use mcp_auth_proxy::JwksStats;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
@@ -201,7 +201,6 @@ required_scopes = ["mcp:admin"]
 fn stats(proxy: &Proxy) -> JwksStats {
     proxy
         .state
-        .auth
         .jwks_stats()
         .first()
         .map(|(_, s)| *s)
@@ -380,7 +379,7 @@ async fn readiness_and_background_refresh_follow_the_provider() {
     .await;
     let r = http().get(&readyz).send().await.expect("readyz");
     assert_eq!(r.status(), 503, "ready before any key was fetched");
-    assert!(!proxy.state.auth.keys_loaded());
+    assert!(!proxy.state.keys_loaded());
 
     idp.command("UP").await;
     let misnamed_failures = stats(&misnamed).fetches_failed;
@@ -392,7 +391,7 @@ async fn readiness_and_background_refresh_follow_the_provider() {
         async || stats(&misnamed).fetches_failed > misnamed_failures + 1,
     )
     .await;
-    assert!(!misnamed.state.auth.keys_loaded());
+    assert!(!misnamed.state.keys_loaded());
     let r = http()
         .get(format!("{}/readyz", misnamed.url))
         .send()

@@ -96,9 +96,11 @@ async fn metrics_are_present_and_move_with_traffic() {
     ), "{text}");
 
     // The client goes away: the session and its child end, and the metrics say so.
-    let session = proxy.state.sessions.all()[0].clone();
+    let child_exit = proxy
+        .state
+        .session_child_exit(proxy.state.session_pids()[0]);
     drop(c);
-    tokio::time::timeout(Duration::from_secs(10), session.child().wait())
+    tokio::time::timeout(Duration::from_secs(10), child_exit)
         .await
         .expect("child stopped");
     let text = proxy.metrics().await;

@@ -128,7 +128,7 @@ async fn session_era_statuses() {
         .expect("delete");
     assert_eq!(r.status(), 405);
     // DELETE ends the session and its child; reuse is 404.
-    let pid = proxy.state.sessions.all()[0].child().pid();
+    let pid = proxy.state.session_pids()[0];
     let r = http()
         .delete(&url)
         .bearer_auth(&token)
@@ -435,7 +435,7 @@ async fn modern_era_same_ids_from_many_clients_never_collide() {
         );
     }
     // One child per principal, reused.
-    assert_eq!(proxy.state.pool.len(), 5);
+    assert_eq!(proxy.state.pool_len(), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,7 +459,7 @@ async fn modern_era_closing_the_stream_cancels_at_the_child() {
     assert!(slow.is_err(), "the slow call should still be running");
     // The route is forgotten as soon as the client goes away (and the child is told).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while proxy.state.pool.in_flight() > 0 {
+    while proxy.state.pool_in_flight() > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "route still registered"
@@ -476,5 +476,5 @@ async fn modern_era_closing_the_stream_cancels_at_the_child() {
     )
     .await;
     assert_eq!(text(&a), "after");
-    assert_eq!(proxy.state.pool.len(), 1);
+    assert_eq!(proxy.state.pool_len(), 1);
 }

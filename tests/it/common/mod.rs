@@ -12,8 +12,8 @@ pub mod sse;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mcp_auth_proxy::AppState;
 use mcp_auth_proxy::config::Config;
-use mcp_auth_proxy::state::AppState;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -114,9 +114,7 @@ impl Proxy {
     }
 
     pub fn spawned(&self) -> u64 {
-        self.state
-            .spawned
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.state.spawned()
     }
 
     /// Sends the shutdown signal (as SIGTERM would) and waits until draining has begun.
@@ -124,7 +122,7 @@ impl Proxy {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
-        tokio::time::timeout(Duration::from_secs(5), self.state.draining.cancelled())
+        tokio::time::timeout(Duration::from_secs(5), self.state.draining_started())
             .await
             .expect("draining starts");
     }

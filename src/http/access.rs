@@ -7,15 +7,19 @@ use std::time::Instant;
 use axum::extract::Request;
 use axum::response::Response;
 
+use super::AppState;
 use crate::metrics::{method_label, transport_of};
-use crate::state::AppState;
-use crate::transport::sse::SESSION_HEADER;
+use crate::protocol::SESSION_HEADER;
 
 /// Longest session id echoed into the log (ours are 32 hex digits).
 const MAX_LOGGED_SESSION_ID: usize = 64;
 
 /// Runs `inner` (the rest of the stack) on `request`, then measures and logs it.
-pub async fn log_and_measure<F, Fut>(state: &AppState, request: Request, inner: F) -> Response
+pub(crate) async fn log_and_measure<F, Fut>(
+    state: &AppState,
+    request: Request,
+    inner: F,
+) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: Future<Output = Response>,

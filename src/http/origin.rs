@@ -10,8 +10,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use url::Url;
 
+use super::forwarded::request_host;
 use crate::config::HttpConfig;
-use crate::forwarded::request_host;
+use crate::error::Error;
 
 /// Request headers a browser client may send (MCP transports and auth).
 const ALLOW_HEADERS: &str = "authorization, content-type, accept, last-event-id, mcp-session-id, mcp-protocol-version, mcp-method, mcp-name";
@@ -25,7 +26,7 @@ const OPS_PATHS: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
 /// Who may call from a browser, and under which host names.
 #[derive(Debug)]
-pub struct OriginPolicy {
+pub(crate) struct OriginPolicy {
     any_origin: bool,
     /// ASCII-serialized origins (`https://app.example.com`, default port dropped).
     origins: Vec<String>,
@@ -43,7 +44,7 @@ fn origin_of(url: &str) -> Option<String> {
 
 impl OriginPolicy {
     /// The allowed origins are `allowed_origins` plus `public_url`'s own origin.
-    pub fn new(config: &HttpConfig, public_url: &str) -> Self {
+    pub(crate) fn new(config: &HttpConfig, public_url: &str) -> Self {
         let mut origins: Vec<String> = config
             .allowed_origins
             .iter()
@@ -95,15 +96,11 @@ fn host_name(host: &str) -> &str {
 /// The 403 answer: a JSON-RPC error without an id (spec: "MAY comprise a JSON-RPC error
 /// response that has no id").
 fn forbidden(message: &'static str) -> Response {
-    let body = serde_json::json!({
-        "jsonrpc": "2.0",
-        "error": { "code": crate::jsonrpc::INVALID_REQUEST, "message": message },
-    });
-    (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
+    Error::Forbidden(message).into_response()
 }
 
 /// The middleware: Host, then Origin, then a preflight answer or CORS headers on the response.
-pub async fn guard(policy: &OriginPolicy, request: Request, next: Next) -> Response {
+pub(crate) async fn guard(policy: &OriginPolicy, request: Request, next: Next) -> Response {
     if !OPS_PATHS.contains(&request.uri().path()) && !policy.host_allowed(request.headers()) {
         tracing::info!("request refused: Host not in http.allowed_hosts");
         return forbidden("Host not allowed");

@@ -15,9 +15,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::auth::jwks::JwksStats;
-use crate::child::ExitReason;
-use crate::session::CapError;
+mod child;
+mod jwks;
+
+use child::exit_reason_label;
+pub(crate) use child::{ChildMetrics, ExitReason};
+pub use jwks::JwksStats;
 
 /// The `Content-Type` of `/metrics`.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -100,64 +103,6 @@ impl std::fmt::Debug for Metrics {
 #[derive(Debug, Clone, Default)]
 pub struct ServerMetrics {
     pub child: ChildMetrics,
-}
-
-/// What a child's life records: spawns, the live count, exits by reason, and the JSON-RPC
-/// traffic through its stdin and stdout (whatever the transport).
-#[derive(Debug, Clone, Default)]
-pub struct ChildMetrics {
-    children_active: Gauge,
-    spawned: Counter,
-    spawn_failed: Counter,
-    exit_stopped: Counter,
-    exit_exited: Counter,
-    exit_consumer_gone: Counter,
-    bytes_to_child: Counter,
-    bytes_from_child: Counter,
-    messages_to_child: Counter,
-    messages_from_child: Counter,
-}
-
-impl ChildMetrics {
-    /// One line written to the child's stdin (its length without the newline).
-    pub fn relayed_to_child(&self, bytes: usize) {
-        self.messages_to_child.inc();
-        self.bytes_to_child.inc_by(bytes as u64);
-    }
-
-    /// One JSON line read from the child's stdout and passed on.
-    pub fn relayed_from_child(&self, bytes: usize) {
-        self.messages_from_child.inc();
-        self.bytes_from_child.inc_by(bytes as u64);
-    }
-
-    pub fn spawned(&self) {
-        self.spawned.inc();
-        self.children_active.inc();
-    }
-
-    pub fn spawn_failed(&self) {
-        self.spawn_failed.inc();
-    }
-
-    /// The child and its process group are gone.
-    pub fn exited(&self, reason: ExitReason) {
-        self.children_active.dec();
-        match reason {
-            ExitReason::Stopped => self.exit_stopped.inc(),
-            ExitReason::Exited => self.exit_exited.inc(),
-            ExitReason::ConsumerGone => self.exit_consumer_gone.inc(),
-        };
-    }
-}
-
-/// The label value of an exit reason.
-pub fn exit_reason_label(reason: ExitReason) -> &'static str {
-    match reason {
-        ExitReason::Stopped => "stopped",
-        ExitReason::Exited => "exited",
-        ExitReason::ConsumerGone => "consumer_gone",
-    }
 }
 
 /// Which transport a request path belongs to (a label with three values).
@@ -348,12 +293,8 @@ impl Metrics {
             .inc();
     }
 
-    /// A new session refused by a cap.
-    pub fn refused_cap(&self, e: CapError) {
-        let reason = match e {
-            CapError::Global => "max_sessions",
-            CapError::PerPrincipal => "max_sessions_per_principal",
-        };
+    /// A new session refused by a cap (`max_sessions`, `max_sessions_per_principal`).
+    pub(crate) fn refused_cap(&self, reason: &'static str) {
         self.sessions_refused
             .get_or_create(&ReasonLabels { reason })
             .inc();
@@ -385,73 +326,13 @@ impl Metrics {
         {
             tracing::error!(error = %e, "encoding metrics failed");
         }
-        render_jwks(&mut out, jwks);
+        jwks::render(&mut out, jwks);
         out
     }
 }
 
-/// Appends the JWKS caches' own counters (kept by `auth::jwks`, read at scrape time).
-fn render_jwks(out: &mut String, jwks: &[(String, JwksStats)]) {
-    use std::fmt::Write;
-    if jwks.is_empty() {
-        return;
-    }
-    /// Name, type, help, and the value of one issuer's stats.
-    type Series = (
-        &'static str,
-        &'static str,
-        &'static str,
-        fn(&JwksStats) -> Option<u64>,
-    );
-    let series: [Series; 5] = [
-        (
-            "jwks_fetches_total",
-            "counter",
-            "JWKS fetches per issuer that stored a new key set (start-up, refresh, unknown kid)",
-            |s| Some(s.fetches_ok),
-        ),
-        (
-            "jwks_fetch_failures_total",
-            "counter",
-            "JWKS or discovery fetches per issuer that failed (the last good key set kept serving)",
-            |s| Some(s.fetches_failed),
-        ),
-        (
-            "jwks_unknown_kid_refetches_total",
-            "counter",
-            "JWKS fetches per issuer caused by a token with an unknown kid",
-            |s| Some(s.unknown_kid_refetches),
-        ),
-        (
-            "jwks_keys",
-            "gauge",
-            "Keys in each issuer's current key set",
-            |s| Some(s.keys),
-        ),
-        (
-            "jwks_last_success_timestamp_seconds",
-            "gauge",
-            "When each issuer's current key set was fetched",
-            |s| s.last_success_unix,
-        ),
-    ];
-    for (name, kind, help, value) in series {
-        let _ = writeln!(out, "# HELP {PREFIX}_{name} {help}.");
-        let _ = writeln!(out, "# TYPE {PREFIX}_{name} {kind}");
-        for (issuer, stats) in jwks {
-            if let Some(v) = value(stats) {
-                let _ = writeln!(
-                    out,
-                    "{PREFIX}_{name}{{issuer=\"{}\"}} {v}",
-                    escape_label(issuer)
-                );
-            }
-        }
-    }
-}
-
 /// A label value in the text format: backslash, double quote and newline escaped.
-fn escape_label(v: &str) -> String {
+pub(super) fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

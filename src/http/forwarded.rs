@@ -11,7 +11,7 @@ const MAX_HOST_LEN: usize = 261;
 
 /// `public_url` (`scheme://authority[/prefix]`, no trailing slash) with the forwarded scheme
 /// and host applied. An absent or malformed header leaves that part unchanged.
-pub fn public_url<'a>(public_url: &'a str, headers: &HeaderMap) -> Cow<'a, str> {
+pub(crate) fn public_url<'a>(public_url: &'a str, headers: &HeaderMap) -> Cow<'a, str> {
     let proto = first_value(headers, "x-forwarded-proto").and_then(scheme);
     let host = first_value(headers, "x-forwarded-host").filter(|h| is_authority(h));
     if proto.is_none() && host.is_none() {
@@ -30,7 +30,7 @@ pub fn public_url<'a>(public_url: &'a str, headers: &HeaderMap) -> Cow<'a, str> 
 }
 
 /// The host a request was addressed to: the trusted `X-Forwarded-Host`, else `Host`.
-pub fn request_host(headers: &HeaderMap, trust_forwarded: bool) -> Option<&str> {
+pub(crate) fn request_host(headers: &HeaderMap, trust_forwarded: bool) -> Option<&str> {
     if trust_forwarded && let Some(h) = first_value(headers, "x-forwarded-host") {
         return Some(h);
     }

@@ -1,4 +1,4 @@
-//! The standalone GET stream of a Streamable HTTP session (spec 2025-11-25 Transports
+//! The replay buffer of a Streamable HTTP session's standalone GET stream (spec 2025-11-25 Transports
 //! §Listening for Messages from the Server): server-initiated requests and notifications,
 //! each with an event id, kept in a bounded buffer so a reconnecting client can ask for what it
 //! missed with `Last-Event-ID` (§Resumability and Redelivery).
@@ -8,15 +8,16 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
+use super::lock;
 use crate::mux::{Delivery, Unrouted};
 
 /// Events kept for replay; older ones are forgotten.
-pub const REPLAY_BUFFER: usize = 256;
+const REPLAY_BUFFER: usize = 256;
 /// Events waiting for the connected GET stream.
 const STREAM_QUEUE: usize = 256;
 
 /// One event of the GET stream.
-pub type StreamEvent = (u64, Arc<str>);
+pub(crate) type StreamEvent = (u64, Arc<str>);
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -28,23 +29,19 @@ struct Inner {
 }
 
 #[derive(Debug, Default)]
-pub struct Standalone {
+pub(crate) struct Standalone {
     inner: Mutex<Inner>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl Standalone {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Connects a new GET stream, replacing any previous one (a client reconnecting after a
     /// half-dead connection must not be locked out). Replays the events after
     /// `last_event_id`, or, without it, those never handed to a stream.
-    pub fn connect(&self, last_event_id: Option<u64>) -> mpsc::Receiver<StreamEvent> {
+    pub(crate) fn connect(&self, last_event_id: Option<u64>) -> mpsc::Receiver<StreamEvent> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE.max(REPLAY_BUFFER));
         let mut inner = lock(&self.inner);
         let after = last_event_id.unwrap_or(inner.delivered);
@@ -87,57 +84,6 @@ impl Unrouted for Standalone {
             .tx
             .as_ref()
             .is_some_and(|tx| !tx.is_closed())
-    }
-}
-
-/// The GET streams of every session sharing one child: notifications go to all of them, a
-/// server request to one (a request must be answered once).
-#[derive(Debug, Default)]
-pub struct Broadcast {
-    members: Mutex<Vec<std::sync::Weak<Standalone>>>,
-}
-
-impl Broadcast {
-    pub fn add(&self, member: &Arc<Standalone>) {
-        let mut members = lock(&self.members);
-        members.retain(|m| m.strong_count() > 0);
-        members.push(Arc::downgrade(member));
-    }
-
-    fn live(&self) -> Vec<Arc<Standalone>> {
-        let mut members = lock(&self.members);
-        members.retain(|m| m.strong_count() > 0);
-        members
-            .iter()
-            .filter_map(std::sync::Weak::upgrade)
-            .collect()
-    }
-}
-
-impl Unrouted for Broadcast {
-    fn deliver(&self, line: String, server_request: bool) -> Delivery {
-        let live = self.live();
-        if server_request {
-            let target = live
-                .iter()
-                .find(|m| m.is_connected())
-                .or_else(|| live.first());
-            return match target {
-                Some(m) => m.deliver(line, true),
-                None => Delivery::Buffered,
-            };
-        }
-        let mut delivered = Delivery::Buffered;
-        for m in &live {
-            if m.deliver(line.clone(), false) == Delivery::Delivered {
-                delivered = Delivery::Delivered;
-            }
-        }
-        delivered
-    }
-
-    fn is_connected(&self) -> bool {
-        self.live().iter().any(|m| m.is_connected())
     }
 }
 

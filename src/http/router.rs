@@ -5,36 +5,34 @@
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router, middleware};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::access;
+use super::origin::{self, OriginPolicy};
+use super::{AppState, ServerRoute, access, legacy_sse, streamable};
 use crate::auth::metadata::{self, WELL_KNOWN};
 use crate::config::Config;
-use crate::origin::{self, OriginPolicy};
-use crate::state::AppState;
-use crate::transport::{ServerRoute, sse, streamable};
+use crate::error::Error;
 
-/// The endpoints each server is mounted at, relative to its base path.
-pub const ENDPOINTS: &[&str] = &["/sse", "/message", "/mcp"];
-
-/// The router that tests drive in-process and `serve` runs.
-pub fn router(state: Arc<AppState>) -> Router {
+/// The router that `serve` runs.
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(WELL_KNOWN, get(resource_metadata_root))
         .route(&format!("{WELL_KNOWN}/{{*rest}}"), get(resource_metadata));
-    if let Some(root) = state.config.root_server() {
-        app = app.merge(server_routes(root, ""));
+    if let Some(root) = state.config.root_server()
+        && let Some(server) = state.servers.get(root)
+    {
+        app = app.merge(server_routes(server, ""));
     }
-    for name in state.servers.keys() {
-        app = app.merge(server_routes(name, &format!("/servers/{name}")));
+    for (name, server) in &state.servers {
+        app = app.merge(server_routes(server, &format!("/servers/{name}")));
     }
     let edge = Edge {
         state: state.clone(),
@@ -73,14 +71,14 @@ async fn edge_layer(
     .await
 }
 
-fn server_routes(name: &str, base: &str) -> Router<Arc<AppState>> {
+fn server_routes(server: &Arc<crate::server::ServerRuntime>, base: &str) -> Router<Arc<AppState>> {
     let route = ServerRoute {
-        name: name.into(),
+        server: server.clone(),
         base: base.into(),
     };
     Router::new()
-        .route(&format!("{base}/sse"), get(sse::open))
-        .route(&format!("{base}/message"), post(sse::message))
+        .route(&format!("{base}/sse"), get(legacy_sse::open))
+        .route(&format!("{base}/message"), post(legacy_sse::message))
         .route(
             &format!("{base}/mcp"),
             post(streamable::post)
@@ -92,7 +90,7 @@ fn server_routes(name: &str, base: &str) -> Router<Arc<AppState>> {
 
 /// The audiences accepted when `auth.audiences` is empty: the proxy's own resource URLs
 /// (spec 2025-11-25 Authorization §Token Audience Binding), never another service's.
-pub fn default_audiences(public_url: &str, config: &Config) -> Vec<String> {
+pub(crate) fn default_audiences(public_url: &str, config: &Config) -> Vec<String> {
     let mut out = vec![public_url.to_owned(), format!("{public_url}/")];
     let mut bases = Vec::new();
     if config.root_server().is_some() {
@@ -113,15 +111,15 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+        Error::NotReady("draining").into_response()
     } else if !state.auth.keys_loaded() {
-        (StatusCode::SERVICE_UNAVAILABLE, "keys not loaded").into_response()
+        Error::NotReady("keys not loaded").into_response()
     } else {
         "ready".into_response()
     }
 }
 
-/// Prometheus text exposition of [`crate::metrics`].
+/// Prometheus text exposition of the proxy's metrics.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let sessions = state.sessions.all();
     let body = state.metrics.render(
@@ -158,12 +156,13 @@ async fn resource_metadata(
 /// must describe a resource that exists, with `resource` exactly its URL).
 fn metadata_document(state: &AppState, headers: &HeaderMap, rest: &str) -> Response {
     let endpoint = metadata::endpoint_for(&state.public_url, rest);
-    match metadata::document(state, &endpoint) {
+    let servers = state.auth.authorization_servers();
+    match metadata::document(&state.config, &state.public_url, servers, &endpoint) {
         Some(mut doc) => {
             // The address the client used (trusted X-Forwarded-*), as in the challenge.
             doc.resource = format!("{}{endpoint}", state.public_url_for(headers));
             Json(doc).into_response()
         }
-        None => (StatusCode::NOT_FOUND, "no such protected resource").into_response(),
+        None => Error::NoSuchResource.into_response(),
     }
 }

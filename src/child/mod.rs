@@ -1,0 +1,257 @@
+//! One child process (the wrapped stdio MCP server), process only: spawned without a shell in
+//! its own process group with a parent-death signal ([`command`]); stdin fed from a bounded
+//! queue ([`stdin`]); stdout framed into bounded lines ([`framing`]) and handed to a
+//! [`LineSink`]; stderr drained into the log; when it ends, its whole process group is stopped
+//! ([`actor`], DESIGN §1). What the lines mean is the multiplexer's business, not the child's.
+
+mod actor;
+mod command;
+mod framing;
+mod stdin;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::metrics::ChildMetrics;
+
+/// Messages waiting for the child's stdin; past this, senders wait (backpressure).
+pub(crate) const STDIN_QUEUE: usize = 256;
+/// Lines of a warm child waiting for the session that adopts it.
+const WARM_QUEUE: usize = 64;
+/// After stdin is closed, how long a child gets to exit on its own.
+const STDIN_CLOSE_GRACE: Duration = Duration::from_millis(500);
+/// After SIGTERM, how long before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(2);
+/// How long a write to stdin may wait for queue space before the child counts as stalled.
+const STDIN_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the consumer of a child's output may leave it unread before the child is stopped:
+/// a slow client must not hold a child and its memory forever.
+pub(crate) const CONSUMER_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub(crate) struct ChildSpec {
+    pub(crate) command: String,
+    pub(crate) args: Vec<String>,
+    /// Set in the child's environment (after `env_remove`).
+    pub(crate) env: Vec<(String, String)>,
+    /// Removed from the inherited environment (the proxy's own secrets and settings).
+    pub(crate) env_remove: Vec<String>,
+    pub(crate) cwd: Option<PathBuf>,
+    pub(crate) max_line_bytes: usize,
+    /// How long a request may wait for its answer (enforced by the multiplexer).
+    pub(crate) request_timeout: Duration,
+    /// Where spawns, the live count and exits are recorded (`Default`: recorded nowhere).
+    pub(crate) metrics: ChildMetrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ChildError {
+    #[error("could not start `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("the server process has exited")]
+    Gone,
+    #[error("the server process is not reading its input")]
+    Stalled,
+}
+
+/// Where a child's stdout lines go.
+pub(crate) trait LineSink: Send + Sync + 'static {
+    /// One line of output (not yet known to be JSON); `false` stops the child (nobody is
+    /// listening any more). May wait: that is the backpressure on the child's stdout.
+    fn line(&self, line: String) -> impl Future<Output = bool> + Send;
+    /// The child and its process group are gone: fail whatever still waits for it.
+    fn closed(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The sink of a warm child: its lines wait in a channel for the session that adopts it.
+pub(crate) struct ChannelSink(mpsc::Sender<String>);
+
+impl LineSink for ChannelSink {
+    async fn line(&self, line: String) -> bool {
+        match tokio::time::timeout(CONSUMER_STALL_TIMEOUT, self.0.send(line)).await {
+            Ok(sent) => sent.is_ok(),
+            Err(_) => {
+                tracing::warn!(
+                    "the child's output has not been read for {}s; stopping it",
+                    CONSUMER_STALL_TIMEOUT.as_secs()
+                );
+                false
+            }
+        }
+    }
+
+    async fn closed(&self) {}
+}
+
+/// The handle that owns a running child. Dropping it stops the child and its process group.
+#[derive(Debug)]
+pub(crate) struct ChildHandle {
+    pid: u32,
+    stdin_tx: mpsc::Sender<Bytes>,
+    stop: CancellationToken,
+    exited: CancellationToken,
+}
+
+impl ChildHandle {
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Queues one line (without newline) for the child's stdin; waits for queue space at most
+    /// a bounded time, then stops the child as stalled.
+    pub(crate) async fn send(&self, mut line: Vec<u8>) -> Result<(), ChildError> {
+        if self.exited.is_cancelled() || self.stop.is_cancelled() {
+            return Err(ChildError::Gone);
+        }
+        // The newline goes with the message, so the writer needs one write (and the child one
+        // wake-up) per message, not two.
+        line.push(b'\n');
+        match tokio::time::timeout(STDIN_SEND_TIMEOUT, self.stdin_tx.send(Bytes::from(line))).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(ChildError::Gone),
+            Err(_) => {
+                tracing::warn!(pid = self.pid, "child stopped reading stdin; stopping it");
+                self.stop.cancel();
+                Err(ChildError::Stalled)
+            }
+        }
+    }
+
+    /// Queues a line without waiting (for cancellations sent from `Drop`); false if the queue
+    /// is full or the child is gone.
+    pub(crate) fn try_send(&self, mut line: Vec<u8>) -> bool {
+        line.push(b'\n');
+        self.stdin_tx.try_send(Bytes::from(line)).is_ok()
+    }
+
+    /// Asks the child to stop (close stdin, SIGTERM, SIGKILL); returns at once.
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// True once the child and its process group are gone.
+    pub(crate) fn has_exited(&self) -> bool {
+        self.exited.is_cancelled()
+    }
+
+    /// A token cancelled when the child is gone.
+    pub(crate) fn exited_token(&self) -> CancellationToken {
+        self.exited.clone()
+    }
+}
+
+#[cfg(test)]
+impl ChildHandle {
+    /// A handle without a process: what is sent to it is written, batched as for a real child,
+    /// into the returned in-memory pipe (for the multiplexer's unit tests).
+    pub(crate) fn in_memory(tracker: &TaskTracker) -> (ChildHandle, tokio::io::DuplexStream) {
+        let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+        let (write, read) = tokio::io::duplex(1 << 20);
+        let stop = CancellationToken::new();
+        tracker.spawn(stdin::write_stdin(
+            write,
+            stdin_rx,
+            stop.clone(),
+            ChildMetrics::default(),
+        ));
+        let handle = ChildHandle {
+            pid: 0,
+            stdin_tx,
+            stop,
+            exited: CancellationToken::new(),
+        };
+        (handle, read)
+    }
+
+    /// Marks an in-memory child as gone.
+    pub(crate) fn exit_in_memory(&self) {
+        self.stop.cancel();
+        self.exited.cancel();
+    }
+}
+
+impl Drop for ChildHandle {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Spawns a warm child: its stdout lines wait on the returned receiver, which ends when the
+/// child is gone.
+pub(crate) fn spawn_warm(
+    spec: &ChildSpec,
+    span: tracing::Span,
+    tracker: &TaskTracker,
+) -> Result<(ChildHandle, mpsc::Receiver<String>), ChildError> {
+    let (out_tx, out_rx) = mpsc::channel(WARM_QUEUE);
+    let handle = spawn(spec, span, tracker, Arc::new(ChannelSink(out_tx)))?;
+    Ok((handle, out_rx))
+}
+
+/// Spawns the child with its stdout handed line by line to `sink`. Its tasks run on
+/// `tracker`, so shutdown can wait for every child to be reaped.
+pub(crate) fn spawn<S: LineSink>(
+    spec: &ChildSpec,
+    span: tracing::Span,
+    tracker: &TaskTracker,
+    sink: Arc<S>,
+) -> Result<ChildHandle, ChildError> {
+    let spawn_error = |source| ChildError::Spawn {
+        command: spec.command.clone(),
+        source,
+    };
+    let mut child = command::command(spec).spawn().map_err(|source| {
+        spec.metrics.spawn_failed();
+        spawn_error(source)
+    })?;
+    let pid = child.id().ok_or_else(|| {
+        spawn_error(std::io::Error::other(
+            "child exited before it could be tracked",
+        ))
+    })?;
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(spawn_error(std::io::Error::other("missing stdio pipe")));
+    };
+    tracing::info!(parent: &span, pid, command = %spec.command, "child spawned");
+    spec.metrics.spawned();
+
+    let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+    let stop = CancellationToken::new();
+    let exited = CancellationToken::new();
+    tracker.spawn(
+        stdin::write_stdin(stdin, stdin_rx, stop.clone(), spec.metrics.clone())
+            .instrument(span.clone()),
+    );
+    tracker.spawn(actor::drain_stderr(stderr).instrument(span.clone()));
+    let actor = actor::Actor {
+        child,
+        pgid: Pid::from_raw(pid as i32),
+        sink,
+        stop: stop.clone(),
+        exited: exited.clone(),
+        max_line_bytes: spec.max_line_bytes,
+        metrics: spec.metrics.clone(),
+    };
+    tracker.spawn(actor.run(stdout).instrument(span));
+    Ok(ChildHandle {
+        pid,
+        stdin_tx,
+        stop,
+        exited,
+    })
+}

@@ -1,0 +1,227 @@
+//! The legacy HTTP+SSE transport (spec 2024-11-05 "Transports" §HTTP with SSE): `GET /sse`
+//! opens a session with its own child and streams everything the child says; `POST /message`
+//! delivers one client message to that child (through the multiplexer, like every transport:
+//! ids rewritten, timeouts and child exits answered there).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Uri};
+use axum::response::Response;
+use axum::response::sse::Event;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::sse::sse_response;
+use super::{AppState, NewSession, ServerRoute, admit, caller, new_session, stream_expiry};
+use crate::child::ChildError;
+use crate::error::{Error, accepted};
+use crate::mux::{Dispatch, Item, Mux, RouteError, STREAM_QUEUE};
+use crate::policy;
+use crate::protocol::jsonrpc;
+use crate::protocol::{INVALID_REQUEST, SESSION_HEADER};
+use crate::session::{Kind, Session, SessionRegistry};
+
+/// `GET /sse`: authenticate, spawn a child for a new session, stream its output.
+pub(crate) async fn open(
+    State(state): State<Arc<AppState>>,
+    Extension(route): Extension<ServerRoute>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let principal = caller(&state, &route, "/sse", &headers, uri.query()).await?;
+    admit(&state)?;
+    let NewSession {
+        slot,
+        spec,
+        id,
+        span,
+        warm,
+    } = new_session(&state, &route, &principal)?;
+    let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
+    let mux = match warm {
+        Some(w) => Mux::adopt(w.child, w.output, &spec, &state.tracker, Some(stream_tx)),
+        None => Mux::spawn(&spec, span.clone(), &state.tracker, Some(stream_tx)).map_err(|e| {
+            tracing::error!(parent: &span, error = %e, "spawning the server failed");
+            Error::SpawnFailed
+        })?,
+    };
+    let session = state
+        .sessions
+        .insert(id, slot, route.name(), mux, Kind::Legacy);
+    tracing::info!(parent: &span, "legacy SSE session opened");
+
+    // The endpoint event names the POST URL, built from public_url so that it survives any
+    // path prefix and proxy in between (spec 2024-11-05 §HTTP with SSE: "endpoint" event).
+    let endpoint = format!(
+        "{}{}/message?sessionId={}",
+        state.public_url_for(&headers),
+        route.base,
+        session.id
+    );
+    let stream = SessionStream {
+        endpoint: Some(endpoint),
+        rx: stream_rx,
+        guard: SessionGuard {
+            registry: state.sessions.clone(),
+            session: session.clone(),
+            span,
+        },
+        shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
+        expiry: stream_expiry(&state, &principal).map(|d| Box::pin(tokio::time::sleep(d))),
+        done: false,
+    };
+    let mut response = sse_response(stream, state.config.http.sse_keepalive_secs);
+    if let Ok(v) = HeaderValue::from_str(&session.id) {
+        response.headers_mut().insert(SESSION_HEADER, v);
+    }
+    Ok(response)
+}
+
+/// Removes the session (and so stops its child) when the stream is dropped: client gone,
+/// child gone, token expired or shutdown (STYLE habit 8).
+struct SessionGuard {
+    registry: Arc<SessionRegistry>,
+    session: Arc<Session>,
+    span: tracing::Span,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.registry.remove(&self.session.id);
+        tracing::info!(parent: &self.span, "session closed");
+    }
+}
+
+/// The session's event stream: the endpoint event, then one `message` event per child line
+/// (and per answer the proxy gives in its place), until the child is gone, shutdown, or the
+/// token expires. A hand-written `Stream` so that the shutdown and expiry futures are
+/// registered once per session, not once per event.
+struct SessionStream {
+    endpoint: Option<String>,
+    rx: mpsc::Receiver<Item>,
+    guard: SessionGuard,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    done: bool,
+}
+
+fn message_event(item: Item) -> Event {
+    let (Item::Message(line) | Item::Final(line)) = item;
+    Event::default().event("message").data(line)
+}
+
+impl Stream for SessionStream {
+    type Item = Result<Event, Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(endpoint) = this.endpoint.take() {
+            return Poll::Ready(Some(Ok(Event::default().event("endpoint").data(endpoint))));
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            // Lines already queued (the errors for the in-flight requests of a child stopped
+            // by the drain) go out before the stream ends.
+            return match this.rx.try_recv() {
+                Ok(item) => Poll::Ready(Some(Ok(message_event(item)))),
+                Err(_) => {
+                    this.done = true;
+                    Poll::Ready(None)
+                }
+            };
+        }
+        if let Some(expiry) = this.expiry.as_mut()
+            && expiry.as_mut().poll(cx).is_ready()
+        {
+            tracing::info!(parent: &this.guard.span, "token expired; closing the stream");
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => {
+                this.guard.session.touch();
+                Poll::Ready(Some(Ok(message_event(item))))
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// `POST /message?sessionId=…` (also `session_id`, as the Python SDK sends): one client
+/// message for the session's child; `202 Accepted`, the answer comes on the stream.
+pub(crate) async fn message(
+    State(state): State<Arc<AppState>>,
+    Extension(route): Extension<ServerRoute>,
+    Query(params): Query<HashMap<String, String>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    let principal = caller(&state, &route, "/sse", &headers, uri.query()).await?;
+    let id = params
+        .get("sessionId")
+        .or_else(|| params.get("session_id"))
+        .ok_or(Error::MissingSessionId)?;
+    let session = state
+        .sessions
+        .get(id, &principal.key(), route.name())
+        // A Streamable HTTP session is not reachable through the legacy POST endpoint.
+        .filter(|s| matches!(s.kind, Kind::Legacy))
+        .ok_or(Error::NoSession)?;
+    let message = jsonrpc::client_message(&body).map_err(|e| Error::BadRequest {
+        code: e.code(),
+        message: e.message(),
+    })?;
+    session.touch();
+    let finish = match policy::gate(&route.server.policy, &message, &principal.scopes) {
+        Ok(finish) => finish,
+        Err(denied) => {
+            return if session.mux.inject(denied) {
+                Ok(accepted("Accepted"))
+            } else {
+                Err(Error::Busy)
+            };
+        }
+    };
+    let Some(tx) = session.mux.stream() else {
+        return Err(Error::NoSession);
+    };
+    let dispatch = Dispatch {
+        owner: Some(session.tag),
+        tx,
+        cancel_on_drop: false,
+        timeout: true,
+        finish,
+    };
+    match session.mux.send(&message, dispatch).await {
+        Ok(ticket) => {
+            ticket.detach();
+            Ok(accepted("Accepted"))
+        }
+        Err(RouteError::DuplicateId) => Err(Error::BadRequest {
+            code: INVALID_REQUEST,
+            message: "a request with this id is already in flight in this session",
+        }),
+        Err(RouteError::Child(ChildError::Gone)) => Err(Error::NoSession),
+        Err(RouteError::Child(e)) => {
+            tracing::warn!(session = %session.id, error = %e, "message not delivered");
+            state.sessions.remove(&session.id);
+            Err(Error::Stalled)
+        }
+    }
+}

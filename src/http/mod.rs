@@ -1,0 +1,226 @@
+//! The HTTP edge: the router and its layers ([`router`], [`access`], [`origin`],
+//! [`forwarded`]), the state every handler shares ([`AppState`]), and the transports — legacy
+//! HTTP+SSE ([`legacy_sse`]) and Streamable HTTP in both eras ([`streamable`]) — which share
+//! the prologue here: who is calling ([`caller`]), may new work start ([`admit`]), and what a
+//! new session needs ([`new_session`]).
+
+pub(crate) mod access;
+pub(crate) mod forwarded;
+pub(crate) mod legacy_sse;
+pub(crate) mod origin;
+pub(crate) mod router;
+pub(crate) mod sse;
+mod state;
+pub(crate) mod streamable;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+
+pub use state::AppState;
+
+use crate::auth::metadata::metadata_url;
+use crate::auth::{AuthError, Principal, bearer_token, query_has_token};
+use crate::child::ChildSpec;
+use crate::error::Error;
+use crate::pool::PoolError;
+use crate::server::ServerRuntime;
+use crate::session::{CapError, Slot};
+use crate::warm::Warm;
+
+/// Which server a route serves, and its base path (`""` or `/servers/NAME`).
+#[derive(Clone)]
+pub(crate) struct ServerRoute {
+    pub(crate) server: Arc<ServerRuntime>,
+    pub(crate) base: Arc<str>,
+}
+
+impl ServerRoute {
+    pub(crate) fn name(&self) -> &str {
+        &self.server.name
+    }
+}
+
+/// Authenticates a request for `route`'s server: the token, then the global and the server's
+/// required scopes together (a 403 names all of them, so one step-up covers the endpoint).
+pub(crate) async fn caller(
+    state: &AppState,
+    route: &ServerRoute,
+    endpoint: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Principal, Error> {
+    let required = required_scopes(state, route);
+    let result = async {
+        if query_has_token(query) {
+            return Err(AuthError::TokenInQuery);
+        }
+        let token = bearer_token(headers)?;
+        let principal = state.auth.validate_cached(token).await?;
+        if !audience_fits(state, route, &principal) {
+            return Err(AuthError::BadAudience);
+        }
+        principal
+            .has_scopes(&required)
+            .map_err(|scope| AuthError::InsufficientScope { scope })?;
+        Ok(principal)
+    }
+    .await;
+    result.map_err(|e| {
+        tracing::info!(reason = e.reason(), detail = %e, server = %route.name(), "request refused");
+        state.metrics.auth_failure(e.reason());
+        // Built only for a refusal: a granted request does not pay for the URL.
+        let resource_metadata = metadata_url(
+            &state.public_url_for(headers),
+            &format!("{}{endpoint}", route.base),
+        );
+        Error::Auth(Box::new(
+            e.challenge(resource_metadata, &required.join(" ")),
+        ))
+    })
+}
+
+/// Token audience binding per server (spec 2025-11-25 Authorization §Token Audience Binding:
+/// a token issued for another MCP server is refused). With the default audiences
+/// (`auth.audiences` empty) a token's `aud` names the whole proxy (`public_url`), accepted
+/// everywhere, or one server's endpoint (an RFC 8707 resource indicator), accepted at that
+/// server only — under any of its mount points. Explicit `auth.audiences` are the operator's
+/// choice and already checked when the token was validated.
+fn audience_fits(state: &AppState, route: &ServerRoute, principal: &Principal) -> bool {
+    if !state.config.auth.audiences.is_empty() {
+        return true;
+    }
+    let is_root = state.config.root_server() == Some(route.name());
+    let fits = |aud: &str| {
+        let Some(rest) = aud.strip_prefix(state.public_url.as_str()) else {
+            return false;
+        };
+        if rest.is_empty() || rest == "/" {
+            return true;
+        }
+        let endpoint = |e: &str| e == "/mcp" || e == "/sse";
+        (is_root && endpoint(rest))
+            || rest
+                .strip_prefix("/servers/")
+                .and_then(|r| r.strip_prefix(route.name()))
+                .is_some_and(endpoint)
+    };
+    match principal.claims.get("aud") {
+        Some(serde_json::Value::String(aud)) => fits(aud),
+        Some(serde_json::Value::Array(auds)) => auds.iter().any(|a| a.as_str().is_some_and(&fits)),
+        _ => false,
+    }
+}
+
+/// The scopes every request to `route`'s server needs: `auth.required_scopes`, then the
+/// server's `required_scopes`, without duplicates.
+fn required_scopes(state: &AppState, route: &ServerRoute) -> Vec<String> {
+    let mut out: Vec<String> = state.auth.required_scopes().to_vec();
+    for scope in &route.server.config.required_scopes {
+        if !out.contains(scope) {
+            out.push(scope.clone());
+        }
+    }
+    out
+}
+
+/// New work (a new session, or a sessionless request) is refused while draining: the load
+/// balancer retries it elsewhere (DESIGN §5).
+pub(crate) fn admit(state: &AppState) -> Result<(), Error> {
+    if state.is_draining() {
+        state.metrics.refused_draining();
+        return Err(Error::Draining);
+    }
+    Ok(())
+}
+
+/// A refused cap, counted.
+pub(crate) fn cap_reached(state: &AppState, e: CapError) -> Error {
+    tracing::warn!(error = %e, "session refused");
+    state.metrics.refused_cap(e.label());
+    Error::Cap(match e {
+        CapError::Global => "the proxy has reached max_sessions",
+        CapError::PerPrincipal => "this principal has reached max_sessions_per_principal",
+    })
+}
+
+/// What a pool failure tells the client.
+pub(crate) fn pool_error(state: &AppState, route: &ServerRoute, e: PoolError) -> Error {
+    match e {
+        PoolError::Cap(e) => cap_reached(state, e),
+        PoolError::Backoff {
+            crashes,
+            retry_after,
+        } => {
+            tracing::warn!(server = %route.name(), crashes, "child restart delayed");
+            Error::Backoff {
+                retry_after_secs: retry_after.as_secs(),
+            }
+        }
+        PoolError::Claims(e) => {
+            tracing::warn!(error = %e, "cannot build the child environment");
+            Error::MissingClaim
+        }
+        PoolError::Spawn(e) => {
+            tracing::error!(error = %e, server = %route.name(), "spawning the server failed");
+            Error::SpawnFailed
+        }
+    }
+}
+
+/// What a new session needs before its child runs: a counted slot (caps are checked before
+/// anything is spawned, DESIGN §3), the spawn recipe, its id and log span, and a warm child
+/// when the server keeps some.
+pub(crate) struct NewSession {
+    pub(crate) slot: Slot,
+    pub(crate) spec: ChildSpec,
+    pub(crate) id: String,
+    pub(crate) span: tracing::Span,
+    pub(crate) warm: Option<Warm>,
+}
+
+/// Prepares a session of `route`'s server for `principal` (both transports).
+pub(crate) fn new_session(
+    state: &AppState,
+    route: &ServerRoute,
+    principal: &Principal,
+) -> Result<NewSession, Error> {
+    let slot = state
+        .sessions
+        .reserve(&principal.key())
+        .map_err(|e| cap_reached(state, e))?;
+    let spec = route.server.child_spec(Some(principal)).map_err(|e| {
+        tracing::warn!(error = %e, "cannot build the child environment");
+        Error::MissingClaim
+    })?;
+    let id = crate::session::new_session_id();
+    let span =
+        tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name());
+    let warm = route.server.warm.get().and_then(|w| w.take());
+    if let Some(w) = &warm {
+        tracing::info!(parent: &span, pid = w.child.pid(), "warm child handed to the session");
+    }
+    state
+        .spawned
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(NewSession {
+        slot,
+        spec,
+        id,
+        span,
+        warm,
+    })
+}
+
+/// When a stream of this caller must end: their token's `exp`, when
+/// `auth.close_streams_on_expiry` is on.
+pub(crate) fn stream_expiry(state: &AppState, principal: &Principal) -> Option<Duration> {
+    state.config.auth.close_streams_on_expiry.then(|| {
+        Duration::from_secs(
+            principal
+                .exp
+                .saturating_sub(jsonwebtoken::get_current_timestamp()),
+        )
+    })
+}

@@ -1,0 +1,148 @@
+//! The state every handler shares.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pool::ChildPool;
+use crate::server::ServerRuntime;
+use crate::session::SessionRegistry;
+
+pub struct AppState {
+    pub(crate) config: Arc<Config>,
+    /// `http.public_url`, or `http://<bound address>`; no trailing slash.
+    pub(crate) public_url: String,
+    pub(crate) auth: Arc<Authenticator>,
+    pub(crate) sessions: Arc<SessionRegistry>,
+    pub(crate) servers: HashMap<String, Arc<ServerRuntime>>,
+    /// Every child actor runs on this tracker, so shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
+    /// Cancelled when the proxy shuts down: every stream ends.
+    pub(crate) shutdown: CancellationToken,
+    /// Cancelled when draining starts (SIGTERM): `/readyz` answers 503 and new sessions are
+    /// refused, while existing sessions go on until they end or `shutdown_grace_secs` passes.
+    pub(crate) draining: CancellationToken,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Children serving the modern era (per principal, or shared).
+    pub(crate) pool: Arc<ChildPool>,
+    /// Children spawned since start (tests assert that refused requests spawn nothing).
+    pub(crate) spawned: AtomicU64,
+}
+
+impl AppState {
+    /// True once draining has started (new sessions are refused).
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// The public base URL for this request: `public_url`, with the scheme and host taken
+    /// from `X-Forwarded-Proto`/`X-Forwarded-Host` when `trust_forwarded_headers` is on.
+    pub(crate) fn public_url_for(&self, headers: &http::HeaderMap) -> std::borrow::Cow<'_, str> {
+        if !self.config.http.trust_forwarded_headers {
+            return std::borrow::Cow::Borrowed(&self.public_url);
+        }
+        super::forwarded::public_url(&self.public_url, headers)
+    }
+}
+
+/// What the integration tests read of a running proxy (not an API).
+#[doc(hidden)]
+impl AppState {
+    /// Resolves when draining has started.
+    pub async fn draining_started(&self) {
+        self.draining.cancelled().await;
+    }
+
+    /// Open sessions.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The pid of each open session's child.
+    pub fn session_pids(&self) -> Vec<u32> {
+        self.sessions
+            .all()
+            .iter()
+            .map(|s| s.mux.child().pid())
+            .collect()
+    }
+
+    /// The owner (`sub`) and child pid of each open session.
+    pub fn session_children(&self) -> Vec<(String, u32)> {
+        self.sessions
+            .all()
+            .iter()
+            .map(|s| (s.owner.sub.clone(), s.mux.child().pid()))
+            .collect()
+    }
+
+    /// A future that resolves when the child of the open session with `pid` is gone (looked
+    /// up now, so it still resolves after the session has ended).
+    pub fn session_child_exit(&self, pid: u32) -> impl Future<Output = ()> + use<> {
+        let exited = self
+            .sessions
+            .all()
+            .iter()
+            .find(|s| s.mux.child().pid() == pid)
+            .map(|s| s.mux.child().exited_token());
+        async move {
+            if let Some(exited) = exited {
+                exited.cancelled().await;
+            }
+        }
+    }
+
+    /// Children of the pool (per principal, shared).
+    pub fn pool_len(&self) -> usize {
+        self.pool.len()
+    }
+
+    /// Requests in flight across the pool's children.
+    pub fn pool_in_flight(&self) -> usize {
+        self.pool.in_flight()
+    }
+
+    /// `server/discover` probes sent for `server`'s children.
+    pub fn era_probes(&self, server: &str) -> u64 {
+        self.servers.get(server).map_or(0, |s| s.era.probes())
+    }
+
+    /// Pids of `server`'s warm children ready now.
+    pub fn warm_pids(&self, server: &str) -> Vec<u32> {
+        self.servers
+            .get(server)
+            .and_then(|s| s.warm.get())
+            .map(|w| w.pids())
+            .unwrap_or_default()
+    }
+
+    /// The child pid of the open session `id`.
+    pub fn session_pid(&self, id: &str) -> Option<u32> {
+        self.sessions
+            .all()
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.mux.child().pid())
+    }
+
+    /// Children spawned since start.
+    pub fn spawned(&self) -> u64 {
+        self.spawned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Each JWKS issuer's cache counters, sorted by issuer.
+    pub fn jwks_stats(&self) -> Vec<(String, crate::metrics::JwksStats)> {
+        self.auth.jwks_stats()
+    }
+
+    /// Whether every JWKS issuer has its keys.
+    pub fn keys_loaded(&self) -> bool {
+        self.auth.keys_loaded()
+    }
+}

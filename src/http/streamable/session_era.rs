@@ -1,0 +1,322 @@
+//! The session era of Streamable HTTP (2025-03-26 … 2025-11-25; spec 2025-11-25 Transports
+//! §Session Management): `initialize` opens a session — with its own child, or joining the
+//! child its principal's (or everyone's) sessions share — later POSTs name it, `GET` opens its
+//! standalone stream, `DELETE` ends it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Uri};
+use axum::response::sse::Event;
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::super::sse::sse_response;
+use super::super::{
+    AppState, NewSession, ServerRoute, admit, caller, cap_reached, new_session, pool_error,
+    stream_expiry,
+};
+use super::respond::{Exchange, next_item, respond, times_out};
+use super::{accepts_sse, header_str};
+use crate::auth::Principal;
+use crate::config::ChildScope;
+use crate::error::{Error, accepted, json_answer};
+use crate::mux::{Dispatch, Item, Mux, ROUTE_QUEUE};
+use crate::policy;
+use crate::protocol::jsonrpc::ClientMessage;
+use crate::protocol::{
+    BATCH_VERSION, DEFAULT_SESSION_VERSION, INVALID_REQUEST, SESSION_HEADER, SESSION_VERSIONS,
+};
+use crate::session::{Kind, Session, Standalone};
+
+fn with_session_header(mut response: Response, id: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        response.headers_mut().insert(SESSION_HEADER, v);
+    }
+    response
+}
+
+/// `initialize` without a session: a new session and child.
+pub(super) async fn initialize(
+    state: &Arc<AppState>,
+    route: &ServerRoute,
+    principal: &Principal,
+    headers: &HeaderMap,
+    message: &ClientMessage,
+) -> Result<Response, Error> {
+    admit(state)?;
+    let finish = match policy::gate(&route.server.policy, message, &principal.scopes) {
+        Ok(finish) => finish,
+        Err(denied) => return Ok(json_answer(denied, false)),
+    };
+    if route.server.config.child_scope != ChildScope::Session {
+        return initialize_shared(state, route, principal, message).await;
+    }
+    let NewSession {
+        slot,
+        spec,
+        id,
+        span,
+        warm,
+    } = new_session(state, route, principal)?;
+    let mux = match warm {
+        Some(w) => Mux::adopt(w.child, w.output, &spec, &state.tracker, None),
+        None => Mux::spawn(&spec, span.clone(), &state.tracker, None).map_err(|e| {
+            tracing::error!(parent: &span, error = %e, "spawning the server failed");
+            Error::SpawnFailed
+        })?,
+    };
+    let standalone = Arc::new(Standalone::new());
+    mux.set_unrouted(standalone.clone());
+    let kind = Kind::Streamable {
+        standalone,
+        share: None,
+    };
+    let session = state
+        .sessions
+        .insert(id, slot, route.name(), mux.clone(), kind);
+    tracing::info!(parent: &span, "streamable HTTP session opened");
+    end_with_child(state, &session, span);
+    let exchange = Exchange {
+        mux: &mux,
+        message,
+        owner: Some(session.tag),
+        sse_ok: accepts_sse(headers),
+        timeout: times_out(message),
+        finish,
+    };
+    let response = respond(state, exchange).await?;
+    Ok(with_session_header(response, &session.id))
+}
+
+/// `initialize` under `child_scope = "principal" | "shared"`: the session joins the child that
+/// the principal's (or everyone's) sessions share. The child is initialized once; later
+/// sessions get that `InitializeResult` with their own id. Ids of all sessions are rewritten by
+/// the multiplexer, so they never collide.
+async fn initialize_shared(
+    state: &Arc<AppState>,
+    route: &ServerRoute,
+    principal: &Principal,
+    message: &ClientMessage,
+) -> Result<Response, Error> {
+    let slot = state
+        .sessions
+        .reserve(&principal.key())
+        .map_err(|e| cap_reached(state, e))?;
+    let (mux, share) = state
+        .pool
+        .get_or_spawn_for_sessions(&route.server, principal, &state.sessions, &state.tracker)
+        .map_err(|e| pool_error(state, route, e))?;
+    let id = crate::session::new_session_id();
+    let span =
+        tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name());
+    let standalone = Arc::new(Standalone::new());
+    share.broadcast.add(&standalone);
+    let kind = Kind::Streamable {
+        standalone,
+        share: Some(share.clone()),
+    };
+    let session = state
+        .sessions
+        .insert(id, slot, route.name(), mux.clone(), kind);
+    tracing::info!(parent: &span, pid = mux.child().pid(), "session joined a shared child");
+    end_with_child(state, &session, span);
+    let client_id = message.first_request_id();
+    let mut init = share.init.lock().await;
+    if init.is_none() {
+        let (tx, mut rx) = mpsc::channel(ROUTE_QUEUE);
+        let dispatch = Dispatch {
+            owner: Some(session.tag),
+            tx,
+            cancel_on_drop: true,
+            timeout: true,
+            finish: None,
+        };
+        let _ticket = mux
+            .send(message, dispatch)
+            .await
+            .map_err(|_| Error::ChildExited)?;
+        let answer = loop {
+            match next_item(&mut rx, &state.shutdown).await {
+                Some(Item::Final(line)) => break line,
+                Some(Item::Message(_)) => continue,
+                None => {
+                    state.sessions.remove(&session.id);
+                    return Err(Error::ShuttingDown);
+                }
+            }
+        };
+        let parsed: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+        match parsed.get("result") {
+            Some(r) => *init = Some(r.to_string()),
+            None => {
+                // The child refused (or did not answer in time): pass its error on, cache
+                // nothing.
+                state.sessions.remove(&session.id);
+                return Ok(json_answer(answer, false));
+            }
+        }
+    }
+    let cached = init.clone().unwrap_or_else(|| "{}".into());
+    drop(init);
+    let body = format!(r#"{{"jsonrpc":"2.0","id":{client_id},"result":{cached}}}"#);
+    Ok(with_session_header(json_answer(body, false), &session.id))
+}
+
+/// Ends a session when its child exits.
+fn end_with_child(state: &Arc<AppState>, session: &Session, span: tracing::Span) {
+    let sessions = state.sessions.clone();
+    let exited = session.mux.child().exited_token();
+    let session_id = session.id.clone();
+    state.tracker.spawn(async move {
+        exited.cancelled().await;
+        if sessions.remove(&session_id).is_some() {
+            tracing::info!(parent: &span, "session ended: the server process exited");
+        }
+    });
+}
+
+/// A POST that names a session.
+pub(super) async fn post(
+    state: &Arc<AppState>,
+    route: &ServerRoute,
+    principal: &Principal,
+    session_id: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    message: &ClientMessage,
+) -> Result<Response, Error> {
+    let session = state
+        .sessions
+        .get(session_id, &principal.key(), route.name())
+        .filter(|s| matches!(s.kind, Kind::Streamable { .. }))
+        .ok_or(Error::NoSession)?;
+    // On a shared child only the first session's `notifications/initialized` is forwarded.
+    if let Some(share) = session.share()
+        && message.first_method() == Some("notifications/initialized")
+        && share.initialized_sent.swap(true, Ordering::AcqRel)
+    {
+        return Ok(accepted(""));
+    }
+    let version = version.unwrap_or(DEFAULT_SESSION_VERSION);
+    if !SESSION_VERSIONS.contains(&version) {
+        return Err(Error::UnsupportedVersion {
+            id: message.first_request_id().to_owned(),
+            requested: version.to_owned(),
+        });
+    }
+    // JSON-RPC batches existed only in 2025-03-26 (removed in 2025-06-18).
+    if message.batch && version != BATCH_VERSION {
+        return Err(Error::BadRequest {
+            code: INVALID_REQUEST,
+            message: "JSON-RPC batches are only accepted for protocol version 2025-03-26",
+        });
+    }
+    if message.first_method() == Some("initialize") {
+        return Err(Error::BadRequest {
+            code: INVALID_REQUEST,
+            message: "this session is already initialized",
+        });
+    }
+    session.touch();
+    let finish = match policy::gate(&route.server.policy, message, &principal.scopes) {
+        Ok(finish) => finish,
+        Err(denied) => return Ok(json_answer(denied, false)),
+    };
+    let exchange = Exchange {
+        mux: &session.mux,
+        message,
+        owner: Some(session.tag),
+        sse_ok: accepts_sse(headers),
+        timeout: times_out(message),
+        finish,
+    };
+    respond(state, exchange).await
+}
+
+/// `GET /mcp`: the session's standalone stream; without a session, 405 (modern era has no GET).
+pub(crate) async fn get(
+    State(state): State<Arc<AppState>>,
+    Extension(route): Extension<ServerRoute>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let (principal, session) = session_for(&state, &route, &uri, &headers).await?;
+    let Kind::Streamable { standalone, .. } = &session.kind else {
+        return Err(Error::NoSession);
+    };
+    let last_event_id = header_str(&headers, "last-event-id").and_then(|v| v.trim().parse().ok());
+    let rx = standalone.connect(last_event_id);
+    session.touch();
+    let expiry = stream_expiry(&state, &principal);
+    let stream = standalone_stream(rx, session.clone(), state.shutdown.clone(), expiry);
+    Ok(sse_response(stream, state.config.http.sse_keepalive_secs))
+}
+
+fn standalone_stream(
+    rx: mpsc::Receiver<(u64, Arc<str>)>,
+    session: Arc<Session>,
+    shutdown: CancellationToken,
+    expiry: Option<Duration>,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+    let exited = session.mux.child().exited_token();
+    let expiry = expiry.map(|d| Box::pin(tokio::time::sleep(d)));
+    futures::stream::unfold(
+        (rx, session, shutdown, exited, expiry),
+        |(mut rx, session, shutdown, exited, mut expiry)| async move {
+            let expired = async {
+                match expiry.as_mut() {
+                    Some(d) => d.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                event = rx.recv() => {
+                    let (id, line) = event?;
+                    session.touch();
+                    let ev = Event::default().id(id.to_string()).data(&*line);
+                    Some((Ok(ev), (rx, session, shutdown, exited, expiry)))
+                }
+                _ = shutdown.cancelled() => None,
+                _ = exited.cancelled() => None,
+                _ = expired => None,
+            }
+        },
+    )
+}
+
+/// `DELETE /mcp`: ends the session and its child.
+pub(crate) async fn delete(
+    State(state): State<Arc<AppState>>,
+    Extension(route): Extension<ServerRoute>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    let (_, session) = session_for(&state, &route, &uri, &headers).await?;
+    state.sessions.remove(&session.id);
+    tracing::info!(session = %session.id, "session deleted by the client");
+    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
+}
+
+/// The caller and the session its `Mcp-Session-Id` names (GET and DELETE): 405 without the
+/// header (the modern era has no sessions), 404 for an unknown or someone else's session.
+async fn session_for(
+    state: &AppState,
+    route: &ServerRoute,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<(Principal, Arc<Session>), Error> {
+    let principal = caller(state, route, "/mcp", headers, uri.query()).await?;
+    let session_id = header_str(headers, SESSION_HEADER).ok_or(Error::MethodNotAllowed)?;
+    let session = state
+        .sessions
+        .get(session_id, &principal.key(), route.name())
+        .ok_or(Error::NoSession)?;
+    Ok((principal, session))
+}

@@ -1,0 +1,99 @@
+//! One configured server at run time: its tool policy, warm pool, era cache, metric handles,
+//! and the spawn recipe of its children — the server's `env`, then the caller's claims
+//! (`env_from_claims`), never the caller's token (DESIGN §3).
+
+use std::sync::{Arc, OnceLock};
+
+use crate::auth::Principal;
+use crate::bridge::EraCache;
+use crate::child::ChildSpec;
+use crate::config::ServerConfig;
+use crate::metrics::ServerMetrics;
+use crate::policy::ToolPolicy;
+use crate::warm::WarmPool;
+
+/// Longest claim value copied into a child's environment.
+const MAX_CLAIM_ENV_BYTES: usize = 4096;
+
+/// A configured server and what is needed to spawn its children.
+pub(crate) struct ServerRuntime {
+    pub(crate) name: String,
+    pub(crate) config: ServerConfig,
+    pub(crate) policy: ToolPolicy,
+    /// Children spawned ahead (`warm_pool`), when configured.
+    pub(crate) warm: OnceLock<Arc<WarmPool>>,
+    env_remove: Vec<String>,
+    /// This server's metric handles (children record into them).
+    metrics: ServerMetrics,
+    /// The era of this server's children, configured or probed once (see [`crate::bridge`]).
+    pub(crate) era: EraCache,
+}
+
+/// Why a child environment could not be built from the caller's claims.
+#[derive(Debug, thiserror::Error)]
+#[error("claim `{claim}` for {var} is missing or unusable")]
+pub(crate) struct ClaimEnvError {
+    var: String,
+    claim: String,
+}
+
+impl ServerRuntime {
+    pub(crate) fn new(
+        name: &str,
+        config: ServerConfig,
+        env_remove: Vec<String>,
+        metrics: ServerMetrics,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            policy: ToolPolicy::new(&config.tool_rules),
+            warm: OnceLock::new(),
+            era: EraCache::new(config.era),
+            config,
+            env_remove,
+            metrics,
+        }
+    }
+
+    /// The spawn recipe for a child serving `principal`: the server's `env`, then
+    /// `env_from_claims` (string, number or boolean claims; no NUL; bounded length).
+    /// The client's token itself is never passed (DESIGN §3).
+    pub(crate) fn child_spec(
+        &self,
+        principal: Option<&Principal>,
+    ) -> Result<ChildSpec, ClaimEnvError> {
+        let mut env: Vec<(String, String)> = self
+            .config
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(principal) = principal {
+            for (var, claim) in &self.config.env_from_claims {
+                let value = match principal.claims.get(claim) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(serde_json::Value::Number(n)) => n.to_string(),
+                    Some(serde_json::Value::Bool(b)) => b.to_string(),
+                    _ => String::new(),
+                };
+                if value.is_empty() || value.contains('\0') || value.len() > MAX_CLAIM_ENV_BYTES {
+                    return Err(ClaimEnvError {
+                        var: var.clone(),
+                        claim: claim.clone(),
+                    });
+                }
+                env.push((var.clone(), value));
+            }
+        }
+        Ok(ChildSpec {
+            command: self.config.command.clone(),
+            args: self.config.args.clone(),
+            env,
+            env_remove: self.env_remove.clone(),
+            cwd: self.config.cwd.clone(),
+            max_line_bytes: self.config.max_line_bytes,
+            request_timeout: std::time::Duration::from_secs(self.config.request_timeout_secs),
+            metrics: self.metrics.child.clone(),
+        })
+    }
+}
