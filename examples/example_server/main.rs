@@ -179,6 +179,14 @@ impl Shared {
         }
     }
 
+    /// Writes a batch's replies as one array; a batch of nothing but notifications gets none.
+    fn send_batch(&self, replies: Vec<Value>) {
+        if !replies.is_empty() {
+            let count = replies.len() as u64;
+            self.send(&Value::Array(replies), count);
+        }
+    }
+
     fn notify(&self, method: &str, params: Option<Value>) {
         let mut message = json!({ "jsonrpc": "2.0", "method": method });
         if let Some(params) = params {

@@ -130,10 +130,7 @@ impl Server {
                     _ => None,
                 })
                 .collect();
-            if !replies.is_empty() {
-                let count = replies.len() as u64;
-                self.shared.send(&Value::Array(replies), count);
-            }
+            self.shared.send_batch(replies);
             return;
         }
         let shared = Arc::clone(&self.shared);
@@ -158,10 +155,7 @@ impl Server {
                     Pending::Running(handle) => handle.join().ok().flatten(),
                 })
                 .collect();
-            if !replies.is_empty() {
-                let count = replies.len() as u64;
-                shared.send(&Value::Array(replies), count);
-            }
+            shared.send_batch(replies);
         });
     }
 
