@@ -72,12 +72,7 @@ pub fn build_state(
         Some(url) => config::parse_public_url(url)?,
         None => format!("http://{local_addr}"),
     };
-    let audiences = if config.auth.audiences.is_empty() {
-        router::default_audiences(&public_url, &config)
-    } else {
-        config.auth.audiences.clone()
-    };
-    let authenticator = Authenticator::new(&config.auth, audiences, env)?;
+    let authenticator = Authenticator::new(&config, &public_url, env)?;
     // The child must not inherit the proxy's secrets or settings.
     let mut env_remove: Vec<String> = env
         .iter()

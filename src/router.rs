@@ -14,7 +14,6 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::access;
 use crate::auth::metadata::{self, WELL_KNOWN};
-use crate::config::Config;
 use crate::origin::{self, OriginPolicy};
 use crate::state::AppState;
 use crate::transport::{ServerRoute, sse, streamable};
@@ -88,23 +87,6 @@ fn server_routes(name: &str, base: &str) -> Router<Arc<AppState>> {
                 .delete(streamable::delete),
         )
         .layer(Extension(route))
-}
-
-/// The audiences accepted when `auth.audiences` is empty: the proxy's own resource URLs
-/// (spec 2025-11-25 Authorization §Token Audience Binding), never another service's.
-pub fn default_audiences(public_url: &str, config: &Config) -> Vec<String> {
-    let mut out = vec![public_url.to_owned(), format!("{public_url}/")];
-    let mut bases = Vec::new();
-    if config.root_server().is_some() {
-        bases.push(String::new());
-    }
-    bases.extend(config.servers.keys().map(|n| format!("/servers/{n}")));
-    for base in bases {
-        for endpoint in ["/mcp", "/sse"] {
-            out.push(format!("{public_url}{base}{endpoint}"));
-        }
-    }
-    out
 }
 
 async fn healthz() -> &'static str {

@@ -11,10 +11,11 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
+use super::authorize::AccessRules;
 use super::jwk::decoding_key_for;
 use super::jwks::{JwksCache, JwksSource, JwksStats};
 use super::{AuthError, Principal};
-use crate::config::{AuthConfig, IssuerConfig, is_hmac, parse_algorithm};
+use crate::config::{Config, IssuerConfig, is_hmac, parse_algorithm};
 
 /// Where an issuer's verification keys come from.
 enum KeySource {
@@ -30,12 +31,13 @@ struct Issuer {
     keys: KeySource,
 }
 
-/// Validates bearer tokens against the configured issuers.
+/// Validates bearer tokens against the configured issuers; [`Authenticator::authorize`]
+/// decides a request with them.
 pub struct Authenticator {
     issuers: HashMap<String, Issuer>,
-    audiences: Vec<String>,
+    /// Audiences, audience binding and required scopes (see [`super::authorize`]).
+    pub(super) access: AccessRules,
     leeway: u64,
-    required_scopes: Vec<String>,
     cache: super::cache::TokenCache,
 }
 
@@ -48,11 +50,12 @@ pub enum AuthSetupError {
 }
 
 impl Authenticator {
-    /// Builds the validators. HMAC secrets are read from `env` now; JWKS are fetched by the
-    /// caches' [`JwksCache::maintain`] tasks (see [`Authenticator::jwks_caches`]).
+    /// Builds the validators and the access rules of `config` for a proxy reachable at
+    /// `public_url` (no trailing slash). HMAC secrets are read from `env` now; JWKS are
+    /// fetched by the caches' [`JwksCache::maintain`] tasks (see [`Authenticator::jwks_caches`]).
     pub fn new(
-        config: &AuthConfig,
-        audiences: Vec<String>,
+        config: &Config,
+        public_url: &str,
         env: &[(String, String)],
     ) -> Result<Self, AuthSetupError> {
         let client = reqwest::Client::builder()
@@ -62,27 +65,16 @@ impl Authenticator {
             .build()
             .map_err(|e| AuthSetupError::Client(e.to_string()))?;
         let mut issuers = HashMap::new();
-        for issuer in &config.issuers {
+        for issuer in &config.auth.issuers {
             let built = build_issuer(issuer, env, &client)?;
             issuers.insert(issuer.issuer.clone(), built);
         }
         Ok(Self {
             issuers,
-            audiences,
-            leeway: config.leeway_secs,
-            required_scopes: config.required_scopes.clone(),
+            access: AccessRules::new(config, public_url),
+            leeway: config.auth.leeway_secs,
             cache: super::cache::TokenCache::new(super::cache::DEFAULT_CAPACITY),
         })
-    }
-
-    /// The accepted audiences.
-    pub fn audiences(&self) -> &[String] {
-        &self.audiences
-    }
-
-    /// The globally required scopes (`auth.required_scopes`).
-    pub fn required_scopes(&self) -> &[String] {
-        &self.required_scopes
     }
 
     /// The configured issuer identifiers, sorted.
@@ -138,18 +130,8 @@ impl Authenticator {
         out
     }
 
-    /// Validates a token (or finds it validated in the cache) and checks the global
-    /// required scopes.
-    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
-        let principal = self.validate_cached(token).await?;
-        principal
-            .has_scopes(&self.required_scopes)
-            .map_err(|scope| AuthError::InsufficientScope { scope })?;
-        Ok(principal)
-    }
-
     /// [`Authenticator::validate`] through the cache of validated tokens ([`super::cache`]):
-    /// the path every request takes.
+    /// the path every request takes (from [`Authenticator::authorize`]).
     pub async fn validate_cached(&self, token: &str) -> Result<Principal, AuthError> {
         let epoch = self.key_epoch();
         if let Some(principal) = self.cache.get(token, epoch) {
@@ -208,7 +190,7 @@ impl Authenticator {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.set_issuer(&[&issuer.name]);
-        validation.set_audience(&self.audiences);
+        validation.set_audience(&self.access.audiences);
         // Without these, jsonwebtoken checks iss/aud only when present.
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
@@ -364,7 +346,7 @@ pub fn mint_hmac_token(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::IssuerConfig;
+    use crate::config::{AuthConfig, IssuerConfig};
     use serde_json::json;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -374,9 +356,17 @@ mod tests {
         let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
     }
 
+    /// A config with these `auth` settings and nothing else.
+    fn config(auth: AuthConfig) -> Config {
+        let mut config = Config::parse("", &[]).expect("empty config");
+        config.auth = auth;
+        config
+    }
+
     fn authenticator() -> Authenticator {
         install_crypto();
-        let config = AuthConfig {
+        let config = config(AuthConfig {
+            audiences: vec![AUD.into()],
             issuers: vec![IssuerConfig {
                 issuer: "dev".into(),
                 discovery: false,
@@ -387,9 +377,8 @@ mod tests {
                 secret_env: Some("S".into()),
             }],
             ..AuthConfig::default()
-        };
-        Authenticator::new(&config, vec![AUD.into()], &[("S".into(), SECRET.into())])
-            .expect("authenticator")
+        });
+        Authenticator::new(&config, AUD, &[("S".into(), SECRET.into())]).expect("authenticator")
     }
 
     fn claims(overrides: Value) -> Map<String, Value> {
@@ -414,7 +403,7 @@ mod tests {
     #[tokio::test]
     async fn accepts_a_good_token_and_reads_scopes() {
         let p = authenticator()
-            .authenticate(&token(json!({})))
+            .validate_cached(&token(json!({})))
             .await
             .expect("valid");
         assert_eq!((p.iss.as_str(), p.sub.as_str()), ("dev", "alice"));
@@ -464,7 +453,7 @@ mod tests {
             ("two parts", "abc.def".into(), "malformed"),
         ];
         for (name, t, reason) in cases {
-            let err = a.authenticate(&t).await.expect_err(name);
+            let err = a.validate_cached(&t).await.expect_err(name);
             assert_eq!(err.reason(), reason, "{name}: {err}");
         }
         // alg: none, crafted by hand.
@@ -476,7 +465,7 @@ mod tests {
             b64(json!({"alg": "none", "typ": "JWT"})),
             b64(Value::Object(claims(json!({}))))
         );
-        assert!(a.authenticate(&none).await.is_err());
+        assert!(a.validate_cached(&none).await.is_err());
     }
 
     #[tokio::test]
@@ -494,14 +483,14 @@ mod tests {
             ("exp not a date", json!({"exp": "later"}), "missing_claim"),
             ("empty sub", json!({"sub": ""}), "missing_claim"),
         ] {
-            let err = a.authenticate(&token(overrides)).await.expect_err(name);
+            let err = a.validate_cached(&token(overrides)).await.expect_err(name);
             assert_eq!(err.reason(), reason, "{name}: {err}");
         }
         // Issued before nbf and after exp: never valid, whatever the clock says.
         let mut a = authenticator();
         a.leeway = 100_000;
         let err = a
-            .authenticate(&token(json!({"nbf": now + 50, "exp": now + 10})))
+            .validate_cached(&token(json!({"nbf": now + 50, "exp": now + 10})))
             .await
             .expect_err("nbf > exp");
         assert_eq!(err.reason(), "invalid", "{err}");
@@ -513,7 +502,10 @@ mod tests {
             (json!({"scope": "a", "scp": ["a", "z"]}), vec!["a", "z"]),
             (json!({"scope": null}), vec![]),
         ] {
-            let p = a.authenticate(&token(claims.clone())).await.expect("valid");
+            let p = a
+                .validate_cached(&token(claims.clone()))
+                .await
+                .expect("valid");
             assert_eq!(p.scopes, want, "{claims}");
         }
     }
@@ -530,7 +522,7 @@ mod tests {
             jwks_min_refetch_secs: 10,
             secret_env: None,
         };
-        let config = AuthConfig {
+        let config = config(AuthConfig {
             issuers: vec![
                 issuer("https://idp.example.com/realms/mcp"),
                 issuer("mcp-auth-proxy-dev"),
@@ -538,8 +530,8 @@ mod tests {
                 issuer("urn:example:issuer"),
             ],
             ..AuthConfig::default()
-        };
-        let a = Authenticator::new(&config, vec![AUD.into()], &[]).expect("authenticator");
+        });
+        let a = Authenticator::new(&config, AUD, &[]).expect("authenticator");
         assert_eq!(
             a.authorization_servers(),
             vec![
@@ -547,15 +539,5 @@ mod tests {
                 "https://idp.example.com/realms/mcp"
             ]
         );
-    }
-
-    #[tokio::test]
-    async fn global_required_scope_gives_insufficient_scope() {
-        let mut a = authenticator();
-        a.required_scopes = vec!["mcp:admin".into()];
-        let err = a.authenticate(&token(json!({}))).await.expect_err("scope");
-        assert_eq!(err.reason(), "insufficient_scope");
-        let ok = token(json!({"scp": ["mcp:admin"]}));
-        assert!(a.authenticate(&ok).await.is_ok());
     }
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::Principal;
 use crate::auth::metadata::metadata_url;
-use crate::auth::{AuthError, Principal, bearer_token, query_has_token};
 use crate::jsonrpc;
 use crate::session::CapError;
 use crate::state::AppState;
@@ -23,8 +23,7 @@ pub struct ServerRoute {
     pub base: Arc<str>,
 }
 
-/// Authenticates a request for `route`'s server: the token, then the global and the server's
-/// required scopes together (a 403 names all of them, so one step-up covers the endpoint).
+/// Authenticates a request for `route`'s server ([`crate::auth::Authenticator::authorize`]).
 /// The error is the complete 401/403 answer.
 pub async fn authorize(
     state: &AppState,
@@ -33,22 +32,7 @@ pub async fn authorize(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Principal, Response> {
-    let required = required_scopes(state, route);
-    let result = async {
-        if query_has_token(query) {
-            return Err(AuthError::TokenInQuery);
-        }
-        let token = bearer_token(headers)?;
-        let principal = state.auth.validate_cached(token).await?;
-        if !audience_fits(state, route, &principal) {
-            return Err(AuthError::BadAudience);
-        }
-        principal
-            .has_scopes(&required)
-            .map_err(|scope| AuthError::InsufficientScope { scope })?;
-        Ok(principal)
-    }
-    .await;
+    let result = state.auth.authorize(&route.name, headers, query).await;
     result.map_err(|e| {
         tracing::info!(reason = e.reason(), detail = %e, server = %route.name, "request refused");
         state.metrics.auth_failure(e.reason());
@@ -57,54 +41,8 @@ pub async fn authorize(
             &state.public_url_for(headers),
             &format!("{}{endpoint}", route.base),
         );
-        e.into_challenge(&resource_metadata, &required.join(" "))
+        e.into_challenge(&resource_metadata, state.auth.required_scope(&route.name))
     })
-}
-
-/// Token audience binding per server (spec 2025-11-25 Authorization §Token Audience Binding:
-/// a token issued for another MCP server is refused). With the default audiences
-/// (`auth.audiences` empty) a token's `aud` names the whole proxy (`public_url`), accepted
-/// everywhere, or one server's endpoint (an RFC 8707 resource indicator), accepted at that
-/// server only — under any of its mount points. Explicit `auth.audiences` are the operator's
-/// choice and already checked when the token was validated.
-fn audience_fits(state: &AppState, route: &ServerRoute, principal: &Principal) -> bool {
-    if !state.config.auth.audiences.is_empty() {
-        return true;
-    }
-    let is_root = state.config.root_server() == Some(&*route.name);
-    let fits = |aud: &str| {
-        let Some(rest) = aud.strip_prefix(state.public_url.as_str()) else {
-            return false;
-        };
-        if rest.is_empty() || rest == "/" {
-            return true;
-        }
-        let endpoint = |e: &str| e == "/mcp" || e == "/sse";
-        (is_root && endpoint(rest))
-            || rest
-                .strip_prefix("/servers/")
-                .and_then(|r| r.strip_prefix(&*route.name))
-                .is_some_and(endpoint)
-    };
-    match principal.claims.get("aud") {
-        Some(serde_json::Value::String(aud)) => fits(aud),
-        Some(serde_json::Value::Array(auds)) => auds.iter().any(|a| a.as_str().is_some_and(&fits)),
-        _ => false,
-    }
-}
-
-/// The scopes every request to `route`'s server needs: `auth.required_scopes`, then the
-/// server's `required_scopes`, without duplicates.
-pub fn required_scopes(state: &AppState, route: &ServerRoute) -> Vec<String> {
-    let mut out: Vec<String> = state.auth.required_scopes().to_vec();
-    if let Some(server) = state.servers.get(&*route.name) {
-        for scope in &server.config.required_scopes {
-            if !out.contains(scope) {
-                out.push(scope.clone());
-            }
-        }
-    }
-    out
 }
 
 /// A JSON-RPC error body with an HTTP status (400 for bad bodies).
