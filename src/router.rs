@@ -140,7 +140,8 @@ async fn resource_metadata(
 /// must describe a resource that exists, with `resource` exactly its URL).
 fn metadata_document(state: &AppState, headers: &HeaderMap, rest: &str) -> Response {
     let endpoint = metadata::endpoint_for(&state.public_url, rest);
-    match metadata::document(state, &endpoint) {
+    let servers = state.auth.authorization_servers();
+    match metadata::document(&state.config, &state.public_url, &servers, &endpoint) {
         Some(mut doc) => {
             // The address the client used (trusted X-Forwarded-*), as in the challenge.
             doc.resource = format!("{}{endpoint}", state.public_url_for(headers));
