@@ -34,7 +34,10 @@ struct Issuer {
 /// Validates bearer tokens against the configured issuers; [`Authenticator::authorize`]
 /// decides a request with them.
 pub struct Authenticator {
-    issuers: HashMap<String, Issuer>,
+    /// In config order: the first is the operator's primary identity provider.
+    issuers: Vec<Issuer>,
+    /// `iss` → index into `issuers`.
+    by_iss: HashMap<String, usize>,
     /// Audiences, audience binding and required scopes (see [`super::authorize`]).
     pub(super) access: AccessRules,
     leeway: u64,
@@ -64,42 +67,41 @@ impl Authenticator {
             .user_agent(concat!("mcp-auth-proxy/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| AuthSetupError::Client(e.to_string()))?;
-        let mut issuers = HashMap::new();
+        let mut issuers = Vec::with_capacity(config.auth.issuers.len());
+        let mut by_iss = HashMap::new();
         for issuer in &config.auth.issuers {
-            let built = build_issuer(issuer, env, &client)?;
-            issuers.insert(issuer.issuer.clone(), built);
+            by_iss.insert(issuer.issuer.clone(), issuers.len());
+            issuers.push(build_issuer(issuer, env, &client)?);
         }
         Ok(Self {
             issuers,
+            by_iss,
             access: AccessRules::new(config, public_url),
             leeway: config.auth.leeway_secs,
             cache: super::cache::TokenCache::new(super::cache::DEFAULT_CAPACITY),
         })
     }
 
-    /// The configured issuer identifiers, sorted.
-    pub fn issuer_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.issuers.keys().cloned().collect();
-        names.sort();
-        names
-    }
-
     /// The issuers a client can ask for a token: those whose identifier is an http(s) URL
     /// (RFC 9728 `authorization_servers` holds RFC 8414 issuer identifiers; a bare name such as
-    /// a development HS issuer's is no authorization server a client could discover).
+    /// a development HS issuer's is no authorization server a client could discover). In
+    /// config order: a client starts its OAuth flow with the first (RFC 9728 §2 leaves the
+    /// choice to it), which must be the operator's primary, not whichever name sorts first.
     pub fn authorization_servers(&self) -> Vec<String> {
-        self.issuer_names()
-            .into_iter()
+        self.issuers
+            .iter()
+            .map(|i| &i.name)
             .filter(|name| {
                 url::Url::parse(name)
                     .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.has_host())
             })
+            .cloned()
             .collect()
     }
 
     /// True when every JWKS issuer has a key set loaded.
     pub fn keys_loaded(&self) -> bool {
-        self.issuers.values().all(|i| match &i.keys {
+        self.issuers.iter().all(|i| match &i.keys {
             KeySource::Secret(_) => true,
             KeySource::Jwks(cache) => cache.is_loaded(),
         })
@@ -108,7 +110,7 @@ impl Authenticator {
     /// Every issuer's JWKS cache; each runs [`JwksCache::maintain`] in the background.
     pub fn jwks_caches(&self) -> Vec<Arc<JwksCache>> {
         self.issuers
-            .values()
+            .iter()
             .filter_map(|i| match &i.keys {
                 KeySource::Jwks(cache) => Some(cache.clone()),
                 KeySource::Secret(_) => None,
@@ -120,7 +122,7 @@ impl Authenticator {
     pub fn jwks_stats(&self) -> Vec<(String, JwksStats)> {
         let mut out: Vec<(String, JwksStats)> = self
             .issuers
-            .values()
+            .iter()
             .filter_map(|i| match &i.keys {
                 KeySource::Jwks(cache) => Some((i.name.clone(), cache.stats())),
                 KeySource::Secret(_) => None,
@@ -146,7 +148,7 @@ impl Authenticator {
     /// outlive the key set they were checked against.
     fn key_epoch(&self) -> u64 {
         self.issuers
-            .values()
+            .iter()
             .map(|i| match &i.keys {
                 KeySource::Jwks(cache) => cache.stats().fetches_ok,
                 KeySource::Secret(_) => 0,
@@ -161,7 +163,11 @@ impl Authenticator {
             _ => AuthError::Malformed("bad header"),
         })?;
         let iss = unverified_issuer(token)?;
-        let issuer = self.issuers.get(&iss).ok_or(AuthError::UnknownIssuer)?;
+        let issuer = self
+            .by_iss
+            .get(&iss)
+            .and_then(|&i| self.issuers.get(i))
+            .ok_or(AuthError::UnknownIssuer)?;
         let alg = header.alg;
         if !issuer.algorithms.contains(&alg) {
             return Err(AuthError::AlgorithmNotAllowed(format!("{alg:?}")));
@@ -535,9 +541,33 @@ mod tests {
         assert_eq!(
             a.authorization_servers(),
             vec![
-                "http://127.0.0.1:4444",
-                "https://idp.example.com/realms/mcp"
+                "https://idp.example.com/realms/mcp",
+                "http://127.0.0.1:4444"
             ]
         );
+    }
+
+    #[test]
+    fn authorization_servers_keep_the_config_order() {
+        install_crypto();
+        let issuer = |name: &str| IssuerConfig {
+            issuer: name.into(),
+            discovery: true,
+            jwks_url: None,
+            algorithms: vec!["RS256".into()],
+            jwks_refresh_secs: 300,
+            jwks_min_refetch_secs: 10,
+            secret_env: None,
+        };
+        let primary = "https://login.example.com/tenant";
+        let secondary = "https://auth.example.com/realms/mcp";
+        for order in [[primary, secondary], [secondary, primary]] {
+            let config = config(AuthConfig {
+                issuers: order.iter().map(|name| issuer(name)).collect(),
+                ..AuthConfig::default()
+            });
+            let a = Authenticator::new(&config, AUD, &[]).expect("authenticator");
+            assert_eq!(a.authorization_servers(), order);
+        }
     }
 }
