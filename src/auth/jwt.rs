@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use super::authorize::AccessRules;
@@ -340,19 +340,11 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
     }
 }
 
-/// Signs an HMAC token (the `token` subcommand: development and tests).
-pub fn mint_hmac_token(
-    secret: &[u8],
-    alg: Algorithm,
-    claims: &Map<String, Value>,
-) -> Result<String, jsonwebtoken::errors::Error> {
-    jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{AuthConfig, IssuerConfig};
+    use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -402,8 +394,13 @@ mod tests {
         base.as_object().cloned().unwrap_or_default()
     }
 
+    fn sign(secret: &[u8], alg: Algorithm, claims: &Map<String, Value>) -> String {
+        jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret))
+            .expect("sign")
+    }
+
     fn token(overrides: Value) -> String {
-        mint_hmac_token(SECRET.as_bytes(), Algorithm::HS256, &claims(overrides)).expect("sign")
+        sign(SECRET.as_bytes(), Algorithm::HS256, &claims(overrides))
     }
 
     #[tokio::test]
@@ -420,14 +417,12 @@ mod tests {
     async fn rejection_table() {
         let now = jsonwebtoken::get_current_timestamp();
         let a = authenticator();
-        let other_secret = mint_hmac_token(
+        let other_secret = sign(
             b"another-secret-another-secret-123",
             Algorithm::HS256,
             &claims(json!({})),
-        )
-        .expect("sign");
-        let hs384 =
-            mint_hmac_token(SECRET.as_bytes(), Algorithm::HS384, &claims(json!({}))).expect("sign");
+        );
+        let hs384 = sign(SECRET.as_bytes(), Algorithm::HS384, &claims(json!({})));
         let cases: Vec<(&str, String, &str)> = vec![
             ("expired", token(json!({"exp": now - 3600})), "expired"),
             (
