@@ -1,5 +1,6 @@
 //! criterion micro-benches of the per-message hot path (issue 7): token validation (HS256,
-//! RS256, ES256; uncached and through the validated-token cache), JSON-RPC classification of
+//! RS256, ES256; uncached, and the whole authorization decision a request takes, through the
+//! validated-token cache), JSON-RPC classification of
 //! child output and client bodies, id rewriting, and SSE event encoding.
 //!
 //! `cargo bench --bench hot_path`; under `cargo test --all-targets` each bench runs once.
@@ -9,6 +10,7 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::Arc;
 
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::IntoResponse;
 use axum::response::sse::{Event, Sse};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -113,7 +115,7 @@ command = "true"
     );
     let env = vec![("BENCH_SECRET".to_owned(), SECRET.to_owned())];
     let config = Config::parse(&toml, &env).expect("config");
-    let auth = Authenticator::new(&config.auth, vec![AUD.into()], &env).expect("authenticator");
+    let auth = Authenticator::new(&config, AUD, &env).expect("authenticator");
     for cache in auth.jwks_caches() {
         rt.block_on(cache.refresh()).expect("JWKS load");
     }
@@ -137,13 +139,22 @@ fn tokens(c: &mut Criterion) {
     for signer in &signers {
         let token = signer.token();
         let name = format!("{:?}", signer.alg);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+        );
         // Make sure it is valid, and in the cache for the cached variant.
-        rt.block_on(auth.authenticate(&token)).expect("valid token");
+        rt.block_on(auth.authorize("default", &headers, None))
+            .expect("valid token");
         group.bench_with_input(BenchmarkId::new("uncached", &name), &token, |b, t| {
             b.iter(|| futures::executor::block_on(auth.validate(black_box(t))).is_ok())
         });
-        group.bench_with_input(BenchmarkId::new("cached", &name), &token, |b, t| {
-            b.iter(|| futures::executor::block_on(auth.authenticate(black_box(t))).is_ok())
+        // What every request does: header, cached validation, audience, scopes.
+        group.bench_with_input(BenchmarkId::new("cached", &name), &headers, |b, h| {
+            b.iter(|| {
+                futures::executor::block_on(auth.authorize("default", black_box(h), None)).is_ok()
+            })
         });
     }
     group.finish();

@@ -70,12 +70,7 @@ pub fn build_state(
         Some(url) => config::parse_public_url(url)?,
         None => format!("http://{local_addr}"),
     };
-    let audiences = if config.auth.audiences.is_empty() {
-        http::router::default_audiences(&public_url, &config)
-    } else {
-        config.auth.audiences.clone()
-    };
-    let authenticator = Authenticator::new(&config.auth, audiences, env)
+    let authenticator = Authenticator::new(&config, &public_url, env)
         .map_err(|e| StartError::Auth(e.to_string()))?;
     // The child must not inherit the proxy's secrets or settings.
     let mut env_remove: Vec<String> = env
@@ -133,9 +128,6 @@ pub async fn run(
     let state = build_state(config, listener.local_addr()?, &env)?;
     serve(state, listener, shutdown).await
 }
-
-#[doc(hidden)]
-pub use auth::jwt::mint_hmac_token;
 
 /// What the micro-benches (`benches/hot_path.rs`) measure, through the production code (not an
 /// API).

@@ -1,11 +1,13 @@
 //! The `mcp-auth-proxy` binary: CLI, logging, config loading (exit 64 on error, before any
-//! port is bound), then `mcp_auth_proxy::run`.
+//! port is bound), then `mcp_auth_proxy::run` (or a subcommand of [`cli`]).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mcp_auth_proxy::config::{Config, LogFormat as ConfigLogFormat, is_hmac, parse_algorithm};
+use mcp_auth_proxy::config::{Config, LogFormat as ConfigLogFormat};
 
 /// Exit code for a configuration error (sysexits.h EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -84,14 +86,14 @@ fn main() -> ExitCode {
     });
     init_logging(format, &config.log.level);
     match cli.command {
-        Some(Command::Check) => check(&config),
+        Some(Command::Check) => cli::check(&config),
         Some(Command::Token {
             sub,
             scope,
             ttl,
             issuer,
             aud,
-        }) => token(&config, &sub, scope, ttl, issuer, aud),
+        }) => cli::token(&config, &sub, scope, ttl, issuer, aud),
         None => serve(config),
     }
 }
@@ -206,116 +208,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-}
-
-fn check(config: &Config) -> ExitCode {
-    println!("config OK");
-    println!("listen: {}", config.listen.addr);
-    let public = config
-        .http
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", config.listen.addr));
-    println!("public_url: {public}");
-    for issuer in &config.auth.issuers {
-        let source = if let Some(var) = &issuer.secret_env {
-            format!("secret from ${var}")
-        } else if issuer.discovery {
-            "OIDC discovery".to_owned()
-        } else {
-            format!("JWKS {}", issuer.jwks_url.as_deref().unwrap_or("?"))
-        };
-        println!(
-            "issuer: {} [{}] ({source})",
-            issuer.issuer,
-            issuer.algorithms.join(", ")
-        );
-    }
-    let root = config.root_server();
-    for (name, server) in &config.servers {
-        let mut routes = format!("/servers/{name}/{{sse,message,mcp}}");
-        if root == Some(name.as_str()) {
-            routes = format!("/sse, /message, /mcp, {routes}");
-        }
-        println!(
-            "server {name}: {} {} (child_scope = {:?}) at {routes}",
-            server.command,
-            server.args.join(" "),
-            server.child_scope
-        );
-    }
-    ExitCode::SUCCESS
-}
-
-fn token(
-    config: &Config,
-    sub: &str,
-    scope: Option<String>,
-    ttl: u64,
-    issuer: Option<String>,
-    aud: Option<String>,
-) -> ExitCode {
-    mcp_auth_proxy::install_crypto_provider();
-    let hs =
-        config.auth.issuers.iter().find(|i| {
-            i.secret_env.is_some() && issuer.as_ref().is_none_or(|want| *want == i.issuer)
-        });
-    let Some(hs) = hs else {
-        eprintln!(
-            "mcp-auth-proxy: no HS issuer{} in the config",
-            issuer.map(|i| format!(" `{i}`")).unwrap_or_default()
-        );
-        return ExitCode::from(EXIT_CONFIG);
-    };
-    let Some(alg) = hs
-        .algorithms
-        .iter()
-        .filter_map(|a| parse_algorithm(a))
-        .find(|a| is_hmac(*a))
-    else {
-        eprintln!("mcp-auth-proxy: issuer `{}` has no HS algorithm", hs.issuer);
-        return ExitCode::from(EXIT_CONFIG);
-    };
-    let secret = hs
-        .secret_env
-        .as_ref()
-        .and_then(|var| std::env::var(var).ok())
-        .unwrap_or_default();
-    let aud = aud.unwrap_or_else(|| {
-        config
-            .auth
-            .audiences
-            .first()
-            .cloned()
-            .or_else(|| {
-                config
-                    .http
-                    .public_url
-                    .clone()
-                    .map(|u| u.trim_end_matches('/').to_owned())
-            })
-            .unwrap_or_else(|| format!("http://{}", config.listen.addr))
-    });
-    let now = jsonwebtoken::get_current_timestamp();
-    let mut claims = serde_json::Map::new();
-    claims.insert("iss".into(), hs.issuer.clone().into());
-    claims.insert("sub".into(), sub.into());
-    claims.insert("aud".into(), aud.into());
-    claims.insert("iat".into(), now.into());
-    claims.insert("nbf".into(), now.into());
-    claims.insert("exp".into(), (now + ttl).into());
-    if let Some(scope) = scope {
-        claims.insert("scope".into(), scope.into());
-    }
-    match mcp_auth_proxy::mint_hmac_token(secret.as_bytes(), alg, &claims) {
-        Ok(t) => {
-            println!("{t}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("mcp-auth-proxy: signing failed: {e}");
-            ExitCode::FAILURE
-        }
     }
 }

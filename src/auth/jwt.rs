@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use super::authorize::AccessRules;
 use super::jwk::decoding_key_for;
 use super::jwks::{JwksCache, JwksSource, JwksStats};
 use super::{AuthError, Principal};
-use crate::config::{AuthConfig, IssuerConfig, is_hmac, parse_algorithm};
+use crate::config::{Config, IssuerConfig, is_hmac, parse_algorithm};
 
 /// Where an issuer's verification keys come from.
 enum KeySource {
@@ -30,12 +31,16 @@ struct Issuer {
     keys: KeySource,
 }
 
-/// Validates bearer tokens against the configured issuers.
+/// Validates bearer tokens against the configured issuers; [`Authenticator::authorize`]
+/// decides a request with them.
 pub struct Authenticator {
-    issuers: HashMap<String, Issuer>,
-    audiences: Vec<String>,
+    /// In config order: the first is the operator's primary identity provider.
+    issuers: Vec<Issuer>,
+    /// `iss` → index into `issuers`.
+    by_iss: HashMap<String, usize>,
+    /// Audiences, audience binding and required scopes (see [`super::authorize`]).
+    pub(super) access: AccessRules,
     leeway: u64,
-    required_scopes: Vec<String>,
     cache: super::cache::TokenCache,
 }
 
@@ -48,11 +53,12 @@ pub enum AuthSetupError {
 }
 
 impl Authenticator {
-    /// Builds the validators. HMAC secrets are read from `env` now; JWKS are fetched by the
-    /// caches' [`JwksCache::maintain`] tasks (see [`Authenticator::jwks_caches`]).
+    /// Builds the validators and the access rules of `config` for a proxy reachable at
+    /// `public_url` (no trailing slash). HMAC secrets are read from `env` now; JWKS are
+    /// fetched by the caches' [`JwksCache::maintain`] tasks (see [`Authenticator::jwks_caches`]).
     pub fn new(
-        config: &AuthConfig,
-        audiences: Vec<String>,
+        config: &Config,
+        public_url: &str,
         env: &[(String, String)],
     ) -> Result<Self, AuthSetupError> {
         let client = reqwest::Client::builder()
@@ -61,53 +67,41 @@ impl Authenticator {
             .user_agent(concat!("mcp-auth-proxy/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| AuthSetupError::Client(e.to_string()))?;
-        let mut issuers = HashMap::new();
-        for issuer in &config.issuers {
-            let built = build_issuer(issuer, env, &client)?;
-            issuers.insert(issuer.issuer.clone(), built);
+        let mut issuers = Vec::with_capacity(config.auth.issuers.len());
+        let mut by_iss = HashMap::new();
+        for issuer in &config.auth.issuers {
+            by_iss.insert(issuer.issuer.clone(), issuers.len());
+            issuers.push(build_issuer(issuer, env, &client)?);
         }
         Ok(Self {
             issuers,
-            audiences,
-            leeway: config.leeway_secs,
-            required_scopes: config.required_scopes.clone(),
+            by_iss,
+            access: AccessRules::new(config, public_url),
+            leeway: config.auth.leeway_secs,
             cache: super::cache::TokenCache::new(super::cache::DEFAULT_CAPACITY),
         })
     }
 
-    /// The accepted audiences.
-    pub fn audiences(&self) -> &[String] {
-        &self.audiences
-    }
-
-    /// The globally required scopes (`auth.required_scopes`).
-    pub fn required_scopes(&self) -> &[String] {
-        &self.required_scopes
-    }
-
-    /// The configured issuer identifiers, sorted.
-    pub fn issuer_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.issuers.keys().cloned().collect();
-        names.sort();
-        names
-    }
-
     /// The issuers a client can ask for a token: those whose identifier is an http(s) URL
     /// (RFC 9728 `authorization_servers` holds RFC 8414 issuer identifiers; a bare name such as
-    /// a development HS issuer's is no authorization server a client could discover).
+    /// a development HS issuer's is no authorization server a client could discover). In
+    /// config order: a client starts its OAuth flow with the first (RFC 9728 §2 leaves the
+    /// choice to it), which must be the operator's primary, not whichever name sorts first.
     pub fn authorization_servers(&self) -> Vec<String> {
-        self.issuer_names()
-            .into_iter()
+        self.issuers
+            .iter()
+            .map(|i| &i.name)
             .filter(|name| {
                 url::Url::parse(name)
                     .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.has_host())
             })
+            .cloned()
             .collect()
     }
 
     /// True when every JWKS issuer has a key set loaded.
     pub fn keys_loaded(&self) -> bool {
-        self.issuers.values().all(|i| match &i.keys {
+        self.issuers.iter().all(|i| match &i.keys {
             KeySource::Secret(_) => true,
             KeySource::Jwks(cache) => cache.is_loaded(),
         })
@@ -116,7 +110,7 @@ impl Authenticator {
     /// Every issuer's JWKS cache; each runs [`JwksCache::maintain`] in the background.
     pub fn jwks_caches(&self) -> Vec<Arc<JwksCache>> {
         self.issuers
-            .values()
+            .iter()
             .filter_map(|i| match &i.keys {
                 KeySource::Jwks(cache) => Some(cache.clone()),
                 KeySource::Secret(_) => None,
@@ -128,7 +122,7 @@ impl Authenticator {
     pub fn jwks_stats(&self) -> Vec<(String, JwksStats)> {
         let mut out: Vec<(String, JwksStats)> = self
             .issuers
-            .values()
+            .iter()
             .filter_map(|i| match &i.keys {
                 KeySource::Jwks(cache) => Some((i.name.clone(), cache.stats())),
                 KeySource::Secret(_) => None,
@@ -138,18 +132,8 @@ impl Authenticator {
         out
     }
 
-    /// Validates a token (or finds it validated in the cache) and checks the global
-    /// required scopes.
-    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
-        let principal = self.validate_cached(token).await?;
-        principal
-            .has_scopes(&self.required_scopes)
-            .map_err(|scope| AuthError::InsufficientScope { scope })?;
-        Ok(principal)
-    }
-
     /// [`Authenticator::validate`] through the cache of validated tokens ([`super::cache`]):
-    /// the path every request takes.
+    /// the path every request takes (from [`Authenticator::authorize`]).
     pub async fn validate_cached(&self, token: &str) -> Result<Principal, AuthError> {
         let epoch = self.key_epoch();
         if let Some(principal) = self.cache.get(token, epoch) {
@@ -164,7 +148,7 @@ impl Authenticator {
     /// outlive the key set they were checked against.
     fn key_epoch(&self) -> u64 {
         self.issuers
-            .values()
+            .iter()
             .map(|i| match &i.keys {
                 KeySource::Jwks(cache) => cache.stats().fetches_ok,
                 KeySource::Secret(_) => 0,
@@ -179,7 +163,11 @@ impl Authenticator {
             _ => AuthError::Malformed("bad header"),
         })?;
         let iss = unverified_issuer(token)?;
-        let issuer = self.issuers.get(&iss).ok_or(AuthError::UnknownIssuer)?;
+        let issuer = self
+            .by_iss
+            .get(&iss)
+            .and_then(|&i| self.issuers.get(i))
+            .ok_or(AuthError::UnknownIssuer)?;
         let alg = header.alg;
         if !issuer.algorithms.contains(&alg) {
             return Err(AuthError::AlgorithmNotAllowed(format!("{alg:?}")));
@@ -208,7 +196,7 @@ impl Authenticator {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.set_issuer(&[&issuer.name]);
-        validation.set_audience(&self.audiences);
+        validation.set_audience(&self.access.audiences);
         // Without these, jsonwebtoken checks iss/aud only when present.
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
@@ -352,19 +340,11 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
     }
 }
 
-/// Signs an HMAC token (the `token` subcommand: development and tests).
-pub fn mint_hmac_token(
-    secret: &[u8],
-    alg: Algorithm,
-    claims: &Map<String, Value>,
-) -> Result<String, jsonwebtoken::errors::Error> {
-    jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::IssuerConfig;
+    use crate::config::{AuthConfig, IssuerConfig};
+    use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -374,9 +354,17 @@ mod tests {
         let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
     }
 
+    /// A config with these `auth` settings and nothing else.
+    fn config(auth: AuthConfig) -> Config {
+        let mut config = Config::parse("", &[]).expect("empty config");
+        config.auth = auth;
+        config
+    }
+
     fn authenticator() -> Authenticator {
         install_crypto();
-        let config = AuthConfig {
+        let config = config(AuthConfig {
+            audiences: vec![AUD.into()],
             issuers: vec![IssuerConfig {
                 issuer: "dev".into(),
                 discovery: false,
@@ -387,9 +375,8 @@ mod tests {
                 secret_env: Some("S".into()),
             }],
             ..AuthConfig::default()
-        };
-        Authenticator::new(&config, vec![AUD.into()], &[("S".into(), SECRET.into())])
-            .expect("authenticator")
+        });
+        Authenticator::new(&config, AUD, &[("S".into(), SECRET.into())]).expect("authenticator")
     }
 
     fn claims(overrides: Value) -> Map<String, Value> {
@@ -407,14 +394,19 @@ mod tests {
         base.as_object().cloned().unwrap_or_default()
     }
 
+    fn sign(secret: &[u8], alg: Algorithm, claims: &Map<String, Value>) -> String {
+        jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret))
+            .expect("sign")
+    }
+
     fn token(overrides: Value) -> String {
-        mint_hmac_token(SECRET.as_bytes(), Algorithm::HS256, &claims(overrides)).expect("sign")
+        sign(SECRET.as_bytes(), Algorithm::HS256, &claims(overrides))
     }
 
     #[tokio::test]
     async fn accepts_a_good_token_and_reads_scopes() {
         let p = authenticator()
-            .authenticate(&token(json!({})))
+            .validate_cached(&token(json!({})))
             .await
             .expect("valid");
         assert_eq!((p.iss.as_str(), p.sub.as_str()), ("dev", "alice"));
@@ -425,14 +417,12 @@ mod tests {
     async fn rejection_table() {
         let now = jsonwebtoken::get_current_timestamp();
         let a = authenticator();
-        let other_secret = mint_hmac_token(
+        let other_secret = sign(
             b"another-secret-another-secret-123",
             Algorithm::HS256,
             &claims(json!({})),
-        )
-        .expect("sign");
-        let hs384 =
-            mint_hmac_token(SECRET.as_bytes(), Algorithm::HS384, &claims(json!({}))).expect("sign");
+        );
+        let hs384 = sign(SECRET.as_bytes(), Algorithm::HS384, &claims(json!({})));
         let cases: Vec<(&str, String, &str)> = vec![
             ("expired", token(json!({"exp": now - 3600})), "expired"),
             (
@@ -464,7 +454,7 @@ mod tests {
             ("two parts", "abc.def".into(), "malformed"),
         ];
         for (name, t, reason) in cases {
-            let err = a.authenticate(&t).await.expect_err(name);
+            let err = a.validate_cached(&t).await.expect_err(name);
             assert_eq!(err.reason(), reason, "{name}: {err}");
         }
         // alg: none, crafted by hand.
@@ -476,7 +466,7 @@ mod tests {
             b64(json!({"alg": "none", "typ": "JWT"})),
             b64(Value::Object(claims(json!({}))))
         );
-        assert!(a.authenticate(&none).await.is_err());
+        assert!(a.validate_cached(&none).await.is_err());
     }
 
     #[tokio::test]
@@ -494,14 +484,14 @@ mod tests {
             ("exp not a date", json!({"exp": "later"}), "missing_claim"),
             ("empty sub", json!({"sub": ""}), "missing_claim"),
         ] {
-            let err = a.authenticate(&token(overrides)).await.expect_err(name);
+            let err = a.validate_cached(&token(overrides)).await.expect_err(name);
             assert_eq!(err.reason(), reason, "{name}: {err}");
         }
         // Issued before nbf and after exp: never valid, whatever the clock says.
         let mut a = authenticator();
         a.leeway = 100_000;
         let err = a
-            .authenticate(&token(json!({"nbf": now + 50, "exp": now + 10})))
+            .validate_cached(&token(json!({"nbf": now + 50, "exp": now + 10})))
             .await
             .expect_err("nbf > exp");
         assert_eq!(err.reason(), "invalid", "{err}");
@@ -513,7 +503,10 @@ mod tests {
             (json!({"scope": "a", "scp": ["a", "z"]}), vec!["a", "z"]),
             (json!({"scope": null}), vec![]),
         ] {
-            let p = a.authenticate(&token(claims.clone())).await.expect("valid");
+            let p = a
+                .validate_cached(&token(claims.clone()))
+                .await
+                .expect("valid");
             assert_eq!(p.scopes, want, "{claims}");
         }
     }
@@ -530,7 +523,7 @@ mod tests {
             jwks_min_refetch_secs: 10,
             secret_env: None,
         };
-        let config = AuthConfig {
+        let config = config(AuthConfig {
             issuers: vec![
                 issuer("https://idp.example.com/realms/mcp"),
                 issuer("mcp-auth-proxy-dev"),
@@ -538,24 +531,38 @@ mod tests {
                 issuer("urn:example:issuer"),
             ],
             ..AuthConfig::default()
-        };
-        let a = Authenticator::new(&config, vec![AUD.into()], &[]).expect("authenticator");
+        });
+        let a = Authenticator::new(&config, AUD, &[]).expect("authenticator");
         assert_eq!(
             a.authorization_servers(),
             vec![
-                "http://127.0.0.1:4444",
-                "https://idp.example.com/realms/mcp"
+                "https://idp.example.com/realms/mcp",
+                "http://127.0.0.1:4444"
             ]
         );
     }
 
-    #[tokio::test]
-    async fn global_required_scope_gives_insufficient_scope() {
-        let mut a = authenticator();
-        a.required_scopes = vec!["mcp:admin".into()];
-        let err = a.authenticate(&token(json!({}))).await.expect_err("scope");
-        assert_eq!(err.reason(), "insufficient_scope");
-        let ok = token(json!({"scp": ["mcp:admin"]}));
-        assert!(a.authenticate(&ok).await.is_ok());
+    #[test]
+    fn authorization_servers_keep_the_config_order() {
+        install_crypto();
+        let issuer = |name: &str| IssuerConfig {
+            issuer: name.into(),
+            discovery: true,
+            jwks_url: None,
+            algorithms: vec!["RS256".into()],
+            jwks_refresh_secs: 300,
+            jwks_min_refetch_secs: 10,
+            secret_env: None,
+        };
+        let primary = "https://login.example.com/tenant";
+        let secondary = "https://auth.example.com/realms/mcp";
+        for order in [[primary, secondary], [secondary, primary]] {
+            let config = config(AuthConfig {
+                issuers: order.iter().map(|name| issuer(name)).collect(),
+                ..AuthConfig::default()
+            });
+            let a = Authenticator::new(&config, AUD, &[]).expect("authenticator");
+            assert_eq!(a.authorization_servers(), order);
+        }
     }
 }

@@ -65,11 +65,12 @@ pub fn resource_for(public_url: &str, rest: &str) -> String {
 /// The metadata document for `endpoint` (see [`endpoint_for`]), or `None` when it is not one
 /// of ours: the root document, and `/sse` and `/mcp` of every mounted server. Its scopes are
 /// those the endpoint understands: `auth.required_scopes`, the server's `required_scopes` and
-/// its tool rules' scopes (for the root document, every server's).
+/// its tool rules' scopes (for the root document, every server's). `resource` is the endpoint
+/// under `public_url`; `authorization_servers` is listed as given.
 pub fn document(
     config: &Config,
     public_url: &str,
-    authorization_servers: Vec<String>,
+    authorization_servers: &[String],
     endpoint: &str,
 ) -> Option<ResourceMetadata> {
     let mut servers: Vec<&str> = Vec::new();
@@ -100,7 +101,7 @@ pub fn document(
     scopes.dedup();
     Some(ResourceMetadata {
         resource: format!("{public_url}{endpoint}"),
-        authorization_servers,
+        authorization_servers: authorization_servers.to_vec(),
         scopes_supported: scopes,
         bearer_methods_supported: vec!["header"],
         resource_name: "mcp-auth-proxy",
@@ -110,6 +111,55 @@ pub fn document(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn documents_need_no_running_proxy() {
+        let toml = r#"
+[auth]
+required_scopes = ["mcp:tools"]
+[[auth.issuers]]
+issuer = "dev"
+algorithms = ["HS256"]
+secret_env = "S"
+[servers.default]
+command = "true"
+[servers.admin]
+command = "true"
+required_scopes = ["mcp:admin"]
+[[servers.admin.tool_rules]]
+tools = ["delete_*"]
+require_scopes = ["mcp:danger"]
+"#;
+        let config = Config::parse(toml, &[]).expect("config");
+        let idps = vec![
+            "https://b.example".to_owned(),
+            "https://a.example".to_owned(),
+        ];
+        let doc = |endpoint: &str| document(&config, "https://h/team", &idps, endpoint);
+        let root = doc("").expect("root document");
+        assert_eq!(root.resource, "https://h/team");
+        assert_eq!(root.authorization_servers, idps, "listed as given");
+        assert_eq!(
+            root.scopes_supported,
+            ["mcp:admin", "mcp:danger", "mcp:tools"]
+        );
+        let sse = doc("/sse").expect("root server's /sse");
+        assert_eq!(sse.resource, "https://h/team/sse");
+        assert_eq!(sse.scopes_supported, ["mcp:tools"]);
+        let admin = doc("/servers/admin/mcp").expect("admin's /mcp");
+        assert_eq!(
+            admin.scopes_supported,
+            ["mcp:admin", "mcp:danger", "mcp:tools"]
+        );
+        for other in [
+            "/message",
+            "/servers/nope/mcp",
+            "/servers/admin",
+            "/sse/extra",
+        ] {
+            assert!(doc(other).is_none(), "{other}");
+        }
+    }
 
     #[test]
     fn path_insertion() {

@@ -1,6 +1,7 @@
 //! Authentication: the bearer token of every request becomes a [`Principal`] or an [`AuthError`]
 //! (DESIGN §4; spec 2025-11-25 "Authorization" §Access Token Usage and §Token Audience Binding).
 
+pub mod authorize;
 pub mod cache;
 pub mod jwk;
 pub mod jwks;

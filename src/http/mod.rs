@@ -21,7 +21,7 @@ use axum::http::HeaderMap;
 pub use state::AppState;
 
 use crate::auth::metadata::metadata_url;
-use crate::auth::{AuthError, Principal, bearer_token, query_has_token};
+use crate::auth::Principal;
 use crate::child::ChildSpec;
 use crate::error::Error;
 use crate::pool::PoolError;
@@ -42,8 +42,9 @@ impl ServerRoute {
     }
 }
 
-/// Authenticates a request for `route`'s server: the token, then the global and the server's
-/// required scopes together (a 403 names all of them, so one step-up covers the endpoint).
+/// Authenticates a request for `route`'s server (the whole decision is
+/// [`crate::auth::Authenticator::authorize`]); a refusal is logged, counted and answered with
+/// its challenge.
 pub(crate) async fn caller(
     state: &AppState,
     route: &ServerRoute,
@@ -51,22 +52,7 @@ pub(crate) async fn caller(
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Principal, Error> {
-    let required = required_scopes(state, route);
-    let result = async {
-        if query_has_token(query) {
-            return Err(AuthError::TokenInQuery);
-        }
-        let token = bearer_token(headers)?;
-        let principal = state.auth.validate_cached(token).await?;
-        if !audience_fits(state, route, &principal) {
-            return Err(AuthError::BadAudience);
-        }
-        principal
-            .has_scopes(&required)
-            .map_err(|scope| AuthError::InsufficientScope { scope })?;
-        Ok(principal)
-    }
-    .await;
+    let result = state.auth.authorize(route.name(), headers, query).await;
     result.map_err(|e| {
         tracing::info!(reason = e.reason(), detail = %e, server = %route.name(), "request refused");
         state.metrics.auth_failure(e.reason());
@@ -75,54 +61,9 @@ pub(crate) async fn caller(
             &state.public_url_for(headers),
             &format!("{}{endpoint}", route.base),
         );
-        Error::Auth(Box::new(
-            e.challenge(resource_metadata, &required.join(" ")),
-        ))
+        let scope = state.auth.required_scope(route.name());
+        Error::Auth(Box::new(e.challenge(resource_metadata, scope)))
     })
-}
-
-/// Token audience binding per server (spec 2025-11-25 Authorization §Token Audience Binding:
-/// a token issued for another MCP server is refused). With the default audiences
-/// (`auth.audiences` empty) a token's `aud` names the whole proxy (`public_url`), accepted
-/// everywhere, or one server's endpoint (an RFC 8707 resource indicator), accepted at that
-/// server only — under any of its mount points. Explicit `auth.audiences` are the operator's
-/// choice and already checked when the token was validated.
-fn audience_fits(state: &AppState, route: &ServerRoute, principal: &Principal) -> bool {
-    if !state.config.auth.audiences.is_empty() {
-        return true;
-    }
-    let is_root = state.config.root_server() == Some(route.name());
-    let fits = |aud: &str| {
-        let Some(rest) = aud.strip_prefix(state.public_url.as_str()) else {
-            return false;
-        };
-        if rest.is_empty() || rest == "/" {
-            return true;
-        }
-        let endpoint = |e: &str| e == "/mcp" || e == "/sse";
-        (is_root && endpoint(rest))
-            || rest
-                .strip_prefix("/servers/")
-                .and_then(|r| r.strip_prefix(route.name()))
-                .is_some_and(endpoint)
-    };
-    match principal.claims.get("aud") {
-        Some(serde_json::Value::String(aud)) => fits(aud),
-        Some(serde_json::Value::Array(auds)) => auds.iter().any(|a| a.as_str().is_some_and(&fits)),
-        _ => false,
-    }
-}
-
-/// The scopes every request to `route`'s server needs: `auth.required_scopes`, then the
-/// server's `required_scopes`, without duplicates.
-fn required_scopes(state: &AppState, route: &ServerRoute) -> Vec<String> {
-    let mut out: Vec<String> = state.auth.required_scopes().to_vec();
-    for scope in &route.server.config.required_scopes {
-        if !out.contains(scope) {
-            out.push(scope.clone());
-        }
-    }
-    out
 }
 
 /// New work (a new session, or a sessionless request) is refused while draining: the load

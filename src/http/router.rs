@@ -15,7 +15,6 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use super::origin::{self, OriginPolicy};
 use super::{AppState, ServerRoute, access, legacy_sse, streamable};
 use crate::auth::metadata::{self, WELL_KNOWN};
-use crate::config::Config;
 use crate::error::Error;
 
 /// The router that `serve` runs.
@@ -88,23 +87,6 @@ fn server_routes(server: &Arc<crate::server::ServerRuntime>, base: &str) -> Rout
         .layer(Extension(route))
 }
 
-/// The audiences accepted when `auth.audiences` is empty: the proxy's own resource URLs
-/// (spec 2025-11-25 Authorization §Token Audience Binding), never another service's.
-pub(crate) fn default_audiences(public_url: &str, config: &Config) -> Vec<String> {
-    let mut out = vec![public_url.to_owned(), format!("{public_url}/")];
-    let mut bases = Vec::new();
-    if config.root_server().is_some() {
-        bases.push(String::new());
-    }
-    bases.extend(config.servers.keys().map(|n| format!("/servers/{n}")));
-    for base in bases {
-        for endpoint in ["/mcp", "/sse"] {
-            out.push(format!("{public_url}{base}{endpoint}"));
-        }
-    }
-    out
-}
-
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -157,7 +139,7 @@ async fn resource_metadata(
 fn metadata_document(state: &AppState, headers: &HeaderMap, rest: &str) -> Response {
     let endpoint = metadata::endpoint_for(&state.public_url, rest);
     let servers = state.auth.authorization_servers();
-    match metadata::document(&state.config, &state.public_url, servers, &endpoint) {
+    match metadata::document(&state.config, &state.public_url, &servers, &endpoint) {
         Some(mut doc) => {
             // The address the client used (trusted X-Forwarded-*), as in the challenge.
             doc.resource = format!("{}{endpoint}", state.public_url_for(headers));

@@ -205,6 +205,37 @@ async fn without_scopes_or_url_issuers_the_lists_are_empty() {
     );
 }
 
+/// With two identity providers a client starts its OAuth flow at the first authorization
+/// server listed: that must be the operator's first configured issuer, whichever name sorts
+/// first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_servers_follow_the_config_order() {
+    let jwks = JwksServer::start(vec![TestKey::ec("ec-1").jwk]).await;
+    let primary = "https://login.idp.test/tenant";
+    let secondary = "https://auth.idp.test/realms/mcp";
+    for order in [[primary, secondary], [secondary, primary]] {
+        let issuers: String = order
+            .iter()
+            .map(|issuer| {
+                format!(
+                    "[[auth.issuers]]\nissuer = \"{issuer}\"\nalgorithms = [\"ES256\"]\njwks_url = \"{}\"\n",
+                    jwks.url
+                )
+            })
+            .collect();
+        let cfg = format!(
+            "{issuers}\n[servers.default]\ncommand = \"{}\"\n",
+            example_server()
+        );
+        let p = Proxy::with_config(&cfg, &[]).await;
+        for path in ["", "/mcp", "/servers/default/sse"] {
+            let (status, body) = get(&format!("{}{WK}{path}", p.url)).await;
+            assert_eq!(status, 200, "{path}");
+            assert_eq!(body["authorization_servers"], json!(order), "{path}");
+        }
+    }
+}
+
 /// `discoverOAuthProtectedResourceMetadata` of the official TypeScript SDK: the path-derived
 /// URL for `/mcp`, and the URL taken from a real 401's `WWW-Authenticate` (`--probe`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
