@@ -134,7 +134,7 @@ impl ToolPolicy {
             Some("tools/list") => Verdict::FilterList,
             Some("tools/call") => {
                 let name = message.name.as_deref().unwrap_or_default();
-                let missing = self.missing(&name, scopes);
+                let missing = self.missing(name, scopes);
                 if missing.is_empty() {
                     Verdict::Allow
                 } else {

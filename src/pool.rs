@@ -246,7 +246,4 @@ impl ChildPool {
         lock(&self.map).len()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

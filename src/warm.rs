@@ -105,11 +105,6 @@ impl WarmPool {
         lock(&self.ready).iter().map(|w| w.child.pid()).collect()
     }
 
-    /// Children ready now.
-    pub(crate) fn ready(&self) -> usize {
-        lock(&self.ready).len()
-    }
-
     /// Stops every warm child (shutdown).
     pub(crate) fn clear(&self) {
         lock(&self.ready).clear();

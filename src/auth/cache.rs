@@ -22,9 +22,9 @@ use aws_lc_rs::digest;
 use super::Principal;
 
 /// Default number of cached tokens.
-pub const DEFAULT_CAPACITY: usize = 10_000;
+pub(crate) const DEFAULT_CAPACITY: usize = 10_000;
 /// Longest time an entry is trusted after its token was validated.
-pub const MAX_ENTRY_AGE: Duration = Duration::from_secs(300);
+pub(crate) const MAX_ENTRY_AGE: Duration = Duration::from_secs(300);
 
 type Key = [u8; 32];
 
@@ -38,7 +38,7 @@ struct Entry {
 }
 
 /// Validated tokens by SHA-256, bounded in size and in time.
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     entries: Mutex<HashMap<Key, Entry>>,
     capacity: usize,
 }
@@ -61,7 +61,7 @@ fn key(token: &str) -> Key {
 
 impl TokenCache {
     /// A cache of at most `capacity` tokens (0 disables caching).
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
             capacity,
@@ -70,7 +70,7 @@ impl TokenCache {
 
     /// The principal of a token validated before under key-set `epoch`, if its entry is
     /// still usable.
-    pub fn get(&self, token: &str, epoch: u64) -> Option<Principal> {
+    pub(crate) fn get(&self, token: &str, epoch: u64) -> Option<Principal> {
         self.get_at(
             token,
             epoch,
@@ -81,7 +81,7 @@ impl TokenCache {
 
     /// Remembers a token that has just been validated under key-set `epoch` (read before
     /// validating).
-    pub fn insert(&self, token: &str, principal: &Principal, epoch: u64) {
+    pub(crate) fn insert(&self, token: &str, principal: &Principal, epoch: u64) {
         self.insert_at(
             token,
             principal,
@@ -91,11 +91,12 @@ impl TokenCache {
         );
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 

@@ -11,7 +11,7 @@ use super::AuthError;
 
 /// Builds the verification key from a JWK, refusing a JWK whose declared `alg`, `use`,
 /// `key_ops`, key type or curve does not fit the token's algorithm.
-pub fn decoding_key_for(jwk: &Jwk, alg: Algorithm) -> Result<DecodingKey, AuthError> {
+pub(crate) fn decoding_key_for(jwk: &Jwk, alg: Algorithm) -> Result<DecodingKey, AuthError> {
     if let Some(key_alg) = jwk.common.key_algorithm
         && !key_algorithm_matches(key_alg, alg)
     {

@@ -15,16 +15,16 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
 /// A JWKS or discovery document larger than this is refused (a JWKS holds a handful of keys).
-pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// Every fetch is bounded.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first retry after a failed fetch; it doubles up to [`MAX_RETRY`].
-pub const FIRST_RETRY: Duration = Duration::from_millis(200);
+pub(crate) const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// The longest wait between retries while the identity provider is unreachable (never longer
 /// than the refresh interval either).
-pub const MAX_RETRY: Duration = Duration::from_secs(30);
+pub(crate) const MAX_RETRY: Duration = Duration::from_secs(30);
 /// A `max-age` shorter than this (or `no-cache`) does not make us poll faster than this.
-pub const MIN_REFRESH: Duration = Duration::from_secs(1);
+pub(crate) const MIN_REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwksError {
@@ -49,7 +49,7 @@ pub enum JwksSource {
     Discovery { issuer: String },
 }
 
-pub use crate::metrics::JwksStats;
+pub(crate) use crate::metrics::JwksStats;
 
 #[derive(Debug, Default)]
 struct Counters {
@@ -357,7 +357,7 @@ async fn fetch_bytes(
 }
 
 /// GETs a JSON document with a timeout and a size limit.
-pub async fn fetch_json<T: serde::de::DeserializeOwned>(
+pub(crate) async fn fetch_json<T: serde::de::DeserializeOwned>(
     client: &reqwest::Client,
     url: &str,
 ) -> Result<T, JwksError> {
@@ -370,7 +370,7 @@ pub async fn fetch_json<T: serde::de::DeserializeOwned>(
 
 /// OIDC discovery: `{issuer}/.well-known/openid-configuration`, whose `issuer` must equal ours
 /// exactly (OpenID Connect Discovery 1.0 §4.3), gives the `jwks_uri`.
-pub async fn discover_jwks_uri(
+pub(crate) async fn discover_jwks_uri(
     client: &reqwest::Client,
     issuer: &str,
 ) -> Result<String, JwksError> {

@@ -7,10 +7,10 @@ use serde::Serialize;
 use crate::config::Config;
 
 /// The well-known path (RFC 9728 §3).
-pub const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
+pub(crate) const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
 #[derive(Debug, Serialize)]
-pub struct ResourceMetadata {
+pub(crate) struct ResourceMetadata {
     pub resource: String,
     pub authorization_servers: Vec<String>,
     pub scopes_supported: Vec<String>,
@@ -29,7 +29,7 @@ fn split_origin(public_url: &str) -> (&str, &str) {
 
 /// The metadata URL for a resource: the well-known path inserted between host and path
 /// (RFC 9728 §3.1), e.g. `https://h/prefix/mcp` → `https://h/.well-known/oauth-protected-resource/prefix/mcp`.
-pub fn metadata_url(public_url: &str, endpoint_path: &str) -> String {
+pub(crate) fn metadata_url(public_url: &str, endpoint_path: &str) -> String {
     let (origin, prefix) = split_origin(public_url);
     format!("{origin}{WELL_KNOWN}{prefix}{endpoint_path}")
 }
@@ -37,7 +37,7 @@ pub fn metadata_url(public_url: &str, endpoint_path: &str) -> String {
 /// The endpoint (a path relative to `public_url`: `""`, `/mcp`, `/servers/NAME/sse`, …) whose
 /// metadata lives at `WELL_KNOWN/{rest}`. The well-known path carries the public URL's path
 /// prefix (RFC 9728 §3.1); a request without it is accepted too, for proxies that strip it.
-pub fn endpoint_for(public_url: &str, rest: &str) -> String {
+pub(crate) fn endpoint_for(public_url: &str, rest: &str) -> String {
     let (_, prefix) = split_origin(public_url);
     let rest = rest.trim_start_matches('/');
     if rest.is_empty() {
@@ -58,7 +58,8 @@ pub fn endpoint_for(public_url: &str, rest: &str) -> String {
 
 /// The resource identifier that the metadata at `WELL_KNOWN/{rest}` describes: exactly the
 /// public URL of that endpoint.
-pub fn resource_for(public_url: &str, rest: &str) -> String {
+#[cfg(test)]
+fn resource_for(public_url: &str, rest: &str) -> String {
     format!("{public_url}{}", endpoint_for(public_url, rest))
 }
 
@@ -67,7 +68,7 @@ pub fn resource_for(public_url: &str, rest: &str) -> String {
 /// those the endpoint understands: `auth.required_scopes`, the server's `required_scopes` and
 /// its tool rules' scopes (for the root document, every server's). `resource` is the endpoint
 /// under `public_url`; `authorization_servers` is listed as given.
-pub fn document(
+pub(crate) fn document(
     config: &Config,
     public_url: &str,
     authorization_servers: &[String],

@@ -1,12 +1,12 @@
 //! Authentication: the bearer token of every request becomes a [`Principal`] or an [`AuthError`]
 //! (DESIGN §4; spec 2025-11-25 "Authorization" §Access Token Usage and §Token Audience Binding).
 
-pub mod authorize;
-pub mod cache;
-pub mod jwk;
-pub mod jwks;
-pub mod jwt;
-pub mod metadata;
+pub(crate) mod authorize;
+pub(crate) mod cache;
+pub(crate) mod jwk;
+pub(crate) mod jwks;
+pub(crate) mod jwt;
+pub(crate) mod metadata;
 
 use std::fmt;
 
@@ -173,10 +173,10 @@ impl AuthError {
 }
 
 /// Upper bound on a bearer token; real access tokens are a few KiB.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// The bearer token of a request: exactly one `Authorization: Bearer …` header.
-pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(AuthError::Missing);
@@ -205,7 +205,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
 
 /// True when the query string carries a token (`access_token=`), which we refuse
 /// (spec 2025-11-25 Authorization §Access Token Usage: "MUST NOT be included in the URI query string").
-pub fn query_has_token(query: Option<&str>) -> bool {
+pub(crate) fn query_has_token(query: Option<&str>) -> bool {
     query.is_some_and(|q| {
         q.split('&')
             .any(|pair| pair.split('=').next() == Some("access_token"))

@@ -18,7 +18,7 @@ pub(crate) enum ExitReason {
 /// What a child's life records: spawns, the live count, exits by reason, and the JSON-RPC
 /// traffic through its stdin and stdout (whatever the transport).
 #[derive(Debug, Clone, Default)]
-pub struct ChildMetrics {
+pub(crate) struct ChildMetrics {
     pub(super) children_active: Gauge,
     pub(super) spawned: Counter,
     pub(super) spawn_failed: Counter,
@@ -33,28 +33,28 @@ pub struct ChildMetrics {
 
 impl ChildMetrics {
     /// One line written to the child's stdin (its length without the newline).
-    pub fn relayed_to_child(&self, bytes: usize) {
+    pub(crate) fn relayed_to_child(&self, bytes: usize) {
         self.messages_to_child.inc();
         self.bytes_to_child.inc_by(bytes as u64);
     }
 
     /// One JSON line read from the child's stdout and passed on.
-    pub fn relayed_from_child(&self, bytes: usize) {
+    pub(crate) fn relayed_from_child(&self, bytes: usize) {
         self.messages_from_child.inc();
         self.bytes_from_child.inc_by(bytes as u64);
     }
 
-    pub fn spawned(&self) {
+    pub(crate) fn spawned(&self) {
         self.spawned.inc();
         self.children_active.inc();
     }
 
-    pub fn spawn_failed(&self) {
+    pub(crate) fn spawn_failed(&self) {
         self.spawn_failed.inc();
     }
 
     /// The child and its process group are gone.
-    pub fn exited(&self, reason: ExitReason) {
+    pub(crate) fn exited(&self, reason: ExitReason) {
         self.children_active.dec();
         match reason {
             ExitReason::Stopped => self.exit_stopped.inc(),

@@ -23,10 +23,10 @@ pub(crate) use child::{ChildMetrics, ExitReason};
 pub use jwks::JwksStats;
 
 /// The `Content-Type` of `/metrics`.
-pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Every metric name starts with this (`mcp_proxy_…_total`, `mcp_proxy_…_seconds`).
-pub const PREFIX: &str = "mcp_proxy";
+pub(crate) const PREFIX: &str = "mcp_proxy";
 
 /// Request latency buckets, in seconds: sub-millisecond POSTs up to long tool calls.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -82,7 +82,7 @@ fn latency_histogram() -> Histogram {
 }
 
 /// The proxy's metrics. Built once at start from the configured server names.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     sessions_active: Family<ServerLabels, Gauge>,
     draining: Gauge,
@@ -101,12 +101,12 @@ impl std::fmt::Debug for Metrics {
 
 /// Pre-resolved handles for one server.
 #[derive(Debug, Clone, Default)]
-pub struct ServerMetrics {
+pub(crate) struct ServerMetrics {
     pub child: ChildMetrics,
 }
 
 /// Which transport a request path belongs to (a label with three values).
-pub fn transport_of(path: &str) -> &'static str {
+pub(crate) fn transport_of(path: &str) -> &'static str {
     if path.ends_with("/sse") || path.ends_with("/message") {
         "sse"
     } else if path.ends_with("/mcp") {
@@ -117,7 +117,7 @@ pub fn transport_of(path: &str) -> &'static str {
 }
 
 /// An HTTP method as a bounded label value.
-pub fn method_label(method: &http::Method) -> &'static str {
+pub(crate) fn method_label(method: &http::Method) -> &'static str {
     match *method {
         http::Method::GET => "GET",
         http::Method::POST => "POST",
@@ -132,7 +132,7 @@ pub fn method_label(method: &http::Method) -> &'static str {
 
 impl Metrics {
     /// Registers every metric; `servers` are the configured server names.
-    pub fn new<'a>(servers: impl IntoIterator<Item = &'a str>) -> Self {
+    pub(crate) fn new<'a>(servers: impl IntoIterator<Item = &'a str>) -> Self {
         let mut registry = Registry::with_prefix(PREFIX);
         let sessions_active = Family::<ServerLabels, Gauge>::default();
         registry.register(
@@ -255,12 +255,12 @@ impl Metrics {
     }
 
     /// The handles of a configured server (`None` only for a name not in the config).
-    pub fn server(&self, name: &str) -> Option<&ServerMetrics> {
+    pub(crate) fn server(&self, name: &str) -> Option<&ServerMetrics> {
         self.servers.get(name)
     }
 
     /// One finished HTTP request (its response head is out).
-    pub fn request(
+    pub(crate) fn request(
         &self,
         transport: &'static str,
         method: &'static str,
@@ -280,14 +280,14 @@ impl Metrics {
     }
 
     /// A request refused by authentication (`AuthError::reason`).
-    pub fn auth_failure(&self, reason: &'static str) {
+    pub(crate) fn auth_failure(&self, reason: &'static str) {
         self.auth_failures
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
     /// A new session refused while draining.
-    pub fn refused_draining(&self) {
+    pub(crate) fn refused_draining(&self) {
         self.sessions_refused
             .get_or_create(&ReasonLabels { reason: "draining" })
             .inc();
@@ -302,7 +302,7 @@ impl Metrics {
 
     /// Renders the text exposition; `sessions` is the number of open sessions per server,
     /// `jwks` each JWKS issuer's cache counters.
-    pub fn render<'a>(
+    pub(crate) fn render<'a>(
         &self,
         sessions: impl IntoIterator<Item = (&'a str, usize)>,
         draining: bool,
