@@ -278,18 +278,20 @@ pub(crate) fn accepted(body: &'static str) -> Response {
     (StatusCode::ACCEPTED, body).into_response()
 }
 
+/// The status and `WWW-Authenticate` header a client gets for a challenge.
+#[cfg(test)]
+pub(crate) fn www(challenge: Challenge) -> (u16, String) {
+    let r = Error::Auth(Box::new(challenge)).into_response();
+    let h = r.headers()[header::WWW_AUTHENTICATE]
+        .to_str()
+        .unwrap_or_default()
+        .to_owned();
+    (r.status().as_u16(), h)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn www(challenge: Challenge) -> (u16, String) {
-        let r = Error::Auth(Box::new(challenge)).into_response();
-        let h = r.headers()[header::WWW_AUTHENTICATE]
-            .to_str()
-            .unwrap_or_default()
-            .to_owned();
-        (r.status().as_u16(), h)
-    }
 
     #[test]
     fn challenges_name_what_the_client_needs() {

@@ -245,5 +245,4 @@ impl ChildPool {
     pub(crate) fn len(&self) -> usize {
         lock(&self.map).len()
     }
-
 }

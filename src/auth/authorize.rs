@@ -174,28 +174,21 @@ mod tests {
 
     use super::*;
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    use crate::config::tests::{MINIMAL, SECRET, env};
+
     const PUBLIC_URL: &str = "https://mcp.example.com/team";
 
     fn authenticator(extra: &str) -> Authenticator {
         let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
         let toml = format!(
-            r#"
-[[auth.issuers]]
-issuer = "dev"
-algorithms = ["HS256"]
-secret_env = "S"
-
-[servers.default]
-command = "true"
-
+            r#"{MINIMAL}
 [servers.admin]
 command = "true"
 required_scopes = ["mcp:admin", "mcp:tools"]
 {extra}
 "#
         );
-        let env = [("S".to_owned(), SECRET.to_owned())];
+        let env = env();
         let config = Config::parse(&toml, &env).expect("config");
         Authenticator::new(&config, PUBLIC_URL, &env).expect("authenticator")
     }

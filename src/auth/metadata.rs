@@ -115,23 +115,20 @@ mod tests {
 
     #[test]
     fn documents_need_no_running_proxy() {
-        let toml = r#"
-[auth]
+        let toml = format!(
+            r#"[auth]
 required_scopes = ["mcp:tools"]
-[[auth.issuers]]
-issuer = "dev"
-algorithms = ["HS256"]
-secret_env = "S"
-[servers.default]
-command = "true"
+{}
 [servers.admin]
 command = "true"
 required_scopes = ["mcp:admin"]
 [[servers.admin.tool_rules]]
 tools = ["delete_*"]
 require_scopes = ["mcp:danger"]
-"#;
-        let config = Config::parse(toml, &[]).expect("config");
+"#,
+            crate::config::tests::MINIMAL
+        );
+        let config = Config::parse(&toml, &[]).expect("config");
         let idps = vec![
             "https://b.example".to_owned(),
             "https://a.example".to_owned(),

@@ -241,14 +241,8 @@ mod tests {
 
     /// The header as a client sees it, for each kind of refusal.
     fn www(e: AuthError, scope: &str) -> (u16, String) {
-        use axum::response::IntoResponse;
         let meta = "http://x/.well-known/oauth-protected-resource/sse".to_owned();
-        let r = crate::error::Error::Auth(Box::new(e.challenge(meta, scope))).into_response();
-        let h = r.headers()[header::WWW_AUTHENTICATE]
-            .to_str()
-            .unwrap_or_default()
-            .to_owned();
-        (r.status().as_u16(), h)
+        crate::error::www(e.challenge(meta, scope))
     }
 
     #[test]

@@ -332,17 +332,19 @@ pub fn is_hmac(alg: Algorithm) -> bool {
     matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
 
+/// The configuration every unit test starts from (also for the tests of other modules).
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    /// The HS256 secret of [`MINIMAL`]'s issuer `dev`.
+    pub(crate) const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-    pub(super) fn env() -> Vec<(String, String)> {
+    pub(crate) fn env() -> Vec<(String, String)> {
         vec![("MCP_PROXY_JWT_SECRET".to_owned(), SECRET.to_owned())]
     }
 
-    pub(super) const MINIMAL: &str = r#"
+    pub(crate) const MINIMAL: &str = r#"
 [[auth.issuers]]
 issuer = "dev"
 algorithms = ["HS256"]
@@ -352,7 +354,7 @@ secret_env = "MCP_PROXY_JWT_SECRET"
 command = "true"
 "#;
 
-    pub(super) fn load(text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    pub(crate) fn load(text: &str, env: &[(String, String)]) -> Result<Config, ConfigError> {
         let c = Config::parse(text, env)?;
         c.validate(env)?;
         Ok(c)

@@ -10,10 +10,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue, Uri};
+use axum::extract::Query;
+use axum::http::HeaderValue;
 use axum::response::Response;
 use axum::response::sse::Event;
 use futures::Stream;
@@ -21,39 +20,26 @@ use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::sse::sse_response;
-use super::{AppState, NewSession, ServerRoute, admit, caller, new_session, stream_expiry};
+use super::{Caller, NewSession, admit, new_session, stream_expiry};
 use crate::child::ChildError;
 use crate::error::{Error, accepted};
-use crate::mux::{Dispatch, Item, Mux, RouteError, STREAM_QUEUE};
+use crate::mux::{Dispatch, Item, RouteError, STREAM_QUEUE};
 use crate::policy;
 use crate::protocol::jsonrpc;
 use crate::protocol::{INVALID_REQUEST, SESSION_HEADER};
 use crate::session::{Kind, Session, SessionRegistry};
 
 /// `GET /sse`: authenticate, spawn a child for a new session, stream its output.
-pub(crate) async fn open(
-    State(state): State<Arc<AppState>>,
-    Extension(route): Extension<ServerRoute>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    let principal = caller(&state, &route, "/sse", &headers, uri.query()).await?;
-    admit(&state)?;
+pub(crate) async fn open(c: Caller) -> Result<Response, Error> {
+    admit(&c.state)?;
+    let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
     let NewSession {
         slot,
-        spec,
         id,
         span,
-        warm,
-    } = new_session(&state, &route, &principal)?;
-    let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
-    let mux = match warm {
-        Some(w) => Mux::adopt(w.child, w.output, &spec, &state.tracker, Some(stream_tx)),
-        None => Mux::spawn(&spec, span.clone(), &state.tracker, Some(stream_tx)).map_err(|e| {
-            tracing::error!(parent: &span, error = %e, "spawning the server failed");
-            Error::SpawnFailed
-        })?,
-    };
+        mux,
+    } = new_session(&c, Some(stream_tx))?;
+    let (state, route, principal, headers) = (&c.state, &c.route, &c.principal, &c.headers);
     let session = state
         .sessions
         .insert(id, slot, route.name(), mux, Kind::Legacy);
@@ -63,7 +49,7 @@ pub(crate) async fn open(
     // path prefix and proxy in between (spec 2024-11-05 §HTTP with SSE: "endpoint" event).
     let endpoint = format!(
         "{}{}/message?sessionId={}",
-        state.public_url_for(&headers),
+        state.public_url_for(headers),
         route.base,
         session.id
     );
@@ -76,7 +62,7 @@ pub(crate) async fn open(
             span,
         },
         shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
-        expiry: stream_expiry(&state, &principal).map(|d| Box::pin(tokio::time::sleep(d))),
+        expiry: stream_expiry(state, principal).map(|d| Box::pin(tokio::time::sleep(d))),
         done: false,
     };
     let mut response = sse_response(stream, state.config.http.sse_keepalive_secs);
@@ -165,14 +151,11 @@ impl Stream for SessionStream {
 /// `POST /message?sessionId=…` (also `session_id`, as the Python SDK sends): one client
 /// message for the session's child; `202 Accepted`, the answer comes on the stream.
 pub(crate) async fn message(
-    State(state): State<Arc<AppState>>,
-    Extension(route): Extension<ServerRoute>,
+    c: Caller,
     Query(params): Query<HashMap<String, String>>,
-    uri: Uri,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Error> {
-    let principal = caller(&state, &route, "/sse", &headers, uri.query()).await?;
+    let (state, route, principal) = (&c.state, &c.route, &c.principal);
     let id = params
         .get("sessionId")
         .or_else(|| params.get("session_id"))

@@ -1,7 +1,7 @@
 //! The HTTP edge: the router and its layers ([`router`], [`access`], [`origin`],
 //! [`forwarded`]), the state every handler shares ([`AppState`]), and the transports — legacy
 //! HTTP+SSE ([`legacy_sse`]) and Streamable HTTP in both eras ([`streamable`]) — which share
-//! the prologue here: who is calling ([`caller`]), may new work start ([`admit`]), and what a
+//! the prologue here: who is calling ([`Caller`]), may new work start ([`admit`]), and what a
 //! new session needs ([`new_session`]).
 
 pub(crate) mod access;
@@ -16,18 +16,20 @@ pub(crate) mod streamable;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
+use axum::http::request::Parts;
 
 pub use state::AppState;
 
-use crate::auth::metadata::metadata_url;
 use crate::auth::Principal;
-use crate::child::ChildSpec;
+use crate::auth::metadata::metadata_url;
 use crate::error::Error;
+use crate::mux::{Item, Mux};
 use crate::pool::PoolError;
 use crate::server::ServerRuntime;
 use crate::session::{CapError, Slot};
-use crate::warm::Warm;
+use tokio::sync::mpsc;
 
 /// Which server a route serves, and its base path (`""` or `/servers/NAME`).
 #[derive(Clone)]
@@ -42,10 +44,46 @@ impl ServerRoute {
     }
 }
 
-/// Authenticates a request for `route`'s server (the whole decision is
-/// [`crate::auth::Authenticator::authorize`]); a refusal is logged, counted and answered with
-/// its challenge.
-pub(crate) async fn caller(
+/// An authenticated request for one server: what every MCP handler starts from. Extracting it
+/// authenticates the request (the whole decision is [`crate::auth::Authenticator::authorize`]);
+/// a refusal is logged, counted and answered with its challenge before the handler runs.
+pub(crate) struct Caller {
+    pub(crate) state: Arc<AppState>,
+    pub(crate) route: ServerRoute,
+    pub(crate) principal: Principal,
+    pub(crate) headers: HeaderMap,
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let route = parts
+            .extensions
+            .get::<ServerRoute>()
+            .cloned()
+            .ok_or(Error::NoSession)?;
+        // The resource a challenge points at: `/mcp`, or `/sse` for both legacy endpoints.
+        let endpoint = if parts.uri.path().ends_with("/mcp") {
+            "/mcp"
+        } else {
+            "/sse"
+        };
+        let principal =
+            authenticate(state, &route, endpoint, &parts.headers, parts.uri.query()).await?;
+        Ok(Caller {
+            state: state.clone(),
+            route,
+            principal,
+            headers: parts.headers.clone(),
+        })
+    }
+}
+
+async fn authenticate(
     state: &AppState,
     route: &ServerRoute,
     endpoint: &str,
@@ -110,23 +148,23 @@ pub(crate) fn pool_error(state: &AppState, route: &ServerRoute, e: PoolError) ->
     }
 }
 
-/// What a new session needs before its child runs: a counted slot (caps are checked before
-/// anything is spawned, DESIGN §3), the spawn recipe, its id and log span, and a warm child
-/// when the server keeps some.
+/// A new session's parts before it is registered: its counted slot (caps are checked before
+/// anything is spawned, DESIGN §3), id, log span, and its child — a warm one when the server
+/// keeps some.
 pub(crate) struct NewSession {
     pub(crate) slot: Slot,
-    pub(crate) spec: ChildSpec,
     pub(crate) id: String,
     pub(crate) span: tracing::Span,
-    pub(crate) warm: Option<Warm>,
+    pub(crate) mux: Arc<Mux>,
 }
 
-/// Prepares a session of `route`'s server for `principal` (both transports).
+/// Starts a session of the caller's server for the caller (both transports); `stream` is a
+/// legacy SSE session's one stream.
 pub(crate) fn new_session(
-    state: &AppState,
-    route: &ServerRoute,
-    principal: &Principal,
+    c: &Caller,
+    stream: Option<mpsc::Sender<Item>>,
 ) -> Result<NewSession, Error> {
+    let (state, route, principal) = (&c.state, &c.route, &c.principal);
     let slot = state
         .sessions
         .reserve(&principal.key())
@@ -138,19 +176,24 @@ pub(crate) fn new_session(
     let id = crate::session::new_session_id();
     let span =
         tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name());
-    let warm = route.server.warm.get().and_then(|w| w.take());
-    if let Some(w) = &warm {
-        tracing::info!(parent: &span, pid = w.child.pid(), "warm child handed to the session");
-    }
     state
         .spawned
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mux = match route.server.warm.get().and_then(|w| w.take()) {
+        Some(w) => {
+            tracing::info!(parent: &span, pid = w.child.pid(), "warm child handed to the session");
+            Mux::adopt(w.child, w.output, &spec, &state.tracker, stream)
+        }
+        None => Mux::spawn(&spec, span.clone(), &state.tracker, stream).map_err(|e| {
+            tracing::error!(parent: &span, error = %e, "spawning the server failed");
+            Error::SpawnFailed
+        })?,
+    };
     Ok(NewSession {
         slot,
-        spec,
         id,
         span,
-        warm,
+        mux,
     })
 }
 

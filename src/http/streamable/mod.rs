@@ -12,17 +12,13 @@ mod modern;
 mod respond;
 mod session_era;
 
-use std::sync::Arc;
-
-use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Uri, header};
+use axum::http::{HeaderMap, header};
 use axum::response::Response;
 
 pub(crate) use session_era::{delete, get};
 
-use super::{AppState, ServerRoute, caller};
+use super::Caller;
 use crate::error::Error;
 use crate::protocol::jsonrpc;
 use crate::protocol::{MODERN_VERSIONS, PROTOCOL_HEADER, SESSION_HEADER, SESSION_VERSIONS};
@@ -40,32 +36,20 @@ fn accepts_sse(headers: &HeaderMap) -> bool {
 }
 
 /// `POST /mcp`.
-pub(crate) async fn post(
-    State(state): State<Arc<AppState>>,
-    Extension(route): Extension<ServerRoute>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Error> {
-    let principal = caller(&state, &route, "/mcp", &headers, uri.query()).await?;
+pub(crate) async fn post(c: Caller, body: Bytes) -> Result<Response, Error> {
     let message = jsonrpc::client_message(&body).map_err(|e| Error::BadRequest {
         code: e.code(),
         message: e.message(),
     })?;
-    let version = header_str(&headers, PROTOCOL_HEADER);
-    if let Some(session_id) = header_str(&headers, SESSION_HEADER) {
-        return session_era::post(
-            &state, &route, &principal, session_id, version, &headers, &message,
-        )
-        .await;
+    let version = header_str(&c.headers, PROTOCOL_HEADER);
+    if let Some(session_id) = header_str(&c.headers, SESSION_HEADER) {
+        return session_era::post(&c, session_id, version, &message).await;
     }
     if !message.batch && message.first_method() == Some("initialize") {
-        return session_era::initialize(&state, &route, &principal, &headers, &message).await;
+        return session_era::initialize(&c, &message).await;
     }
     match version {
-        Some(v) if MODERN_VERSIONS.contains(&v) => {
-            modern::post(&state, &route, &principal, &headers, &message).await
-        }
+        Some(v) if MODERN_VERSIONS.contains(&v) => modern::post(&c, &message).await,
         Some(v) if !SESSION_VERSIONS.contains(&v) => Err(Error::UnsupportedVersion {
             id: message.first_request_id().to_owned(),
             requested: v.to_owned(),

@@ -3,18 +3,15 @@
 //! that must agree with the body, and it goes to the pool child of its principal (or the shared
 //! one), through the era bridge when that child speaks a legacy version.
 
-use std::sync::Arc;
-
 use axum::http::HeaderMap;
 use axum::response::Response;
 use base64::Engine as _;
 use futures::StreamExt;
 
 use super::super::sse::{message as event, sse_response};
-use super::super::{AppState, ServerRoute, admit, pool_error, stream_expiry};
+use super::super::{Caller, admit, pool_error, stream_expiry};
 use super::accepts_sse;
 use super::respond::{Exchange, respond, times_out};
-use crate::auth::Principal;
 use crate::bridge::{self, Bridged, StreamEnd};
 use crate::error::{Error, accepted, json_answer};
 use crate::policy;
@@ -22,13 +19,8 @@ use crate::protocol::jsonrpc::{ClientMessage, Kind, Message};
 use crate::protocol::{INVALID_REQUEST, METHOD_HEADER, NAME_HEADER, PROTOCOL_HEADER};
 
 /// A modern-era POST: validate, then route to the principal's child.
-pub(super) async fn post(
-    state: &Arc<AppState>,
-    route: &ServerRoute,
-    principal: &Principal,
-    headers: &HeaderMap,
-    message: &ClientMessage,
-) -> Result<Response, Error> {
+pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response, Error> {
+    let (state, route, principal, headers) = (&c.state, &c.route, &c.principal, &c.headers);
     if message.batch {
         return Err(Error::BadRequest {
             code: INVALID_REQUEST,

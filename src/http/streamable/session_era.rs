@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Extension;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Uri};
+use axum::http::HeaderValue;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
@@ -19,15 +17,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::super::sse::sse_response;
 use super::super::{
-    AppState, NewSession, ServerRoute, admit, caller, cap_reached, new_session, pool_error,
-    stream_expiry,
+    AppState, Caller, NewSession, admit, cap_reached, new_session, pool_error, stream_expiry,
 };
 use super::respond::{Exchange, next_item, respond, times_out};
 use super::{accepts_sse, header_str};
-use crate::auth::Principal;
 use crate::config::ChildScope;
 use crate::error::{Error, accepted, json_answer};
-use crate::mux::{Dispatch, Item, Mux, ROUTE_QUEUE};
+use crate::mux::{Dispatch, Item, ROUTE_QUEUE};
 use crate::policy;
 use crate::protocol::jsonrpc::ClientMessage;
 use crate::protocol::{
@@ -43,35 +39,22 @@ fn with_session_header(mut response: Response, id: &str) -> Response {
 }
 
 /// `initialize` without a session: a new session and child.
-pub(super) async fn initialize(
-    state: &Arc<AppState>,
-    route: &ServerRoute,
-    principal: &Principal,
-    headers: &HeaderMap,
-    message: &ClientMessage,
-) -> Result<Response, Error> {
+pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Response, Error> {
+    let (state, route, principal, headers) = (&c.state, &c.route, &c.principal, &c.headers);
     admit(state)?;
     let finish = match policy::gate(&route.server.policy, message, &principal.scopes) {
         Ok(finish) => finish,
         Err(denied) => return Ok(json_answer(denied, false)),
     };
     if route.server.config.child_scope != ChildScope::Session {
-        return initialize_shared(state, route, principal, message).await;
+        return initialize_shared(c, message).await;
     }
     let NewSession {
         slot,
-        spec,
         id,
         span,
-        warm,
-    } = new_session(state, route, principal)?;
-    let mux = match warm {
-        Some(w) => Mux::adopt(w.child, w.output, &spec, &state.tracker, None),
-        None => Mux::spawn(&spec, span.clone(), &state.tracker, None).map_err(|e| {
-            tracing::error!(parent: &span, error = %e, "spawning the server failed");
-            Error::SpawnFailed
-        })?,
-    };
+        mux,
+    } = new_session(c, None)?;
     let standalone = Arc::new(Standalone::new());
     mux.set_unrouted(standalone.clone());
     let kind = Kind::Streamable {
@@ -99,12 +82,8 @@ pub(super) async fn initialize(
 /// the principal's (or everyone's) sessions share. The child is initialized once; later
 /// sessions get that `InitializeResult` with their own id. Ids of all sessions are rewritten by
 /// the multiplexer, so they never collide.
-async fn initialize_shared(
-    state: &Arc<AppState>,
-    route: &ServerRoute,
-    principal: &Principal,
-    message: &ClientMessage,
-) -> Result<Response, Error> {
+async fn initialize_shared(c: &Caller, message: &ClientMessage) -> Result<Response, Error> {
+    let (state, route, principal) = (&c.state, &c.route, &c.principal);
     let slot = state
         .sessions
         .reserve(&principal.key())
@@ -184,14 +163,12 @@ fn end_with_child(state: &Arc<AppState>, session: &Session, span: tracing::Span)
 
 /// A POST that names a session.
 pub(super) async fn post(
-    state: &Arc<AppState>,
-    route: &ServerRoute,
-    principal: &Principal,
+    c: &Caller,
     session_id: &str,
     version: Option<&str>,
-    headers: &HeaderMap,
     message: &ClientMessage,
 ) -> Result<Response, Error> {
+    let (state, route, principal, headers) = (&c.state, &c.route, &c.principal, &c.headers);
     let session = state
         .sessions
         .get(session_id, &principal.key(), route.name())
@@ -241,20 +218,16 @@ pub(super) async fn post(
 }
 
 /// `GET /mcp`: the session's standalone stream; without a session, 405 (modern era has no GET).
-pub(crate) async fn get(
-    State(state): State<Arc<AppState>>,
-    Extension(route): Extension<ServerRoute>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    let (principal, session) = session_for(&state, &route, &uri, &headers).await?;
+pub(crate) async fn get(c: Caller) -> Result<Response, Error> {
+    let session = session_for(&c)?;
+    let (state, principal, headers) = (&c.state, &c.principal, &c.headers);
     let Kind::Streamable { standalone, .. } = &session.kind else {
         return Err(Error::NoSession);
     };
-    let last_event_id = header_str(&headers, "last-event-id").and_then(|v| v.trim().parse().ok());
+    let last_event_id = header_str(headers, "last-event-id").and_then(|v| v.trim().parse().ok());
     let rx = standalone.connect(last_event_id);
     session.touch();
-    let expiry = stream_expiry(&state, &principal);
+    let expiry = stream_expiry(state, principal);
     let stream = standalone_stream(rx, session.clone(), state.shutdown.clone(), expiry);
     Ok(sse_response(stream, state.config.http.sse_keepalive_secs))
 }
@@ -292,31 +265,19 @@ fn standalone_stream(
 }
 
 /// `DELETE /mcp`: ends the session and its child.
-pub(crate) async fn delete(
-    State(state): State<Arc<AppState>>,
-    Extension(route): Extension<ServerRoute>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, Error> {
-    let (_, session) = session_for(&state, &route, &uri, &headers).await?;
-    state.sessions.remove(&session.id);
+pub(crate) async fn delete(c: Caller) -> Result<Response, Error> {
+    let session = session_for(&c)?;
+    c.state.sessions.remove(&session.id);
     tracing::info!(session = %session.id, "session deleted by the client");
     Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }
 
-/// The caller and the session its `Mcp-Session-Id` names (GET and DELETE): 405 without the
-/// header (the modern era has no sessions), 404 for an unknown or someone else's session.
-async fn session_for(
-    state: &AppState,
-    route: &ServerRoute,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Result<(Principal, Arc<Session>), Error> {
-    let principal = caller(state, route, "/mcp", headers, uri.query()).await?;
-    let session_id = header_str(headers, SESSION_HEADER).ok_or(Error::MethodNotAllowed)?;
-    let session = state
+/// The session the caller's `Mcp-Session-Id` names (GET and DELETE): 405 without the header
+/// (the modern era has no sessions), 404 for an unknown or someone else's session.
+fn session_for(c: &Caller) -> Result<Arc<Session>, Error> {
+    let session_id = header_str(&c.headers, SESSION_HEADER).ok_or(Error::MethodNotAllowed)?;
+    c.state
         .sessions
-        .get(session_id, &principal.key(), route.name())
-        .ok_or(Error::NoSession)?;
-    Ok((principal, session))
+        .get(session_id, &c.principal.key(), c.route.name())
+        .ok_or(Error::NoSession)
 }
