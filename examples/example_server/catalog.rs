@@ -87,6 +87,12 @@ pub(crate) fn tool_list() -> Value {
             &["name"],
         ),
         tool(
+            "cancelled",
+            "Returns the requestIds of the notifications/cancelled received so far (JSON array)",
+            none(),
+            &[]
+        ),
+        tool(
             "crash",
             "Fault injection: exits at once with the given code (default 3), without answering",
             json!({ "code": { "type": "integer", "description": "Exit code" } }),

@@ -29,6 +29,8 @@
 //! - `stop_reading`: answers `ok`, then never reads stdin again but stays alive.
 //! - `ignore_sigterm`: from now on SIGTERM no longer terminates the server; answers `ok`.
 //! - `notify` {method}: sends a notification with that method, then answers `ok`.
+//! - `cancelled`: the `requestId`s of the `notifications/cancelled` received so far, as a JSON
+//!   array in the text (what the proxy's cancellations looked like from here).
 //!
 //! Flags: `--help`, `--ignore-sigterm`, `--startup-delay-ms N`, `--exit-after N`.
 //!
@@ -96,6 +98,7 @@ fn main() {
             answered: AtomicU64::new(0),
             exit_after: opts.exit_after,
             in_flight: Mutex::new(HashMap::new()),
+            cancelled: Mutex::new(Vec::new()),
         }),
         stop_reading: false,
         grandchildren: Vec::new(),
@@ -147,6 +150,8 @@ struct Shared {
     exit_after: Option<u64>,
     /// Cancellation flags of the requests running on worker threads, by serialized id.
     in_flight: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// The `requestId`s of the cancellations received (at most the last 64).
+    cancelled: Mutex<Vec<Value>>,
 }
 
 impl Shared {

@@ -208,10 +208,20 @@ impl Server {
     }
 
     fn handle_notification(&mut self, method: &str, params: &Value) {
-        if method == "notifications/cancelled"
-            && let Some(request_id) = params.get("requestId")
-            && let Some(flag) = lock(&self.shared.in_flight).get(&request_id.to_string())
+        let Some(request_id) = params.get("requestId") else {
+            return;
+        };
+        if method != "notifications/cancelled" {
+            return;
+        }
         {
+            let mut seen = lock(&self.shared.cancelled);
+            if seen.len() == 64 {
+                seen.remove(0);
+            }
+            seen.push(request_id.clone());
+        }
+        if let Some(flag) = lock(&self.shared.in_flight).get(&request_id.to_string()) {
             flag.store(true, Ordering::SeqCst);
         }
     }

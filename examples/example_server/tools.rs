@@ -1,5 +1,5 @@
 //! The example server's ordinary tools: `tools/call` argument handling and `echo`, `add`,
-//! `sleep`, `progress`, `whoami` and `env` (the fault tools live in `faults`).
+//! `sleep`, `progress`, `whoami`, `env` and `cancelled` (the fault tools live in `faults`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +49,9 @@ impl Server {
                 text_result(std::env::var("MCP_USER").unwrap_or_else(|_| "anonymous".into()))
             }
             "env" => env_var(&args),
+            "cancelled" => {
+                text_result(Value::Array(lock(&self.shared.cancelled).clone()).to_string())
+            }
             // The fault tools, or no tool at all.
             other => self
                 .call_fault(other, &args)
