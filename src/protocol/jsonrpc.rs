@@ -3,14 +3,14 @@
 //! tool policy and the multiplexer; validation of what clients send; id splicing.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::ops::Range;
 
 use serde::Deserialize;
-use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
-use super::{INVALID_REQUEST, PARSE_ERROR, PROTOCOL_VERSION_META};
+use super::params::Params;
+use super::{INVALID_REQUEST, PARSE_ERROR};
 
 /// What a message is, from its `id` and `method` alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,92 +51,6 @@ impl Probe<'_> {
         self.jsonrpc.as_deref() == Some("2.0")
             && (self.method.is_some()
                 || (self.id.is_some() && (self.result.is_some() || self.error.is_some())))
-    }
-}
-
-/// The members of `params` the proxy reads; anything that is not an object reads as empty
-/// (JSON-RPC allows positional params, which no MCP method uses).
-#[derive(Debug, Default)]
-struct Params<'a> {
-    name: Option<&'a RawValue>,
-    uri: Option<&'a RawValue>,
-    request_id: Option<&'a RawValue>,
-    protocol_version: Option<&'a RawValue>,
-    progress_token: bool,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Params<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ParamsVisitor(false))
-    }
-}
-
-/// Reads `params` (or, with `.0`, its `_meta`) member by member, borrowing raw values.
-struct ParamsVisitor(bool);
-
-impl<'de> Visitor<'de> for ParamsVisitor {
-    type Value = Params<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JSON-RPC params")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Params<'de>, A::Error> {
-        let mut out = Params::default();
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match (self.0, &*key) {
-                (false, "name") => out.name = Some(map.next_value()?),
-                (false, "uri") => out.uri = Some(map.next_value()?),
-                (false, "requestId") => out.request_id = Some(map.next_value()?),
-                (false, "_meta") => {
-                    let meta: Meta<'de> = map.next_value()?;
-                    out.protocol_version = meta.0.protocol_version;
-                    out.progress_token = meta.0.progress_token;
-                }
-                (true, "progressToken") => {
-                    map.next_value::<IgnoredAny>()?;
-                    out.progress_token = true;
-                }
-                (true, PROTOCOL_VERSION_META) => out.protocol_version = Some(map.next_value()?),
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Params<'de>, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Params::default())
-    }
-
-    fn visit_unit<E>(self) -> Result<Params<'de>, E> {
-        Ok(Params::default())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Params<'de>, E> {
-        Ok(Params::default())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Params<'de>, E> {
-        Ok(Params::default())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Params<'de>, E> {
-        Ok(Params::default())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Params<'de>, E> {
-        Ok(Params::default())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Params<'de>, E> {
-        Ok(Params::default())
-    }
-}
-
-/// `params._meta`, read with the same visitor.
-struct Meta<'a>(Params<'a>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Meta<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ParamsVisitor(true)).map(Meta)
     }
 }
 

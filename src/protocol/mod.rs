@@ -3,6 +3,7 @@
 //! here knows HTTP handlers, sessions or children.
 
 pub(crate) mod jsonrpc;
+mod params;
 
 /// Versions served with sessions over Streamable HTTP (and, 2024-11-05, over legacy SSE).
 pub(crate) const SESSION_VERSIONS: &[&str] =
