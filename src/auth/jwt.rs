@@ -62,7 +62,7 @@ impl Authenticator {
         env: &[(String, String)],
     ) -> Result<Self, AuthSetupError> {
         let client = reqwest::Client::builder()
-            .timeout(super::jwks::FETCH_TIMEOUT)
+            .timeout(super::fetch::FETCH_TIMEOUT)
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("mcp-auth-proxy/", env!("CARGO_PKG_VERSION")))
             .build()
