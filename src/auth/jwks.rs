@@ -14,10 +14,9 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
-/// A JWKS or discovery document larger than this is refused (a JWKS holds a handful of keys).
-pub(crate) const MAX_JWKS_BYTES: usize = 1024 * 1024;
-/// Every fetch is bounded.
-pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+use super::discovery::discover_jwks_uri;
+use super::fetch::{MAX_JWKS_BYTES, fetch_bytes};
+
 /// The first retry after a failed fetch; it doubles up to [`MAX_RETRY`].
 pub(crate) const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// The longest wait between retries while the identity provider is unreachable (never longer
@@ -288,135 +287,6 @@ fn retry_delay(failures: u32, refresh: Duration) -> Duration {
         .min(refresh.max(FIRST_RETRY))
 }
 
-/// `max-age` from a `Cache-Control` header; `no-cache`/`no-store` count as zero.
-fn cache_max_age(value: Option<&str>) -> Option<Duration> {
-    let mut max_age = None;
-    for directive in value?.split(',') {
-        let directive = directive.trim();
-        let (name, arg) = directive.split_once('=').unwrap_or((directive, ""));
-        let name = name.trim().to_ascii_lowercase();
-        match name.as_str() {
-            "no-cache" | "no-store" => return Some(Duration::ZERO),
-            "max-age" => {
-                if let Ok(secs) = arg.trim().trim_matches('"').parse::<u64>() {
-                    max_age = Some(Duration::from_secs(secs));
-                }
-            }
-            _ => {}
-        }
-    }
-    max_age
-}
-
-/// GETs a document with a timeout and a size limit; returns its body and `Cache-Control` max-age.
-async fn fetch_bytes(
-    client: &reqwest::Client,
-    url: &str,
-) -> Result<(Vec<u8>, Option<Duration>), JwksError> {
-    let fetch_err = |e: reqwest::Error| JwksError::Fetch {
-        url: url.to_owned(),
-        reason: e.to_string(),
-    };
-    let mut response = client
-        .get(url)
-        .header(reqwest::header::ACCEPT, "application/json")
-        .timeout(FETCH_TIMEOUT)
-        .send()
-        .await
-        .map_err(fetch_err)?;
-    if !response.status().is_success() {
-        return Err(JwksError::Status {
-            url: url.to_owned(),
-            status: response.status().as_u16(),
-        });
-    }
-    if response
-        .content_length()
-        .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
-    {
-        return Err(JwksError::TooLarge {
-            url: url.to_owned(),
-        });
-    }
-    let max_age = cache_max_age(
-        response
-            .headers()
-            .get(reqwest::header::CACHE_CONTROL)
-            .and_then(|v| v.to_str().ok()),
-    );
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(fetch_err)? {
-        if body.len() + chunk.len() > MAX_JWKS_BYTES {
-            return Err(JwksError::TooLarge {
-                url: url.to_owned(),
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((body, max_age))
-}
-
-/// GETs a JSON document with a timeout and a size limit.
-pub(crate) async fn fetch_json<T: serde::de::DeserializeOwned>(
-    client: &reqwest::Client,
-    url: &str,
-) -> Result<T, JwksError> {
-    let (body, _) = fetch_bytes(client, url).await?;
-    serde_json::from_slice(&body).map_err(|e| JwksError::Parse {
-        url: url.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
-/// OIDC discovery: `{issuer}/.well-known/openid-configuration`, whose `issuer` must equal ours
-/// exactly (OpenID Connect Discovery 1.0 §4.3), gives the `jwks_uri`.
-pub(crate) async fn discover_jwks_uri(
-    client: &reqwest::Client,
-    issuer: &str,
-) -> Result<String, JwksError> {
-    #[derive(serde::Deserialize)]
-    struct Discovery {
-        issuer: String,
-        jwks_uri: String,
-    }
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        issuer.trim_end_matches('/')
-    );
-    let doc: Discovery = fetch_json(client, &url).await?;
-    if doc.issuer != issuer {
-        return Err(JwksError::Discovery {
-            url,
-            reason: format!(
-                "the document names issuer `{}`, expected exactly `{issuer}`",
-                doc.issuer
-            ),
-        });
-    }
-    match jwks_uri_problem(issuer, &doc.jwks_uri) {
-        None => Ok(doc.jwks_uri),
-        Some(reason) => Err(JwksError::Discovery {
-            url,
-            reason: reason.into(),
-        }),
-    }
-}
-
-/// Why a discovered `jwks_uri` is unusable: not http(s), or plain http for an https issuer
-/// (keys fetched in the clear would let anyone on the path sign tokens).
-fn jwks_uri_problem(issuer: &str, jwks_uri: &str) -> Option<&'static str> {
-    let Ok(uri) = url::Url::parse(jwks_uri) else {
-        return Some("jwks_uri is not a URL");
-    };
-    let issuer_https = url::Url::parse(issuer).is_ok_and(|u| u.scheme() == "https");
-    match uri.scheme() {
-        "https" => None,
-        "http" if !issuer_https => None,
-        "http" => Some("jwks_uri is plain http for an https issuer"),
-        _ => Some("jwks_uri is not an http(s) URL"),
-    }
-}
-
 async fn fetch_jwks(client: &reqwest::Client, url: &str) -> Result<Snapshot, JwksError> {
     // Parse leniently: keys of types we do not support are skipped, not fatal.
     #[derive(serde::Deserialize)]
@@ -455,41 +325,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cache_control_max_age() {
-        let s = Duration::from_secs;
-        assert_eq!(cache_max_age(None), None);
-        assert_eq!(cache_max_age(Some("public, max-age=300")), Some(s(300)));
-        assert_eq!(
-            cache_max_age(Some("Max-Age=\"60\", must-revalidate")),
-            Some(s(60))
-        );
-        assert_eq!(cache_max_age(Some("no-cache")), Some(Duration::ZERO));
-        assert_eq!(
-            cache_max_age(Some("max-age=300, no-store")),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(cache_max_age(Some("max-age=soon")), None);
-        assert_eq!(cache_max_age(Some("private")), None);
-    }
-
-    #[test]
     fn max_age_shortens_but_never_stretches_the_refresh() {
         let s = Duration::from_secs;
         assert_eq!(refresh_interval(s(300), None), s(300));
         assert_eq!(refresh_interval(s(300), Some(s(60))), s(60));
         assert_eq!(refresh_interval(s(300), Some(s(86_400))), s(300));
         assert_eq!(refresh_interval(s(300), Some(Duration::ZERO)), MIN_REFRESH);
-    }
-
-    #[test]
-    fn discovered_jwks_uri_must_not_downgrade() {
-        let ok = |iss: &str, uri: &str| jwks_uri_problem(iss, uri).is_none();
-        assert!(ok("https://idp.example", "https://idp.example/jwks"));
-        assert!(ok("https://idp.example", "https://keys.example/jwks"));
-        assert!(ok("http://127.0.0.1:4444", "http://127.0.0.1:4444/jwks"));
-        assert!(!ok("https://idp.example", "http://idp.example/jwks"));
-        assert!(!ok("https://idp.example", "file:///etc/jwks.json"));
-        assert!(!ok("http://127.0.0.1:4444", "/jwks"));
     }
 
     #[test]

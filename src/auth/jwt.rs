@@ -2,54 +2,28 @@
 //! allow-list and of the key's family, then signature, `exp`, `nbf`, `iss`, `aud` and `sub` are
 //! checked with a `Validation` pinned to that one algorithm (no HS/RS confusion).
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
+use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use super::authorize::AccessRules;
+use super::issuers::{AuthSetupError, Issuers, KeySource};
 use super::jwk::decoding_key_for;
-use super::jwks::{JwksCache, JwksSource, JwksStats};
+use super::jwks::{JwksCache, JwksStats};
 use super::{AuthError, Principal};
-use crate::config::{Config, IssuerConfig, is_hmac, parse_algorithm};
-
-/// Where an issuer's verification keys come from.
-enum KeySource {
-    /// An HMAC secret read from the environment at start-up.
-    Secret(DecodingKey),
-    /// The issuer's JWKS, found directly or by OIDC discovery.
-    Jwks(Arc<JwksCache>),
-}
-
-struct Issuer {
-    name: String,
-    algorithms: Vec<Algorithm>,
-    keys: KeySource,
-}
+use crate::config::{Config, is_hmac};
 
 /// Validates bearer tokens against the configured issuers; [`Authenticator::authorize`]
 /// decides a request with them.
 pub struct Authenticator {
-    /// In config order: the first is the operator's primary identity provider.
-    issuers: Vec<Issuer>,
-    /// `iss` → index into `issuers`.
-    by_iss: HashMap<String, usize>,
+    issuers: Issuers,
     /// Audiences, audience binding and required scopes (see [`super::authorize`]).
     pub(super) access: AccessRules,
     leeway: u64,
     cache: super::cache::TokenCache,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuthSetupError {
-    #[error("environment variable `{0}` (secret_env) is not set")]
-    MissingSecret(String),
-    #[error("building the HTTP client failed: {0}")]
-    Client(String),
 }
 
 impl Authenticator {
@@ -61,99 +35,45 @@ impl Authenticator {
         public_url: &str,
         env: &[(String, String)],
     ) -> Result<Self, AuthSetupError> {
-        let client = reqwest::Client::builder()
-            .timeout(super::jwks::FETCH_TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
-            .user_agent(concat!("mcp-auth-proxy/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| AuthSetupError::Client(e.to_string()))?;
-        let mut issuers = Vec::with_capacity(config.auth.issuers.len());
-        let mut by_iss = HashMap::new();
-        for issuer in &config.auth.issuers {
-            by_iss.insert(issuer.issuer.clone(), issuers.len());
-            issuers.push(build_issuer(issuer, env, &client)?);
-        }
         Ok(Self {
-            issuers,
-            by_iss,
+            issuers: Issuers::new(config, env)?,
             access: AccessRules::new(config, public_url),
             leeway: config.auth.leeway_secs,
             cache: super::cache::TokenCache::new(super::cache::DEFAULT_CAPACITY),
         })
     }
 
-    /// The issuers a client can ask for a token: those whose identifier is an http(s) URL
-    /// (RFC 9728 `authorization_servers` holds RFC 8414 issuer identifiers; a bare name such as
-    /// a development HS issuer's is no authorization server a client could discover). In
-    /// config order: a client starts its OAuth flow with the first (RFC 9728 §2 leaves the
-    /// choice to it), which must be the operator's primary, not whichever name sorts first.
+    /// The issuers a client can ask for a token (RFC 9728 `authorization_servers`): the
+    /// configured issuers named by an http(s) URL, in config order.
     pub fn authorization_servers(&self) -> Vec<String> {
-        self.issuers
-            .iter()
-            .map(|i| &i.name)
-            .filter(|name| {
-                url::Url::parse(name)
-                    .is_ok_and(|u| matches!(u.scheme(), "https" | "http") && u.has_host())
-            })
-            .cloned()
-            .collect()
+        self.issuers.authorization_servers()
     }
 
     /// True when every JWKS issuer has a key set loaded.
     pub fn keys_loaded(&self) -> bool {
-        self.issuers.iter().all(|i| match &i.keys {
-            KeySource::Secret(_) => true,
-            KeySource::Jwks(cache) => cache.is_loaded(),
-        })
+        self.issuers.keys_loaded()
     }
 
     /// Every issuer's JWKS cache; each runs [`JwksCache::maintain`] in the background.
     pub fn jwks_caches(&self) -> Vec<Arc<JwksCache>> {
-        self.issuers
-            .iter()
-            .filter_map(|i| match &i.keys {
-                KeySource::Jwks(cache) => Some(cache.clone()),
-                KeySource::Secret(_) => None,
-            })
-            .collect()
+        self.issuers.jwks_caches()
     }
 
     /// The JWKS counters per issuer (sorted by issuer), for metrics.
     pub fn jwks_stats(&self) -> Vec<(String, JwksStats)> {
-        let mut out: Vec<(String, JwksStats)> = self
-            .issuers
-            .iter()
-            .filter_map(|i| match &i.keys {
-                KeySource::Jwks(cache) => Some((i.name.clone(), cache.stats())),
-                KeySource::Secret(_) => None,
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        self.issuers.jwks_stats()
     }
 
     /// [`Authenticator::validate`] through the cache of validated tokens ([`super::cache`]):
     /// the path every request takes (from [`Authenticator::authorize`]).
     pub async fn validate_cached(&self, token: &str) -> Result<Principal, AuthError> {
-        let epoch = self.key_epoch();
+        let epoch = self.issuers.key_epoch();
         if let Some(principal) = self.cache.get(token, epoch) {
             return Ok(principal);
         }
         let principal = self.validate(token).await?;
         self.cache.insert(token, &principal, epoch);
         Ok(principal)
-    }
-
-    /// Changes whenever any issuer's JWKS is fetched again, so cached validations do not
-    /// outlive the key set they were checked against.
-    fn key_epoch(&self) -> u64 {
-        self.issuers
-            .iter()
-            .map(|i| match &i.keys {
-                KeySource::Jwks(cache) => cache.stats().fetches_ok,
-                KeySource::Secret(_) => 0,
-            })
-            .fold(0u64, u64::wrapping_add)
     }
 
     /// Validates a token: signature, algorithm, time, issuer, audience, subject.
@@ -163,11 +83,7 @@ impl Authenticator {
             _ => AuthError::Malformed("bad header"),
         })?;
         let iss = unverified_issuer(token)?;
-        let issuer = self
-            .by_iss
-            .get(&iss)
-            .and_then(|&i| self.issuers.get(i))
-            .ok_or(AuthError::UnknownIssuer)?;
+        let issuer = self.issuers.get(&iss).ok_or(AuthError::UnknownIssuer)?;
         let alg = header.alg;
         if !issuer.algorithms.contains(&alg) {
             return Err(AuthError::AlgorithmNotAllowed(format!("{alg:?}")));
@@ -203,45 +119,6 @@ impl Authenticator {
             .map_err(map_jwt_error)?;
         principal_from_claims(data.claims, self.leeway)
     }
-}
-
-fn build_issuer(
-    config: &IssuerConfig,
-    env: &[(String, String)],
-    client: &reqwest::Client,
-) -> Result<Issuer, AuthSetupError> {
-    let algorithms: Vec<Algorithm> = config
-        .algorithms
-        .iter()
-        .filter_map(|a| parse_algorithm(a))
-        .collect();
-    let keys = if let Some(var) = &config.secret_env {
-        let secret = env
-            .iter()
-            .find(|(k, _)| k == var)
-            .map(|(_, v)| v)
-            .ok_or_else(|| AuthSetupError::MissingSecret(var.clone()))?;
-        KeySource::Secret(DecodingKey::from_secret(secret.as_bytes()))
-    } else {
-        let source = match &config.jwks_url {
-            Some(url) => JwksSource::Url(url.clone()),
-            None => JwksSource::Discovery {
-                issuer: config.issuer.clone(),
-            },
-        };
-        let cache = JwksCache::new(
-            source,
-            client.clone(),
-            Duration::from_secs(config.jwks_refresh_secs),
-            Duration::from_secs(config.jwks_min_refetch_secs),
-        );
-        KeySource::Jwks(Arc::new(cache))
-    };
-    Ok(Issuer {
-        name: config.issuer.clone(),
-        algorithms,
-        keys,
-    })
 }
 
 /// Reads `iss` from the payload without verifying it, only to choose the issuer's keys; the
@@ -343,40 +220,18 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AuthConfig, IssuerConfig};
-    use jsonwebtoken::{EncodingKey, Header};
+    use crate::config::tests::{MINIMAL, SECRET, env};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use serde_json::json;
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
     const AUD: &str = "http://127.0.0.1:8080";
 
-    fn install_crypto() {
-        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-    }
-
-    /// A config with these `auth` settings and nothing else.
-    fn config(auth: AuthConfig) -> Config {
-        let mut config = Config::parse("", &[]).expect("empty config");
-        config.auth = auth;
-        config
-    }
-
+    /// [`MINIMAL`]'s HS256 issuer `dev`, tokens for [`AUD`].
     fn authenticator() -> Authenticator {
-        install_crypto();
-        let config = config(AuthConfig {
-            audiences: vec![AUD.into()],
-            issuers: vec![IssuerConfig {
-                issuer: "dev".into(),
-                discovery: false,
-                jwks_url: None,
-                algorithms: vec!["HS256".into()],
-                jwks_refresh_secs: 300,
-                jwks_min_refetch_secs: 10,
-                secret_env: Some("S".into()),
-            }],
-            ..AuthConfig::default()
-        });
-        Authenticator::new(&config, AUD, &[("S".into(), SECRET.into())]).expect("authenticator")
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+        let toml = format!("[auth]\naudiences = [\"{AUD}\"]\n{MINIMAL}");
+        let config = Config::parse(&toml, &env()).expect("config");
+        Authenticator::new(&config, AUD, &env()).expect("authenticator")
     }
 
     fn claims(overrides: Value) -> Map<String, Value> {
@@ -508,61 +363,6 @@ mod tests {
                 .await
                 .expect("valid");
             assert_eq!(p.scopes, want, "{claims}");
-        }
-    }
-
-    #[test]
-    fn only_url_issuers_are_authorization_servers() {
-        install_crypto();
-        let issuer = |name: &str| IssuerConfig {
-            issuer: name.into(),
-            discovery: false,
-            jwks_url: Some("http://127.0.0.1:1/jwks".into()),
-            algorithms: vec!["RS256".into()],
-            jwks_refresh_secs: 300,
-            jwks_min_refetch_secs: 10,
-            secret_env: None,
-        };
-        let config = config(AuthConfig {
-            issuers: vec![
-                issuer("https://idp.example.com/realms/mcp"),
-                issuer("mcp-auth-proxy-dev"),
-                issuer("http://127.0.0.1:4444"),
-                issuer("urn:example:issuer"),
-            ],
-            ..AuthConfig::default()
-        });
-        let a = Authenticator::new(&config, AUD, &[]).expect("authenticator");
-        assert_eq!(
-            a.authorization_servers(),
-            vec![
-                "https://idp.example.com/realms/mcp",
-                "http://127.0.0.1:4444"
-            ]
-        );
-    }
-
-    #[test]
-    fn authorization_servers_keep_the_config_order() {
-        install_crypto();
-        let issuer = |name: &str| IssuerConfig {
-            issuer: name.into(),
-            discovery: true,
-            jwks_url: None,
-            algorithms: vec!["RS256".into()],
-            jwks_refresh_secs: 300,
-            jwks_min_refetch_secs: 10,
-            secret_env: None,
-        };
-        let primary = "https://login.example.com/tenant";
-        let secondary = "https://auth.example.com/realms/mcp";
-        for order in [[primary, secondary], [secondary, primary]] {
-            let config = config(AuthConfig {
-                issuers: order.iter().map(|name| issuer(name)).collect(),
-                ..AuthConfig::default()
-            });
-            let a = Authenticator::new(&config, AUD, &[]).expect("authenticator");
-            assert_eq!(a.authorization_servers(), order);
         }
     }
 }

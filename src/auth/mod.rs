@@ -3,6 +3,9 @@
 
 pub(crate) mod authorize;
 pub(crate) mod cache;
+pub(crate) mod discovery;
+pub(crate) mod fetch;
+pub(crate) mod issuers;
 pub(crate) mod jwk;
 pub(crate) mod jwks;
 pub(crate) mod jwt;
