@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_util::task::TaskTracker;
 
@@ -189,15 +191,16 @@ impl ChildPool {
                     // Still in the map: nobody stopped it, it exited by itself.
                     map.remove(&key);
                     drop(map);
-                    pool.record_crash(&key);
+                    let _ = pool.record_crash(&key);
                 }
             }
         });
         Ok(result)
     }
 
-    /// Exponential backoff for restarts of a child that keeps exiting (DESIGN §6).
-    fn record_crash(&self, key: &PoolKey) {
+    /// Exponential backoff for restarts of a child that keeps exiting (DESIGN §6); returns
+    /// the delay before the next start.
+    fn record_crash(&self, key: &PoolKey) -> Duration {
         let now = Instant::now();
         let mut crashes = lock(&self.crashes);
         let c = crashes.entry(key.clone()).or_insert(Crashes {
@@ -217,6 +220,7 @@ impl ChildPool {
         };
         c.next_allowed = now + backoff;
         tracing::warn!(server = %key.server, crashes = c.count, backoff_ms = backoff.as_millis() as u64, "child exited; restart delayed");
+        backoff
     }
 
     /// Stops children with no request in flight for longer than `idle`.
@@ -244,5 +248,28 @@ impl ChildPool {
 
     pub(crate) fn len(&self) -> usize {
         lock(&self.map).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Restarts wait 100 ms, doubling per crash in a row; past the limit the server is held for
+    /// the whole window; a crash after a quiet window starts the count again. Time is paused.
+    #[tokio::test(start_paused = true)]
+    async fn restart_backoff_doubles_then_holds_then_forgets() {
+        let pool = ChildPool::default();
+        let key = PoolKey {
+            server: "s".into(),
+            owner: None,
+            sessions: false,
+        };
+        let delays: Vec<u64> = (0..CRASH_LOOP_LIMIT + 1)
+            .map(|_| pool.record_crash(&key).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1600, 60_000]);
+        tokio::time::advance(CRASH_WINDOW + Duration::from_secs(1)).await;
+        assert_eq!(pool.record_crash(&key), Duration::from_millis(100));
     }
 }
