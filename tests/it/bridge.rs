@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::mcp::{self, EventStream, Session};
+use crate::common::wait::eventually;
 use crate::common::{Proxy, base_config, example_server};
 
 const SUB: &str = "io.modelcontextprotocol/subscriptionId";
@@ -216,14 +217,10 @@ async fn listen_streams_get_the_list_changes_they_asked_for() {
     // Closing the streams forgets them; the children stay.
     assert_eq!(proxy.state.pool.in_flight(), 3);
     drop((tools, prompts, bobs));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while proxy.state.pool.in_flight() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "listen streams still registered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, "listen streams still registered", async || {
+        proxy.state.pool.in_flight() == 0
+    })
+    .await;
     assert_eq!(proxy.state.pool.len(), 2);
 }
 
@@ -342,14 +339,10 @@ async fn a_child_that_refuses_the_handshake_gets_502_and_is_stopped() {
     )
     .await;
     assert_eq!(a.status, 502, "{a:?}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !proxy.state.pool.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the child was not stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, "the child was not stopped", async || {
+        proxy.state.pool.is_empty()
+    })
+    .await;
 }
 
 /// `@modelcontextprotocol/server-everything` (legacy, TypeScript SDK v1) behind the bridge.
@@ -451,20 +444,26 @@ async fn server_everything_answers_modern_clients() {
     .await;
     modern_result(&a, false);
     let mut seen = (false, false);
-    while seen != (true, true) {
-        // Updates come at once, then every 5 s.
-        let note = listen
-            .next(Duration::from_secs(12))
-            .await
-            .expect("notification");
-        assert_eq!(note["params"]["_meta"][SUB], "sub", "{note}");
-        match note["method"].as_str() {
-            Some("notifications/resources/list_changed") => seen.0 = true,
-            Some("notifications/resources/updated") => {
-                assert_eq!(note["params"]["uri"], uri.as_str());
-                seen.1 = true;
+    eventually(
+        Duration::from_secs(30),
+        "a list change and a resource update",
+        async || {
+            // Updates come at once, then every 5 s.
+            let note = listen
+                .next(Duration::from_secs(12))
+                .await
+                .expect("notification");
+            assert_eq!(note["params"]["_meta"][SUB], "sub", "{note}");
+            match note["method"].as_str() {
+                Some("notifications/resources/list_changed") => seen.0 = true,
+                Some("notifications/resources/updated") => {
+                    assert_eq!(note["params"]["uri"], uri.as_str());
+                    seen.1 = true;
+                }
+                other => panic!("not asked for: {other:?}"),
             }
-            other => panic!("not asked for: {other:?}"),
-        }
-    }
+            seen == (true, true)
+        },
+    )
+    .await;
 }

@@ -6,8 +6,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::mcp::{self, Session};
+use crate::common::procfs::wait_group_empty;
 use crate::common::sse::SseClient;
-use crate::common::{Proxy, base_config, example_server, http, wait_group_empty};
+use crate::common::wait::eventually;
+use crate::common::{Proxy, base_config, example_server, http};
 
 fn server(extra: &str) -> String {
     base_config(&format!(
@@ -127,14 +129,10 @@ async fn warm_pool_hands_out_prespawned_children_and_refills() {
         .get()
         .expect("warm pool")
         .clone();
+    // One deadline for the fill and, below, the refill.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while warm.ready() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "warm pool never filled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let filled = async || warm.ready() >= 2;
+    eventually(Duration::from_secs(10), "warm pool never filled", filled).await;
     let before: HashSet<u32> = warm.pids().into_iter().collect();
     let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &proxy.token("alice")).await;
     c.initialize().await;
@@ -164,13 +162,8 @@ async fn warm_pool_hands_out_prespawned_children_and_refills() {
             .await,
         "warm"
     );
-    while warm.ready() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "warm pool not refilled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    eventually(left, "warm pool not refilled", filled).await;
     assert!(warm.pids().iter().all(|p| !before.contains(p)));
 }
 
@@ -244,14 +237,12 @@ async fn idle_sessions_are_reaped_even_with_an_open_stream() {
         "stream closed by the reaper"
     );
     assert!(wait_group_empty(pid, Duration::from_secs(10)).await);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !proxy.state.sessions.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the idle Streamable session was not reaped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the idle Streamable session was not reaped",
+        async || proxy.state.sessions.is_empty(),
+    )
+    .await;
     assert_eq!(
         s.call_tool(json!(1), "echo", json!({"message":"x"}))
             .await
@@ -303,38 +294,45 @@ async fn crash_looping_child_backs_off_then_is_held() {
     let url = format!("{}/mcp", proxy.url);
     let token = proxy.token("alice");
     let limit = mcp_auth_proxy::pool::CRASH_LOOP_LIMIT as usize;
+    // Each crash makes the pool forget the child; the next request starts one, unless the
+    // back-off holds it (503).
+    let forgotten = async || {
+        eventually(
+            Duration::from_secs(10),
+            "the pool kept a crashed child",
+            async || proxy.state.pool.is_empty(),
+        )
+        .await
+    };
     let mut refused = 0;
     let mut crashes = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while crashes <= limit {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "crash loop not reached in time"
-        );
-        // Wait until the pool has forgotten the last child, so the next request starts one.
-        while !proxy.state.pool.is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let a = mcp::modern(
-            &url,
-            &token,
-            json!(1),
-            "tools/call",
-            json!({"name":"crash","arguments":{}}),
-        )
-        .await;
-        match a.status {
-            503 => {
-                refused += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(
+        Duration::from_secs(60),
+        "crash loop not reached in time",
+        async || {
+            forgotten().await;
+            let a = mcp::modern(
+                &url,
+                &token,
+                json!(1),
+                "tools/call",
+                json!({"name":"crash","arguments":{}}),
+            )
+            .await;
+            match a.status {
+                503 => {
+                    refused += 1;
+                    // Asked again soon, but not in a tight loop.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => crashes += 1,
             }
-            _ => crashes += 1,
-        }
-    }
+            crashes > limit
+        },
+    )
+    .await;
     assert!(refused > 0, "restarts were never delayed");
-    while !proxy.state.pool.is_empty() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    forgotten().await;
     let held = mcp::modern(
         &url,
         &token,

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::process::{ProxyProcess, wait_for_count};
+use crate::common::process::ProxyProcess;
+use crate::common::procfs::wait_gone;
 use crate::common::sse::SseClient;
+use crate::common::wait::wait_for_count;
 use crate::common::{base_config, claims, example_server, hs_token};
 
 fn token(url: &str, sub: &str) -> String {
@@ -20,7 +22,7 @@ async fn every_fault_is_contained_and_leaves_no_process_behind() {
         "[servers.default]\ncommand = \"{}\"\nmax_line_bytes = 4096\n",
         example_server()
     ));
-    let proxy = ProxyProcess::start(&cfg, &[]).await;
+    let proxy = ProxyProcess::with_config(&cfg, &[]).await;
     let sse = format!("{}/sse", proxy.url);
     let mut a = SseClient::connect(&sse, &token(&proxy.url, "a")).await;
     let mut b = SseClient::connect(&sse, &token(&proxy.url, "b")).await;
@@ -88,7 +90,7 @@ async fn a_child_that_stops_reading_ends_its_session() {
         "[servers.default]\ncommand = \"{}\"\n",
         example_server()
     ));
-    let proxy = ProxyProcess::start(&cfg, &[]).await;
+    let proxy = ProxyProcess::with_config(&cfg, &[]).await;
     let sse = format!("{}/sse", proxy.url);
     let mut stuck = SseClient::connect(&sse, &token(&proxy.url, "s")).await;
     let mut other = SseClient::connect(&sse, &token(&proxy.url, "o")).await;
@@ -144,7 +146,7 @@ async fn a_sigkilled_proxy_leaves_no_child_running() {
         "[servers.default]\ncommand = \"{}\"\n",
         example_server()
     ));
-    let mut proxy = ProxyProcess::start(&cfg, &[]).await;
+    let mut proxy = ProxyProcess::with_config(&cfg, &[]).await;
     let sse = format!("{}/sse", proxy.url);
     let mut a = SseClient::connect(&sse, &token(&proxy.url, "a")).await;
     let mut b = SseClient::connect(&sse, &token(&proxy.url, "b")).await;
@@ -156,7 +158,7 @@ async fn a_sigkilled_proxy_leaves_no_child_running() {
     let _ = proxy.child.wait().await;
     for pid in children {
         assert!(
-            crate::common::wait_gone(pid, Duration::from_secs(5)).await,
+            wait_gone(pid, Duration::from_secs(5)).await,
             "child {pid} outlived the proxy"
         );
     }
@@ -170,7 +172,7 @@ async fn a_client_that_stops_reading_loses_its_session_only() {
         "[servers.default]\ncommand = \"{}\"\n",
         example_server()
     ));
-    let proxy = ProxyProcess::start(&cfg, &[]).await;
+    let proxy = ProxyProcess::with_config(&cfg, &[]).await;
     let sse = format!("{}/sse", proxy.url);
     let mut slow = SseClient::connect(&sse, &token(&proxy.url, "slow")).await;
     let mut other = SseClient::connect(&sse, &token(&proxy.url, "other")).await;

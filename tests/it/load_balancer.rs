@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::common::binary::ProxyProcess;
+use crate::common::process::ProxyProcess;
 use crate::common::sse::SseClient;
 use crate::common::{SECRET, claims, example_server, hs_token, http, metric};
 use crate::interop::{call_args, ts_client};
@@ -150,11 +150,7 @@ command = "{server}"
 }
 
 async fn active_sessions(instance: &ProxyProcess) -> f64 {
-    let Ok(r) = http()
-        .get(format!("{}/metrics", instance.url()))
-        .send()
-        .await
-    else {
+    let Ok(r) = http().get(format!("{}/metrics", instance.url)).send().await else {
         return 0.0;
     };
     let text = r.text().await.unwrap_or_default();
@@ -214,7 +210,7 @@ async fn drain_behind_haproxy(transports: &[&'static str]) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let ready = http()
-                .get(format!("{}/readyz", instance.url()))
+                .get(format!("{}/readyz", instance.url))
                 .send()
                 .await
                 .is_ok_and(|r| r.status() == 200);
@@ -261,7 +257,7 @@ async fn drain_behind_haproxy(transports: &[&'static str]) {
     // the draining instance, get 503, and are retried on a live one (`retry-on 503`).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while http()
-        .get(format!("{}/readyz", instances[0].url()))
+        .get(format!("{}/readyz", instances[0].url))
         .send()
         .await
         .is_ok_and(|r| r.status() == 200)

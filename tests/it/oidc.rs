@@ -13,10 +13,11 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use crate::auth_rejections::{probe, wait_ready};
+use crate::auth_rejections::probe;
 use crate::common::keys::TestKey;
 use crate::common::sse::SseClient;
-use crate::common::{Proxy, claims, example_server, http};
+use crate::common::wait::eventually;
+use crate::common::{Proxy, claims, example_server, http, wait_ready};
 use crate::interop::{call_args, interop, run_client, ts_client};
 
 const CLIENT_SECRET: &str = "interop-client-secret";
@@ -206,15 +207,6 @@ fn stats(proxy: &Proxy) -> JwksStats {
         .first()
         .map(|(_, s)| *s)
         .expect("one JWKS issuer")
-}
-
-/// Polls `cond` every 50 ms until it holds; panics with `what` after `within`.
-async fn eventually(within: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Tokens from the real provider, found by discovery, used by the official TS client; key

@@ -5,6 +5,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::mcp::{self, MODERN, Session, post, post_raw};
+use crate::common::procfs::wait_group_empty;
+use crate::common::wait::eventually;
 use crate::common::{Proxy, http};
 
 fn text(a: &mcp::Answer) -> String {
@@ -138,7 +140,7 @@ async fn session_era_statuses() {
         .expect("delete");
     assert_eq!(r.status(), 204);
     assert_eq!(s.post(&ping).await.status, 404);
-    assert!(crate::common::wait_group_empty(pid, Duration::from_secs(10)).await);
+    assert!(wait_group_empty(pid, Duration::from_secs(10)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,14 +460,12 @@ async fn modern_era_closing_the_stream_cancels_at_the_child() {
     .await;
     assert!(slow.is_err(), "the slow call should still be running");
     // The route is forgotten as soon as the client goes away (and the child is told).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while proxy.state.pool.in_flight() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "route still registered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "route still registered",
+        async || proxy.state.pool.in_flight() == 0,
+    )
+    .await;
     // The same child keeps serving.
     let a = mcp::modern(
         &url,
