@@ -1,9 +1,10 @@
 //! Test helpers: an in-process proxy on port 0, token minting, keys, raw MCP clients, the
-//! proxy binary as a process, /proc, and bounded waits.
+//! proxy binary as a process, load balancers, /proc, and bounded waits.
 
 #![allow(dead_code, unreachable_pub)]
 
 pub mod keys;
+pub mod lb;
 pub mod mcp;
 pub mod process;
 pub mod procfs;
