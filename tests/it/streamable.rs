@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::common::mcp::{self, MODERN, Session, post, post_raw};
 use crate::common::procfs::wait_group_empty;
 use crate::common::wait::eventually;
-use crate::common::{Proxy, http};
+use crate::common::{Proxy, http, metric};
 
 fn text(a: &mcp::Answer) -> String {
     a.last()["result"]["content"][0]["text"]
@@ -183,10 +183,23 @@ async fn duplicate_in_flight_id_is_rejected_not_cross_wired() {
     let proxy = Proxy::start().await;
     let url = format!("{}/mcp", proxy.url);
     let s = Session::open(&url, &proxy.token("alice"), "2025-11-25").await;
+    let to_child = "mcp_proxy_relayed_messages_total{server=\"default\",direction=\"to_child\"}";
+    let relayed = async || metric(&proxy.metrics().await, to_child).unwrap_or(0.0);
+    // An answered ping: everything sent so far (also `notifications/initialized`, which was
+    // accepted before it was written) has reached the child and been counted.
+    let ping = json!({"jsonrpc":"2.0","id":"p","method":"ping"});
+    assert_eq!(s.post(&ping).await.status, 200);
+    let before = relayed().await;
     let slow = s.call_tool(json!(5), "sleep", json!({"ms": 1500}));
     let dup = async {
-        // Let the slow one get registered first.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The proxy registers a request's id before it writes it to the child: once the slow
+        // one has reached the child, id 5 is taken.
+        eventually(
+            Duration::from_secs(10),
+            "the slow call never reached the child",
+            async || relayed().await > before,
+        )
+        .await;
         s.call_tool(json!(5), "echo", json!({"message": "dup"}))
             .await
     };
