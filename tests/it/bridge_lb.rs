@@ -62,14 +62,7 @@ async fn client(url: String, token: String, c: usize) -> Vec<String> {
     );
     for round in 0..ROUNDS {
         let message = format!("client-{c}-round-{round}");
-        let a = mcp::modern(
-            &url,
-            &token,
-            json!(1),
-            "tools/call",
-            json!({"name":"echo","arguments":{"message": message}}),
-        )
-        .await;
+        let a = mcp::modern_tool(&url, &token, json!(1), "echo", json!({"message": message})).await;
         assert_eq!(a.last()["id"], 1);
         assert_eq!(text(&a), message, "client {c} got someone else's answer");
         let token_name = format!("tok-{c}-{round}");
@@ -88,12 +81,12 @@ async fn client(url: String, token: String, c: usize) -> Vec<String> {
             "client {c}: {a:?}"
         );
         assert_eq!(text(&a), "done 2 steps");
-        let a = mcp::modern(
+        let a = mcp::modern_tool(
             &url,
             &token,
             json!(1),
-            "tools/call",
-            json!({"name":"env","arguments":{"name":"BRIDGE_INSTANCE"}}),
+            "env",
+            json!({"name":"BRIDGE_INSTANCE"}),
         )
         .await;
         instances.push(text(&a));

@@ -18,6 +18,17 @@ fn server(extra: &str) -> String {
     ))
 }
 
+/// The pids of the children serving the proxy's sessions.
+fn session_children(proxy: &Proxy) -> HashSet<u32> {
+    proxy
+        .state
+        .sessions
+        .all()
+        .iter()
+        .map(|s| s.child().pid())
+        .collect()
+}
+
 fn text(a: &mcp::Answer) -> String {
     a.last()["result"]["content"][0]["text"]
         .as_str()
@@ -97,13 +108,7 @@ async fn shared_scope_one_child_for_everyone() {
     let url = format!("{}/mcp", proxy.url);
     let a = Session::open(&url, &proxy.token("alice"), "2025-11-25").await;
     let b = Session::open(&url, &proxy.token("bob"), "2025-11-25").await;
-    let pids: HashSet<u32> = proxy
-        .state
-        .sessions
-        .all()
-        .iter()
-        .map(|s| s.child().pid())
-        .collect();
+    let pids = session_children(&proxy);
     assert_eq!(pids.len(), 1);
     let (x, y) = tokio::join!(
         a.call_tool(json!(9), "echo", json!({"message": "a"})),
@@ -142,13 +147,7 @@ async fn warm_pool_hands_out_prespawned_children_and_refills() {
         "2025-11-25",
     )
     .await;
-    let used: HashSet<u32> = proxy
-        .state
-        .sessions
-        .all()
-        .iter()
-        .map(|s| s.child().pid())
-        .collect();
+    let used = session_children(&proxy);
     assert_eq!(used, before, "sessions got the prespawned children");
     assert_eq!(
         text(
@@ -190,12 +189,12 @@ async fn caps_answer_503_with_retry_after_before_spawning() {
         &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"x","version":"0"}}})).await;
     assert_eq!(r.status, 503, "global cap");
     // A 2026-07-28 request that would need a new per-principal child meets the same cap.
-    let r = mcp::modern(
+    let r = mcp::modern_tool(
         &format!("{}/mcp", proxy.url),
         &proxy.token("dave"),
         json!(1),
-        "tools/call",
-        json!({"name":"echo","arguments":{"message":"x"}}),
+        "echo",
+        json!({"message":"x"}),
     )
     .await;
     assert_eq!(r.status, 503, "global cap, modern era");
@@ -275,12 +274,12 @@ async fn request_timeout_answers_the_client_on_every_transport() {
     let a = s.call_tool(json!(1), "sleep", json!({"ms": 5000})).await;
     assert_eq!(a.last()["error"]["message"], "request timed out", "{a:?}");
     assert_eq!(a.last()["id"], 1);
-    let a = mcp::modern(
+    let a = mcp::modern_tool(
         &url,
         &proxy.token("alice"),
         json!(1),
-        "tools/call",
-        json!({"name":"sleep","arguments":{"ms":5000}}),
+        "sleep",
+        json!({"ms":5000}),
     )
     .await;
     assert_eq!(a.last()["error"]["message"], "request timed out", "{a:?}");
@@ -311,14 +310,7 @@ async fn crash_looping_child_backs_off_then_is_held() {
         "crash loop not reached in time",
         async || {
             forgotten().await;
-            let a = mcp::modern(
-                &url,
-                &token,
-                json!(1),
-                "tools/call",
-                json!({"name":"crash","arguments":{}}),
-            )
-            .await;
+            let a = mcp::modern_tool(&url, &token, json!(1), "crash", json!({})).await;
             match a.status {
                 503 => {
                     refused += 1;
@@ -333,21 +325,14 @@ async fn crash_looping_child_backs_off_then_is_held() {
     .await;
     assert!(refused > 0, "restarts were never delayed");
     forgotten().await;
-    let held = mcp::modern(
-        &url,
-        &token,
-        json!(2),
-        "tools/call",
-        json!({"name":"echo","arguments":{"message":"x"}}),
-    )
-    .await;
+    let held = mcp::modern_tool(&url, &token, json!(2), "echo", json!({"message":"x"})).await;
     assert_eq!(held.status, 503, "{held:?}");
-    let other = mcp::modern(
+    let other = mcp::modern_tool(
         &url,
         &proxy.token("bob"),
         json!(1),
-        "tools/call",
-        json!({"name":"echo","arguments":{"message":"bob"}}),
+        "echo",
+        json!({"message":"bob"}),
     )
     .await;
     assert_eq!(

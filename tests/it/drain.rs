@@ -30,16 +30,7 @@ async fn sleep_in_flight(
 ) -> tokio::task::JoinHandle<mcp::Answer> {
     let call = tokio::spawn({
         let (url, token, id) = (format!("{}/mcp", proxy.url), token.to_owned(), json!(id));
-        async move {
-            mcp::modern(
-                &url,
-                &token,
-                id,
-                "tools/call",
-                json!({"name": "sleep", "arguments": {"ms": ms}}),
-            )
-            .await
-        }
+        async move { mcp::modern_tool(&url, &token, id, "sleep", json!({"ms": ms})).await }
     });
     eventually(
         Duration::from_secs(10),

@@ -130,24 +130,11 @@ async fn start_nginx(dir: &tempfile::TempDir, port: u16, backends: &[SocketAddr]
 async fn client(url: String, token: String, c: usize, done: Arc<AtomicUsize>) {
     for round in 0..ROUNDS {
         let message = format!("client-{c}-round-{round}");
-        let a = mcp::modern(
-            &url,
-            &token,
-            json!(1),
-            "tools/call",
-            json!({"name":"sleep","arguments":{"ms": CALL_MS}}),
-        )
-        .await;
+        let a = mcp::modern_tool(&url, &token, json!(1), "sleep", json!({"ms": CALL_MS})).await;
         assert_eq!(a.status, 200, "client {c} round {round}: {a:?}");
         assert_eq!(a.last()["id"], 1, "client {c}: {a:?}");
-        let echoed = mcp::modern(
-            &url,
-            &token,
-            json!(1),
-            "tools/call",
-            json!({"name":"echo","arguments":{"message": message}}),
-        )
-        .await;
+        let echoed =
+            mcp::modern_tool(&url, &token, json!(1), "echo", json!({"message": message})).await;
         assert_eq!(echoed.status, 200, "client {c} round {round}: {echoed:?}");
         assert_eq!(
             echoed.last()["result"]["content"][0]["text"],

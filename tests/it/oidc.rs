@@ -18,7 +18,7 @@ use crate::common::keys::TestKey;
 use crate::common::sse::SseClient;
 use crate::common::wait::eventually;
 use crate::common::{Proxy, claims, example_server, http, wait_ready};
-use crate::interop::{call_args, interop, run_client, ts_client};
+use crate::interop::{call_args, first_text, interop, run_client, ts_client};
 
 const CLIENT_SECRET: &str = "interop-client-secret";
 
@@ -232,7 +232,7 @@ async fn real_provider_tokens_rotation_and_outage() {
     ))
     .await;
     assert_eq!(report["ok"], true, "{report}");
-    assert_eq!(report["results"][0]["content"][0]["text"], "42", "{report}");
+    assert_eq!(first_text(&report), "42", "{report}");
 
     // ES256, resource = the proxy's base URL: a full session with the raw client.
     let es = idp.token("ES256", &proxy.url, Some("mcp:tools")).await;
@@ -257,10 +257,7 @@ async fn real_provider_tokens_rotation_and_outage() {
     ))
     .await;
     assert_eq!(report["ok"], true, "{report}");
-    assert_eq!(
-        report["results"][0]["content"][0]["text"], "streamable es256",
-        "{report}"
-    );
+    assert_eq!(first_text(&report), "streamable es256", "{report}");
 
     // Scopes and audience as the provider issued them.
     let admin = format!("{}/servers/admin/sse", proxy.url);

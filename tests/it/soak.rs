@@ -82,12 +82,12 @@ async fn round(url: &str, i: usize) {
             let _ = curl.wait().await;
         }
         _ => {
-            let a = mcp::modern(
+            let a = mcp::modern_tool(
                 &format!("{url}/mcp"),
                 &token,
                 json!(1),
-                "tools/call",
-                json!({"name":"echo","arguments":{"message":"m"}}),
+                "echo",
+                json!({"message":"m"}),
             )
             .await;
             assert_eq!(a.status, 200);

@@ -320,14 +320,7 @@ async fn modern_era_headers_are_checked_against_the_body() {
     let proxy = Proxy::start().await;
     let url = format!("{}/mcp", proxy.url);
     let token = proxy.token("alice");
-    let ok = mcp::modern(
-        &url,
-        &token,
-        json!(1),
-        "tools/call",
-        json!({"name":"echo","arguments":{"message":"m"}}),
-    )
-    .await;
+    let ok = mcp::modern_tool(&url, &token, json!(1), "echo", json!({"message":"m"})).await;
     assert_eq!(ok.status, 200, "{ok:?}");
     assert_eq!(text(&ok), "m");
     assert!(ok.session.is_none(), "no session in the modern era");
@@ -429,12 +422,12 @@ async fn modern_era_same_ids_from_many_clients_never_collide() {
         let url = url.clone();
         let token = tokens[c % 5].clone();
         async move {
-            let a = mcp::modern(
+            let a = mcp::modern_tool(
                 &url,
                 &token,
                 json!(1),
-                "tools/call",
-                json!({"name":"echo","arguments":{"message": format!("client-{c}")}}),
+                "echo",
+                json!({"message": format!("client-{c}")}),
             )
             .await;
             (c, a)
@@ -462,13 +455,7 @@ async fn modern_era_closing_the_stream_cancels_at_the_child() {
     mcp::modern(&url, &token, json!(1), "ping", json!({})).await;
     let slow = tokio::time::timeout(
         Duration::from_millis(400),
-        mcp::modern(
-            &url,
-            &token,
-            json!(2),
-            "tools/call",
-            json!({"name":"sleep","arguments":{"ms":5000}}),
-        ),
+        mcp::modern_tool(&url, &token, json!(2), "sleep", json!({"ms":5000})),
     )
     .await;
     assert!(slow.is_err(), "the slow call should still be running");
@@ -480,14 +467,7 @@ async fn modern_era_closing_the_stream_cancels_at_the_child() {
     )
     .await;
     // The same child keeps serving.
-    let a = mcp::modern(
-        &url,
-        &token,
-        json!(3),
-        "tools/call",
-        json!({"name":"echo","arguments":{"message":"after"}}),
-    )
-    .await;
+    let a = mcp::modern_tool(&url, &token, json!(3), "echo", json!({"message":"after"})).await;
     assert_eq!(text(&a), "after");
     assert_eq!(proxy.state.pool.len(), 1);
 }

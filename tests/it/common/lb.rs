@@ -53,24 +53,18 @@ pub fn lb_socket() -> (std::net::TcpListener, i32, String) {
 /// (2026-07-28) traffic: per-principal children of the example server, which report `name`
 /// as `BRIDGE_INSTANCE` so a test sees which instance served a call.
 pub async fn bridge_backend(name: &str, public_url: &str) -> ProxyProcess {
-    let config = format!(
+    let config = super::base_config(&format!(
         r#"
 [http]
 public_url = "{public_url}"
-
-[[auth.issuers]]
-issuer = "{issuer}"
-algorithms = ["HS256"]
-secret_env = "TEST_SECRET"
 
 [servers.default]
 command = "{server}"
 child_scope = "principal"
 env = {{ BRIDGE_INSTANCE = "{name}" }}
 "#,
-        issuer = super::HS_ISSUER,
         server = super::example_server()
-    );
+    ));
     ProxyProcess::with_config(&config, &[]).await
 }
 
