@@ -10,7 +10,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use crate::common::keys::{JwksServer, TestKey};
-use crate::common::{HS_ISSUER, Proxy, SECRET, claims, example_server, http};
+use crate::common::wait::eventually;
+use crate::common::{HS_ISSUER, Proxy, SECRET, claims, example_server, http, wait_ready};
 
 const JWKS_ISSUER: &str = "https://idp.test/realms/mcp";
 const OTHER_ISSUER: &str = "https://other-idp.test";
@@ -121,21 +122,6 @@ required_scopes = ["mcp:admin"]
         bare_rsa,
         all,
         other,
-    }
-}
-
-pub(crate) async fn wait_ready(url: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = http().get(format!("{url}/readyz")).send().await;
-        if r.map(|r| r.status() == 200).unwrap_or(false) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "proxy never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -715,12 +701,10 @@ command = "{}"
     );
     let proxy = Proxy::with_config(&cfg, &[]).await;
     wait_ready(&proxy.url).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while jwks.fetch_count() < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "max-age=1 did not shorten the refresh interval"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "max-age=1 did not shorten the refresh interval",
+        async || jwks.fetch_count() >= 3,
+    )
+    .await;
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::mcp::{self, EventStream, Session};
+use crate::common::wait::eventually;
 use crate::common::{Proxy, base_config, example_server};
 
 const SUB: &str = "io.modelcontextprotocol/subscriptionId";
@@ -43,6 +44,26 @@ fn modern_result(a: &mcp::Answer, cacheable: bool) -> Value {
         );
     }
     result
+}
+
+/// Sends `method` in the modern era and on the `legacy` session: the answers must agree but
+/// for the fields the bridge adds. Returns the modern result.
+async fn same_as_legacy(
+    url: &str,
+    token: &str,
+    legacy: &Session,
+    id: Value,
+    method: &str,
+    params: Value,
+) -> Value {
+    let cacheable = method.ends_with("/list") || method == "resources/read";
+    let m = mcp::modern(url, token, id, method, params.clone()).await;
+    let m = modern_result(&m, cacheable);
+    let l = legacy
+        .post(&json!({"jsonrpc":"2.0","id":9,"method":method,"params":params}))
+        .await;
+    assert_eq!(legacy_shape(&m), l.last()["result"], "{method}");
+    m
 }
 
 fn text(result: &Value) -> &str {
@@ -90,14 +111,8 @@ async fn example_server_answers_modern_clients_as_it_answers_legacy_ones() {
             json!({"name": "add", "arguments": {"a": 2, "b": 40}}),
         ),
     ] {
-        let cacheable = method.ends_with("/list") || method == "resources/read";
-        let m = mcp::modern(&url, &token, json!(1), method, params.clone()).await;
-        let m = modern_result(&m, cacheable);
+        let m = same_as_legacy(&url, &token, &legacy, json!(1), method, params).await;
         assert_eq!(m["_meta"][SERVER_INFO]["name"], "mcp-example-server");
-        let l = legacy
-            .post(&json!({"jsonrpc":"2.0","id":9,"method":method,"params":params}))
-            .await;
-        assert_eq!(legacy_shape(&m), l.last()["result"], "{method}");
     }
 
     // Progress reaches this request's stream with the client's own token.
@@ -131,12 +146,12 @@ async fn example_server_answers_modern_clients_as_it_answers_legacy_ones() {
     assert_eq!(a.last()["error"]["code"], -32602, "{a:?}");
 
     // One probe for the server; the second principal's child reuses the answer.
-    let bob = mcp::modern(
+    let bob = mcp::modern_tool(
         &url,
         &proxy.token("bob"),
         json!(1),
-        "tools/call",
-        json!({"name":"echo","arguments":{"message":"bob"}}),
+        "echo",
+        json!({"message":"bob"}),
     )
     .await;
     assert_eq!(text(&modern_result(&bob, false)), "bob");
@@ -181,24 +196,24 @@ async fn listen_streams_get_the_list_changes_they_asked_for() {
     .await;
     assert!(bobs.next(WAIT).await.is_some());
 
-    let a = mcp::modern(
+    let a = mcp::modern_tool(
         &url,
         &token,
         json!(1),
-        "tools/call",
-        json!({"name":"notify","arguments":{"method":"notifications/tools/list_changed"}}),
+        "notify",
+        json!({"method":"notifications/tools/list_changed"}),
     )
     .await;
     assert_eq!(text(&modern_result(&a, false)), "ok");
     let note = tools.next(WAIT).await.expect("list change");
     assert_eq!(note["method"], "notifications/tools/list_changed");
     assert_eq!(note["params"]["_meta"][SUB], "L-1");
-    mcp::modern(
+    mcp::modern_tool(
         &url,
         &token,
         json!(2),
-        "tools/call",
-        json!({"name":"notify","arguments":{"method":"notifications/prompts/list_changed"}}),
+        "notify",
+        json!({"method":"notifications/prompts/list_changed"}),
     )
     .await;
     let note = prompts.next(WAIT).await.expect("prompt change");
@@ -216,14 +231,10 @@ async fn listen_streams_get_the_list_changes_they_asked_for() {
     // Closing the streams forgets them; the children stay.
     assert_eq!(proxy.state.pool_in_flight(), 3);
     drop((tools, prompts, bobs));
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while proxy.state.pool_in_flight() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "listen streams still registered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, "listen streams still registered", async || {
+        proxy.state.pool_in_flight() == 0
+    })
+    .await;
     assert_eq!(proxy.state.pool_len(), 2);
 }
 
@@ -233,24 +244,17 @@ async fn server_initiated_requests_are_answered_by_the_proxy() {
         Proxy::with_config(&base_config(&fixture_section("default", "legacy", "")), &[]).await;
     let url = format!("{}/mcp", proxy.url);
     let token = proxy.token("alice");
-    let a = mcp::modern(
+    let a = mcp::modern_tool(
         &url,
         &token,
         json!(1),
-        "tools/call",
-        json!({"name":"ask","arguments":{"method":"sampling/createMessage"}}),
+        "ask",
+        json!({"method":"sampling/createMessage"}),
     )
     .await;
     let answer: Value = serde_json::from_str(text(&modern_result(&a, false))).expect("json");
     assert_eq!(answer["error"]["code"], -32601, "{answer}");
-    let a = mcp::modern(
-        &url,
-        &token,
-        json!(2),
-        "tools/call",
-        json!({"name":"ask","arguments":{"method":"ping"}}),
-    )
-    .await;
+    let a = mcp::modern_tool(&url, &token, json!(2), "ask", json!({"method":"ping"})).await;
     assert_eq!(text(&modern_result(&a, false)), r#"{"result": {}}"#);
     // The handshake settled on the version the child offered.
     let d = mcp::modern(&url, &token, json!(3), "server/discover", json!({})).await;
@@ -342,14 +346,10 @@ async fn a_child_that_refuses_the_handshake_gets_502_and_is_stopped() {
     )
     .await;
     assert_eq!(a.status, 502, "{a:?}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while proxy.state.pool_len() != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the child was not stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, "the child was not stopped", async || {
+        proxy.state.pool_len() == 0
+    })
+    .await;
 }
 
 /// `@modelcontextprotocol/server-everything` (legacy, TypeScript SDK v1) behind the bridge.
@@ -392,13 +392,7 @@ async fn server_everything_answers_modern_clients() {
             json!({"name": "get-sum", "arguments": {"a": 2, "b": 40}}),
         ),
     ] {
-        let cacheable = method.ends_with("/list") || method == "resources/read";
-        let m = mcp::modern(&url, &token, json!(2), method, params.clone()).await;
-        let m = modern_result(&m, cacheable);
-        let l = legacy
-            .post(&json!({"jsonrpc":"2.0","id":9,"method":method,"params":params}))
-            .await;
-        assert_eq!(legacy_shape(&m), l.last()["result"], "{method}");
+        same_as_legacy(&url, &token, &legacy, json!(2), method, params).await;
     }
 
     let a = mcp::modern(
@@ -438,33 +432,45 @@ async fn server_everything_answers_modern_clients() {
         json!({"resourcesListChanged": true, "resourceSubscriptions": [uri]})
     );
     // A new session resource: notifications/resources/list_changed.
-    let a = mcp::modern(&url, &token, json!(4), "tools/call",
-        json!({"name":"gzip-file-as-resource","arguments":{"name":"t.gz","data":"data:text/plain;base64,aGVsbG8="}})).await;
+    let a = mcp::modern_tool(
+        &url,
+        &token,
+        json!(4),
+        "gzip-file-as-resource",
+        json!({"name":"t.gz","data":"data:text/plain;base64,aGVsbG8="}),
+    )
+    .await;
     modern_result(&a, false);
-    let a = mcp::modern(
+    let a = mcp::modern_tool(
         &url,
         &token,
         json!(5),
-        "tools/call",
-        json!({"name":"toggle-subscriber-updates","arguments":{}}),
+        "toggle-subscriber-updates",
+        json!({}),
     )
     .await;
     modern_result(&a, false);
     let mut seen = (false, false);
-    while seen != (true, true) {
-        // Updates come at once, then every 5 s.
-        let note = listen
-            .next(Duration::from_secs(12))
-            .await
-            .expect("notification");
-        assert_eq!(note["params"]["_meta"][SUB], "sub", "{note}");
-        match note["method"].as_str() {
-            Some("notifications/resources/list_changed") => seen.0 = true,
-            Some("notifications/resources/updated") => {
-                assert_eq!(note["params"]["uri"], uri.as_str());
-                seen.1 = true;
+    eventually(
+        Duration::from_secs(30),
+        "a list change and a resource update",
+        async || {
+            // Updates come at once, then every 5 s.
+            let note = listen
+                .next(Duration::from_secs(12))
+                .await
+                .expect("notification");
+            assert_eq!(note["params"]["_meta"][SUB], "sub", "{note}");
+            match note["method"].as_str() {
+                Some("notifications/resources/list_changed") => seen.0 = true,
+                Some("notifications/resources/updated") => {
+                    assert_eq!(note["params"]["uri"], uri.as_str());
+                    seen.1 = true;
+                }
+                other => panic!("not asked for: {other:?}"),
             }
-            other => panic!("not asked for: {other:?}"),
-        }
-    }
+            seen == (true, true)
+        },
+    )
+    .await;
 }

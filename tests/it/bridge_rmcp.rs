@@ -17,6 +17,7 @@ use rmcp::{ClientHandler, ClientLifecycleMode, ClientServiceExt, RoleClient};
 use serde_json::json;
 
 use crate::common::Proxy;
+use crate::common::wait::eventually;
 
 /// Counts the progress notifications the SDK hands to the client.
 #[derive(Clone, Default)]
@@ -86,14 +87,12 @@ async fn rmcp_discover_mode_client_uses_a_legacy_server() {
         .expect("tools/call");
     assert_eq!(text(&done), "done 3 steps");
     // Progress is handled asynchronously by the SDK; it arrives before the result on the wire.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while handler.progress.load(Ordering::SeqCst) < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "progress notifications"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "progress notifications",
+        async || handler.progress.load(Ordering::SeqCst) >= 3,
+    )
+    .await;
 
     let read = client
         .read_resource(ReadResourceRequestParams::new("example://readme"))

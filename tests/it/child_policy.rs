@@ -6,14 +6,21 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::mcp::{self, Session};
+use crate::common::procfs::wait_group_empty;
 use crate::common::sse::SseClient;
-use crate::common::{Proxy, base_config, example_server, http, wait_group_empty};
+use crate::common::wait::eventually;
+use crate::common::{Proxy, base_config, example_server, http};
 
 fn server(extra: &str) -> String {
     base_config(&format!(
         "[servers.default]\ncommand = \"{}\"\n{extra}\n",
         example_server()
     ))
+}
+
+/// The pids of the children serving the proxy's sessions.
+fn session_children(proxy: &Proxy) -> HashSet<u32> {
+    proxy.state.session_pids().into_iter().collect()
 }
 
 fn text(a: &mcp::Answer) -> String {
@@ -91,7 +98,7 @@ async fn shared_scope_one_child_for_everyone() {
     let url = format!("{}/mcp", proxy.url);
     let a = Session::open(&url, &proxy.token("alice"), "2025-11-25").await;
     let b = Session::open(&url, &proxy.token("bob"), "2025-11-25").await;
-    let pids: HashSet<u32> = proxy.state.session_pids().into_iter().collect();
+    let pids = session_children(&proxy);
     assert_eq!(pids.len(), 1);
     let (x, y) = tokio::join!(
         a.call_tool(json!(9), "echo", json!({"message": "a"})),
@@ -113,14 +120,10 @@ async fn shared_scope_one_child_for_everyone() {
 async fn warm_pool_hands_out_prespawned_children_and_refills() {
     let proxy = Proxy::with_config(&server("warm_pool = 2"), &[]).await;
     let warm_pids = || proxy.state.warm_pids("default");
+    // One deadline for the fill and, below, the refill.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while warm_pids().len() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "warm pool never filled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let filled = async || warm_pids().len() >= 2;
+    eventually(Duration::from_secs(10), "warm pool never filled", filled).await;
     let before: HashSet<u32> = warm_pids().into_iter().collect();
     let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &proxy.token("alice")).await;
     c.initialize().await;
@@ -130,7 +133,7 @@ async fn warm_pool_hands_out_prespawned_children_and_refills() {
         "2025-11-25",
     )
     .await;
-    let used: HashSet<u32> = proxy.state.session_pids().into_iter().collect();
+    let used = session_children(&proxy);
     assert_eq!(used, before, "sessions got the prespawned children");
     assert_eq!(
         text(
@@ -144,13 +147,8 @@ async fn warm_pool_hands_out_prespawned_children_and_refills() {
             .await,
         "warm"
     );
-    while warm_pids().len() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "warm pool not refilled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    eventually(left, "warm pool not refilled", filled).await;
     assert!(warm_pids().iter().all(|p| !before.contains(p)));
 }
 
@@ -177,12 +175,12 @@ async fn caps_answer_503_with_retry_after_before_spawning() {
         &json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"x","version":"0"}}})).await;
     assert_eq!(r.status, 503, "global cap");
     // A 2026-07-28 request that would need a new per-principal child meets the same cap.
-    let r = mcp::modern(
+    let r = mcp::modern_tool(
         &format!("{}/mcp", proxy.url),
         &proxy.token("dave"),
         json!(1),
-        "tools/call",
-        json!({"name":"echo","arguments":{"message":"x"}}),
+        "echo",
+        json!({"message":"x"}),
     )
     .await;
     assert_eq!(r.status, 503, "global cap, modern era");
@@ -224,14 +222,12 @@ async fn idle_sessions_are_reaped_even_with_an_open_stream() {
         "stream closed by the reaper"
     );
     assert!(wait_group_empty(pid, Duration::from_secs(10)).await);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while proxy.state.session_count() != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the idle Streamable session was not reaped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the idle Streamable session was not reaped",
+        async || proxy.state.session_count() == 0,
+    )
+    .await;
     assert_eq!(
         s.call_tool(json!(1), "echo", json!({"message":"x"}))
             .await
@@ -264,12 +260,12 @@ async fn request_timeout_answers_the_client_on_every_transport() {
     let a = s.call_tool(json!(1), "sleep", json!({"ms": 5000})).await;
     assert_eq!(a.last()["error"]["message"], "request timed out", "{a:?}");
     assert_eq!(a.last()["id"], 1);
-    let a = mcp::modern(
+    let a = mcp::modern_tool(
         &url,
         &proxy.token("alice"),
         json!(1),
-        "tools/call",
-        json!({"name":"sleep","arguments":{"ms":5000}}),
+        "sleep",
+        json!({"ms":5000}),
     )
     .await;
     assert_eq!(a.last()["error"]["message"], "request timed out", "{a:?}");
@@ -283,53 +279,46 @@ async fn crash_looping_child_backs_off_then_is_held() {
     let url = format!("{}/mcp", proxy.url);
     let token = proxy.token("alice");
     let limit = mcp_auth_proxy::CRASH_LOOP_LIMIT as usize;
+    // Each crash makes the pool forget the child; the next request starts one, unless the
+    // back-off holds it (503).
+    let forgotten = async || {
+        eventually(
+            Duration::from_secs(10),
+            "the pool kept a crashed child",
+            async || proxy.state.pool_len() == 0,
+        )
+        .await
+    };
     let mut refused = 0;
     let mut crashes = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while crashes <= limit {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "crash loop not reached in time"
-        );
-        // Wait until the pool has forgotten the last child, so the next request starts one.
-        while proxy.state.pool_len() != 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let a = mcp::modern(
-            &url,
-            &token,
-            json!(1),
-            "tools/call",
-            json!({"name":"crash","arguments":{}}),
-        )
-        .await;
-        match a.status {
-            503 => {
-                refused += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually(
+        Duration::from_secs(60),
+        "crash loop not reached in time",
+        async || {
+            forgotten().await;
+            let a = mcp::modern_tool(&url, &token, json!(1), "crash", json!({})).await;
+            match a.status {
+                503 => {
+                    refused += 1;
+                    // Asked again soon, but not in a tight loop.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ => crashes += 1,
             }
-            _ => crashes += 1,
-        }
-    }
-    assert!(refused > 0, "restarts were never delayed");
-    while proxy.state.pool_len() != 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let held = mcp::modern(
-        &url,
-        &token,
-        json!(2),
-        "tools/call",
-        json!({"name":"echo","arguments":{"message":"x"}}),
+            crashes > limit
+        },
     )
     .await;
+    assert!(refused > 0, "restarts were never delayed");
+    forgotten().await;
+    let held = mcp::modern_tool(&url, &token, json!(2), "echo", json!({"message":"x"})).await;
     assert_eq!(held.status, 503, "{held:?}");
-    let other = mcp::modern(
+    let other = mcp::modern_tool(
         &url,
         &proxy.token("bob"),
         json!(1),
-        "tools/call",
-        json!({"name":"echo","arguments":{"message":"bob"}}),
+        "echo",
+        json!({"message":"bob"}),
     )
     .await;
     assert_eq!(

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::binary::ProxyProcess;
+use crate::common::process::ProxyProcess;
+use crate::common::procfs::{process_alive, wait_gone};
 use crate::common::sse::SseClient;
-use crate::common::{SECRET, example_server, proxy_binary};
+use crate::common::wait::wait_until;
+use crate::common::{SECRET, example_server, http, proxy_binary, wait_ready};
 
 fn write_config(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join("proxy.toml");
@@ -120,7 +122,7 @@ async fn token_subcommand_and_a_full_run_with_drain() {
         ],
     )
     .await;
-    let base = proxy.url();
+    let base = proxy.url.clone();
     let out = Command::new(proxy_binary())
         .args(["token", "--sub", "dana", "--aud", &base, "--config"])
         .arg(&path)
@@ -131,20 +133,7 @@ async fn token_subcommand_and_a_full_run_with_drain() {
     let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert_eq!(token.split('.').count(), 3);
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while crate::common::http()
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "proxy did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_ready(&base).await;
     let mut c = SseClient::connect(&format!("{base}/sse"), &token).await;
     c.initialize().await;
     for name in ["MCP_PROXY_JWT_SECRET", "MCP_PROXY__SESSIONS__MAX_SESSIONS"] {
@@ -155,28 +144,23 @@ async fn token_subcommand_and_a_full_run_with_drain() {
         .tool_text(json!("pid"), "spawn_grandchild", json!({}))
         .await;
     let grandchild: u32 = pid.trim().parse().expect("pid");
-    assert!(crate::common::process_alive(grandchild));
+    assert!(process_alive(grandchild));
 
     proxy.sigterm();
     // The signal is handled asynchronously: poll (bounded) until readiness drops.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let status = crate::common::http()
+    let mut status = reqwest::StatusCode::OK;
+    let dropped = wait_until(Duration::from_secs(5), async || {
+        status = http()
             .get(format!("{base}/readyz"))
             .send()
             .await
             .expect("readyz while draining")
             .status();
-        if status == 503 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "readyz stayed {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let refused = crate::common::http()
+        status == 503
+    })
+    .await;
+    assert!(dropped, "readyz stayed {status}");
+    let refused = http()
         .get(format!("{base}/sse"))
         .bearer_auth(&token)
         .send()
@@ -192,7 +176,7 @@ async fn token_subcommand_and_a_full_run_with_drain() {
     let status = proxy.wait(Duration::from_secs(20)).await;
     assert!(status.success(), "exit status {status}");
     assert!(
-        crate::common::wait_gone(grandchild, Duration::from_secs(5)).await,
+        wait_gone(grandchild, Duration::from_secs(5)).await,
         "the session's grandchild outlived the proxy"
     );
     assert!(c.next_event().await.is_none(), "stream ends at shutdown");

@@ -8,14 +8,37 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::common::mcp;
+use crate::common::procfs::wait_group_empty;
 use crate::common::sse::SseClient;
-use crate::common::{Proxy, base_config, example_server_section, http, metric, wait_group_empty};
+use crate::common::wait::eventually;
+use crate::common::{Proxy, base_config, example_server_section, http, metric};
 
 fn config(grace_secs: u64) -> String {
     base_config(&format!(
         "[http]\nshutdown_grace_secs = {grace_secs}\n{}",
         example_server_section()
     ))
+}
+
+/// A sessionless (2026-07-28) `sleep` call of `ms` sent in the background; returns once the
+/// proxy has it in flight on a pooled child.
+async fn sleep_in_flight(
+    proxy: &Proxy,
+    token: &str,
+    id: &str,
+    ms: u64,
+) -> tokio::task::JoinHandle<mcp::Answer> {
+    let call = tokio::spawn({
+        let (url, token, id) = (format!("{}/mcp", proxy.url), token.to_owned(), json!(id));
+        async move { mcp::modern_tool(&url, &token, id, "sleep", json!({"ms": ms})).await }
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the modern request never started",
+        async || proxy.state.pool_in_flight() > 0,
+    )
+    .await;
+    call
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,27 +141,7 @@ async fn streamable_sessions_and_in_flight_requests_survive_the_drain() {
     let url = format!("{}/mcp", proxy.url);
     let token = proxy.token("alice");
     let session = mcp::Session::open(&url, &token, "2025-11-25").await;
-    let in_flight = tokio::spawn({
-        let (url, token) = (url.clone(), token.clone());
-        async move {
-            mcp::modern(
-                &url,
-                &token,
-                json!("slow"),
-                "tools/call",
-                json!({"name": "sleep", "arguments": {"ms": 1500}}),
-            )
-            .await
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.state.pool_in_flight() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the modern request never started"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let in_flight = sleep_in_flight(&proxy, &token, "slow", 1500).await;
 
     proxy.begin_shutdown().await;
     let refused = mcp::post(
@@ -193,26 +196,7 @@ async fn streamable_sessions_and_in_flight_requests_survive_the_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sessionless_request_past_the_grace_is_told() {
     let mut proxy = Proxy::with_config(&config(1), &[]).await;
-    let url = format!("{}/mcp", proxy.url);
-    let token = proxy.token("alice");
-    let in_flight = tokio::spawn({
-        let (url, token) = (url.clone(), token.clone());
-        async move {
-            mcp::modern(
-                &url,
-                &token,
-                json!("long"),
-                "tools/call",
-                json!({"name": "sleep", "arguments": {"ms": 60000}}),
-            )
-            .await
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.state.pool_in_flight() == 0 {
-        assert!(Instant::now() < deadline, "the request never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let in_flight = sleep_in_flight(&proxy, &proxy.token("alice"), "long", 60000).await;
     let started = Instant::now();
     proxy.begin_shutdown().await;
     let answer = tokio::time::timeout(Duration::from_secs(15), in_flight)

@@ -6,12 +6,26 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::process::{ProxyProcess, wait_for_count};
+use crate::common::process::ProxyProcess;
+use crate::common::procfs::wait_gone;
 use crate::common::sse::SseClient;
-use crate::common::{base_config, claims, example_server, hs_token};
+use crate::common::wait::wait_for_count;
+use crate::common::{base_config, claims, example_server, example_server_section, hs_token};
 
 fn token(url: &str, sub: &str) -> String {
     hs_token(&claims(url, sub, json!({})))
+}
+
+/// The binary with the example server, and an initialized legacy SSE session for each of two
+/// principals.
+async fn proxy_with_two_sessions(a: &str, b: &str) -> (ProxyProcess, SseClient, SseClient) {
+    let proxy = ProxyProcess::with_config(&base_config(&example_server_section()), &[]).await;
+    let sse = format!("{}/sse", proxy.url);
+    let mut first = SseClient::connect(&sse, &token(&proxy.url, a)).await;
+    let mut second = SseClient::connect(&sse, &token(&proxy.url, b)).await;
+    first.initialize().await;
+    second.initialize().await;
+    (proxy, first, second)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,7 +34,7 @@ async fn every_fault_is_contained_and_leaves_no_process_behind() {
         "[servers.default]\ncommand = \"{}\"\nmax_line_bytes = 4096\n",
         example_server()
     ));
-    let proxy = ProxyProcess::start(&cfg, &[]).await;
+    let proxy = ProxyProcess::with_config(&cfg, &[]).await;
     let sse = format!("{}/sse", proxy.url);
     let mut a = SseClient::connect(&sse, &token(&proxy.url, "a")).await;
     let mut b = SseClient::connect(&sse, &token(&proxy.url, "b")).await;
@@ -84,16 +98,7 @@ async fn every_fault_is_contained_and_leaves_no_process_behind() {
 /// session ends (503), proxy memory stays bounded, other sessions go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_that_stops_reading_ends_its_session() {
-    let cfg = base_config(&format!(
-        "[servers.default]\ncommand = \"{}\"\n",
-        example_server()
-    ));
-    let proxy = ProxyProcess::start(&cfg, &[]).await;
-    let sse = format!("{}/sse", proxy.url);
-    let mut stuck = SseClient::connect(&sse, &token(&proxy.url, "s")).await;
-    let mut other = SseClient::connect(&sse, &token(&proxy.url, "o")).await;
-    stuck.initialize().await;
-    other.initialize().await;
+    let (proxy, mut stuck, mut other) = proxy_with_two_sessions("s", "o").await;
     assert_eq!(
         stuck.tool_text(json!(0), "stop_reading", json!({})).await,
         "ok"
@@ -140,23 +145,14 @@ async fn a_child_that_stops_reading_ends_its_session() {
 /// SIGKILL the proxy: its children die with it (parent-death signal).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkilled_proxy_leaves_no_child_running() {
-    let cfg = base_config(&format!(
-        "[servers.default]\ncommand = \"{}\"\n",
-        example_server()
-    ));
-    let mut proxy = ProxyProcess::start(&cfg, &[]).await;
-    let sse = format!("{}/sse", proxy.url);
-    let mut a = SseClient::connect(&sse, &token(&proxy.url, "a")).await;
-    let mut b = SseClient::connect(&sse, &token(&proxy.url, "b")).await;
-    a.initialize().await;
-    b.initialize().await;
+    let (mut proxy, _a, _b) = proxy_with_two_sessions("a", "b").await;
     let children = proxy.descendants();
     assert_eq!(children.len(), 2);
     proxy.child.start_kill().expect("SIGKILL");
     let _ = proxy.child.wait().await;
     for pid in children {
         assert!(
-            crate::common::wait_gone(pid, Duration::from_secs(5)).await,
+            wait_gone(pid, Duration::from_secs(5)).await,
             "child {pid} outlived the proxy"
         );
     }
@@ -166,16 +162,7 @@ async fn a_sigkilled_proxy_leaves_no_child_running() {
 /// stall timeout, its session (and child) end; another session is unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_loses_its_session_only() {
-    let cfg = base_config(&format!(
-        "[servers.default]\ncommand = \"{}\"\n",
-        example_server()
-    ));
-    let proxy = ProxyProcess::start(&cfg, &[]).await;
-    let sse = format!("{}/sse", proxy.url);
-    let mut slow = SseClient::connect(&sse, &token(&proxy.url, "slow")).await;
-    let mut other = SseClient::connect(&sse, &token(&proxy.url, "other")).await;
-    slow.initialize().await;
-    other.initialize().await;
+    let (proxy, slow, mut other) = proxy_with_two_sessions("slow", "other").await;
     assert_eq!(
         wait_for_count(|| proxy.descendants().len(), 2, Duration::from_secs(5)).await,
         2

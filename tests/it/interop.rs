@@ -113,13 +113,17 @@ fn proxy_config() -> String {
     ))
 }
 
+/// The text of a client report's first tool result ("" when there is none).
+pub(crate) fn first_text(report: &Value) -> &str {
+    report["results"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+}
+
 fn assert_report(report: &Value, server_name: &str, tool_answer: &str) {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["serverName"], server_name, "{report}");
-    let text = report["results"][0]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(text.contains(tool_answer), "{report}");
+    assert!(first_text(report).contains(tool_answer), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,10 +156,7 @@ async fn typescript_sdk_over_legacy_sse() {
         report["tools"].as_array().is_some_and(|t| t.len() > 3),
         "{report}"
     );
-    let text = report["results"][0]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(text.contains("via proxy"), "{report}");
+    assert!(first_text(&report).contains("via proxy"), "{report}");
     // Without a token the SDK sees the 401.
     let report = ts_client(&["--url", &sse, "--transport", "sse", "--token", "bogus"]).await;
     assert_eq!(report["ok"], false, "{report}");
@@ -187,10 +188,7 @@ async fn python_sdk_over_legacy_sse() {
     ))
     .await;
     assert_eq!(report["ok"], true, "{report}");
-    let text = report["results"][0]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(text.contains("py everything"), "{report}");
+    assert!(first_text(&report).contains("py everything"), "{report}");
 }
 
 /// The TypeScript SDK's Streamable HTTP client: the bundled server and server-everything,
@@ -252,11 +250,8 @@ async fn typescript_sdk_over_streamable_http() {
         report["sampling"], 1,
         "the server's sampling request reached the client: {report}"
     );
-    let text = report["results"][0]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default();
     assert!(
-        text.contains("interop sampling reply"),
+        first_text(&report).contains("interop sampling reply"),
         "the client's answer reached the server: {report}"
     );
     let report = ts_client(&call_args(
@@ -309,8 +304,5 @@ async fn python_sdk_over_streamable_http() {
         &[],
     ))
     .await;
-    let text = report["results"][0]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default();
-    assert!(text.contains("py streamable"), "{report}");
+    assert!(first_text(&report).contains("py streamable"), "{report}");
 }

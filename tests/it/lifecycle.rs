@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::common::Proxy;
+use crate::common::procfs::{group_members, wait_gone, wait_group_empty};
 use crate::common::sse::SseClient;
-use crate::common::{Proxy, group_members, wait_gone, wait_group_empty};
+use crate::common::wait::eventually;
 
 async fn session_with_grandchild(proxy: &Proxy) -> (SseClient, u32, u32) {
     let mut c = SseClient::connect(&format!("{}/sse", proxy.url), &proxy.token("alice")).await;
@@ -40,14 +42,10 @@ async fn client_disconnect_ends_the_session_and_its_process_group() {
         group_members(child_pid)
     );
     assert!(wait_gone(gc, Duration::from_secs(1)).await);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while proxy.state.session_count() != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "session not removed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), "session not removed", async || {
+        proxy.state.session_count() == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,18 +3,16 @@
 //! finish, no client sees an error, and every session opened after the signal lands on a live
 //! instance. HAProxy comes from Debian (scripts/install-test-deps.sh).
 
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::common::binary::ProxyProcess;
+use crate::common::lb::{LoadBalancer, lb_socket};
+use crate::common::process::ProxyProcess;
 use crate::common::sse::SseClient;
-use crate::common::{SECRET, claims, example_server, hs_token, http, metric};
+use crate::common::wait::{eventually, wait_until};
+use crate::common::{SECRET, claims, example_server, hs_token, http, metric, wait_ready};
 use crate::interop::{call_args, ts_client};
 
 const INSTANCES: usize = 3;
@@ -25,18 +23,6 @@ const CALLS: &str = "6";
 const CALL_MS: u64 = 250;
 /// Sessions opened right after the SIGTERM, before HAProxy has seen the failed health check.
 const QUICK_SESSIONS: usize = 6;
-
-fn haproxy_binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|dir| dir.join("haproxy"))
-        .find(|p| p.is_file())
-        .expect("haproxy is not installed: run scripts/install-test-deps.sh (scripts/test.sh does)")
-}
 
 /// `examples/haproxy.cfg` with its `bind` line on the inherited listening socket `fd` and its
 /// `server` lines replaced by `servers`.
@@ -68,60 +54,6 @@ fn haproxy_config(fd: i32, servers: &[std::net::SocketAddr]) -> String {
     out
 }
 
-fn collect_lines(
-    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-    log: Arc<Mutex<Vec<String>>>,
-) {
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-        }
-    });
-}
-
-struct HaProxy {
-    child: tokio::process::Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl HaProxy {
-    /// Runs haproxy in the foreground on `listener`, which it inherits: it is listening before
-    /// haproxy starts, so clients can connect at once.
-    fn start(config: &Path, listener: std::net::TcpListener) -> HaProxy {
-        use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-        // Let exactly this spawn inherit the socket; close-on-exec again right after.
-        fcntl(&listener, FcntlArg::F_SETFD(FdFlag::empty())).expect("clear FD_CLOEXEC");
-        let spawned = tokio::process::Command::new(haproxy_binary())
-            .arg("-db")
-            .arg("-f")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn();
-        fcntl(&listener, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).expect("set FD_CLOEXEC");
-        let mut child = spawned.expect("spawn haproxy");
-        drop(listener);
-        let log = Arc::new(Mutex::new(Vec::new()));
-        if let Some(out) = child.stdout.take() {
-            collect_lines(out, log.clone());
-        }
-        if let Some(err) = child.stderr.take() {
-            collect_lines(err, log.clone());
-        }
-        HaProxy { child, log }
-    }
-
-    fn log_text(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .join("\n")
-    }
-}
-
 /// The proxy config every instance shares: the load balancer's address as `public_url`.
 fn instance_config(public_url: &str) -> String {
     format!(
@@ -150,11 +82,7 @@ command = "{server}"
 }
 
 async fn active_sessions(instance: &ProxyProcess) -> f64 {
-    let Ok(r) = http()
-        .get(format!("{}/metrics", instance.url()))
-        .send()
-        .await
-    else {
+    let Ok(r) = http().get(format!("{}/metrics", instance.url)).send().await else {
         return 0.0;
     };
     let text = r.text().await.unwrap_or_default();
@@ -200,8 +128,7 @@ fn client(lb: &str, transport: &'static str, token: String) -> tokio::task::Join
 /// The scenario, for clients spread over `transports` (`sse`, `streamable`).
 async fn drain_behind_haproxy(transports: &[&'static str]) {
     crate::interop::interop(); // fail early, with instructions, when the clients are missing
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let lb = format!("http://{}", listener.local_addr().expect("addr"));
+    let (listener, fd, lb) = lb_socket();
     let dir = tempfile::tempdir().expect("tempdir");
     let config_path = dir.path().join("proxy.toml");
     std::fs::write(&config_path, instance_config(&lb)).expect("write config");
@@ -211,25 +138,12 @@ async fn drain_behind_haproxy(transports: &[&'static str]) {
         futures::future::join_all((0..INSTANCES).map(|_| ProxyProcess::start(&config_path, &env)))
             .await;
     for instance in &instances {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let ready = http()
-                .get(format!("{}/readyz", instance.url()))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            if ready {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "instance not ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_ready(&instance.url).await;
     }
     let addrs: Vec<_> = instances.iter().map(|i| i.addr).collect();
     let haproxy_cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(&haproxy_cfg, haproxy_config(listener.as_raw_fd(), &addrs))
-        .expect("write haproxy.cfg");
-    let mut haproxy = HaProxy::start(&haproxy_cfg, listener);
+    std::fs::write(&haproxy_cfg, haproxy_config(fd, &addrs)).expect("write haproxy.cfg");
+    let haproxy = LoadBalancer::haproxy(&haproxy_cfg, listener);
 
     let token = |i: usize| hs_token(&claims(&lb, &format!("lb-user-{i}"), json!({})));
     let transport = |i: usize| transports[i % transports.len()];
@@ -239,36 +153,31 @@ async fn drain_behind_haproxy(transports: &[&'static str]) {
     }
 
     // Drain the first instance while it is serving sessions (the cluster is mid-run).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
-    loop {
-        let mine = active_sessions(&instances[0]).await;
-        let mut total = mine;
+    let (mut mine, mut total) = (0.0, 0.0);
+    let going = wait_until(Duration::from_secs(45), async || {
+        mine = active_sessions(&instances[0]).await;
+        total = mine;
         for other in &instances[1..] {
             total += active_sessions(other).await;
         }
-        if mine >= 2.0 && total >= 6.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the clients did not get going (the instance to drain has {mine}, all {total})\nhaproxy: {}",
-            haproxy.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        mine >= 2.0 && total >= 6.0
+    })
+    .await;
+    assert!(
+        going,
+        "the clients did not get going (the instance to drain has {mine}, all {total})"
+    );
     instances[0].sigterm();
     // Sessions opened in the moment between the drain and HAProxy's next health check reach
     // the draining instance, get 503, and are retried on a live one (`retry-on 503`).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while http()
-        .get(format!("{}/readyz", instances[0].url()))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(tokio::time::Instant::now() < deadline, "readyz stayed 200");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(5), "readyz stayed 200", async || {
+        !http()
+            .get(format!("{}/readyz", instances[0].url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
     for i in 0..QUICK_SESSIONS {
         let quick = SseClient::connect(&format!("{lb}/sse"), &token(1000 + i)).await;
         assert!(
@@ -290,11 +199,10 @@ async fn drain_behind_haproxy(transports: &[&'static str]) {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} clients failed:\n{}\nhaproxy: {}",
+        "{} of {} clients failed:\n{}",
         failures.len(),
         2 * WAVE,
-        failures.join("\n"),
-        haproxy.log_text()
+        failures.join("\n")
     );
 
     // The drained instance exits 0 once its sessions have ended (well before its 30 s grace).
@@ -325,8 +233,7 @@ async fn drain_behind_haproxy(transports: &[&'static str]) {
         .count();
     assert!(
         refused >= 1,
-        "no new session reached the draining instance, so HAProxy's retry went untested\nhaproxy: {}",
-        haproxy.log_text()
+        "no new session reached the draining instance, so HAProxy's retry went untested"
     );
     // Every client had exactly one session, on some instance; none was created twice (a
     // retried one was refused before anything was spawned).
@@ -347,8 +254,7 @@ async fn drain_behind_haproxy(transports: &[&'static str]) {
         let status = other.wait(Duration::from_secs(20)).await;
         assert!(status.success(), "{status}");
     }
-    let _ = haproxy.child.start_kill();
-    let _ = haproxy.child.wait().await;
+    haproxy.stop().await;
 }
 
 /// Half the clients on legacy SSE, half on Streamable HTTP (2025-11-25 sessions).

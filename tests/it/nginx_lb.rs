@@ -7,16 +7,17 @@
 //! stderr and temp paths in a temp dir. The file as it is (TLS included, with a throw-away
 //! certificate) must pass `nginx -t`. nginx comes from Debian (scripts/install-test-deps.sh).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-use crate::bridge_lb::{free_port, start_proxy, wait_listening};
+use crate::common::lb::{LoadBalancer, bridge_backend, free_port, sbin_program};
+use crate::common::wait::eventually;
 use crate::common::{claims, hs_token, mcp};
 
 const CLIENTS: usize = 12;
@@ -25,21 +26,12 @@ const ROUNDS: usize = 8;
 /// Each call sleeps this long in the child, so the drain happens while calls are in flight.
 const CALL_MS: u64 = 100;
 
-/// nginx from PATH, or /usr/sbin where Debian puts it; fails with how to get it.
 fn nginx() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("nginx"))
-        .find(|p| p.is_file())
-        .expect("nginx is not installed: run scripts/install-test-deps.sh (scripts/test.sh does)")
+    sbin_program("nginx")
 }
 
 /// `examples/nginx.conf` with the substitutions listed in the module comment.
-fn nginx_config(dir: &Path, port: u16, backends: &[u16]) -> String {
+fn nginx_config(dir: &Path, port: u16, backends: &[SocketAddr]) -> String {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/nginx.conf");
     let text = std::fs::read_to_string(example).expect("examples/nginx.conf");
     let mut site = String::new();
@@ -49,9 +41,9 @@ fn nginx_config(dir: &Path, port: u16, backends: &[u16]) -> String {
         let words: Vec<&str> = trimmed.split_whitespace().collect();
         if words.first() == Some(&"server") && words.get(1).is_some_and(|a| a.contains(':')) {
             // An upstream member: our address, the example's parameters.
-            if let Some(port) = backends.get(upstreams) {
+            if let Some(addr) = backends.get(upstreams) {
                 let params = words[2..].join(" ");
-                site.push_str(&format!("    server 127.0.0.1:{port} {params}\n"));
+                site.push_str(&format!("    server {addr} {params}\n"));
             }
             upstreams += 1;
         } else if words.first() == Some(&"listen") {
@@ -119,25 +111,18 @@ fn example_nginx_config_passes_nginx_t() {
     assert!(!log.contains("[warn]"), "nginx -t warns: {log}");
 }
 
-async fn start_nginx(dir: &tempfile::TempDir, port: u16, backends: &[u16]) -> Child {
+/// nginx on `port` (it binds it itself), with the example's site in front of `backends`.
+async fn start_nginx(dir: &tempfile::TempDir, port: u16, backends: &[SocketAddr]) -> LoadBalancer {
     let path = dir.path().join("nginx.conf");
     std::fs::write(&path, nginx_config(dir.path(), port, backends)).expect("write nginx.conf");
-    let mut child = Command::new(nginx())
-        .arg("-p")
+    let mut cmd = Command::new(nginx());
+    cmd.arg("-p")
         .arg(dir.path())
         .arg("-e")
         .arg("stderr")
         .arg("-c")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start nginx");
-    // nginx announces nothing when ready (its own log, on stderr above, says why it exits).
-    wait_listening(&mut child, port, "nginx").await;
-    child
+        .arg(&path);
+    LoadBalancer::start_listening(cmd, "nginx", port).await
 }
 
 /// One client: `ROUNDS` calls, all with JSON-RPC id 1; each answer must be its own. Counts
@@ -145,24 +130,11 @@ async fn start_nginx(dir: &tempfile::TempDir, port: u16, backends: &[u16]) -> Ch
 async fn client(url: String, token: String, c: usize, done: Arc<AtomicUsize>) {
     for round in 0..ROUNDS {
         let message = format!("client-{c}-round-{round}");
-        let a = mcp::modern(
-            &url,
-            &token,
-            json!(1),
-            "tools/call",
-            json!({"name":"sleep","arguments":{"ms": CALL_MS}}),
-        )
-        .await;
+        let a = mcp::modern_tool(&url, &token, json!(1), "sleep", json!({"ms": CALL_MS})).await;
         assert_eq!(a.status, 200, "client {c} round {round}: {a:?}");
         assert_eq!(a.last()["id"], 1, "client {c}: {a:?}");
-        let echoed = mcp::modern(
-            &url,
-            &token,
-            json!(1),
-            "tools/call",
-            json!({"name":"echo","arguments":{"message": message}}),
-        )
-        .await;
+        let echoed =
+            mcp::modern_tool(&url, &token, json!(1), "echo", json!({"message": message})).await;
         assert_eq!(echoed.status, 200, "client {c} round {round}: {echoed:?}");
         assert_eq!(
             echoed.last()["result"]["content"][0]["text"],
@@ -175,17 +147,12 @@ async fn client(url: String, token: String, c: usize, done: Arc<AtomicUsize>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_nginx_config_serves_modern_clients_through_a_drain() {
-    let nginx = nginx();
-    assert!(nginx.is_file());
+    nginx(); // fail early, with instructions, when nginx is missing
     let dir = tempfile::tempdir().expect("tempdir");
     let lb_port = free_port();
     let lb = format!("http://127.0.0.1:{lb_port}");
-    let (pa, pb) = (free_port(), free_port());
-    let (mut a, b) = tokio::join!(
-        start_proxy(&dir, "a", pa, &lb),
-        start_proxy(&dir, "b", pb, &lb)
-    );
-    let lb_process = start_nginx(&dir, lb_port, &[pa, pb]).await;
+    let (mut a, b) = tokio::join!(bridge_backend("a", &lb), bridge_backend("b", &lb));
+    let nginx = start_nginx(&dir, lb_port, &[a.addr, b.addr]).await;
     let url = format!("{lb}/mcp");
     let tokens: Vec<String> = (0..PRINCIPALS)
         .map(|p| hs_token(&claims(&lb, &format!("principal-{p}"), json!({}))))
@@ -202,28 +169,17 @@ async fn example_nginx_config_serves_modern_clients_through_a_drain() {
         })
         .collect();
     // Drain `a` once every client has finished a round (so calls are in flight on both).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while done.load(Ordering::SeqCst) < CLIENTS {
-        assert!(tokio::time::Instant::now() < deadline, "no progress");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let pid = a.id().expect("a running") as i32;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
+    eventually(Duration::from_secs(30), "no progress", async || {
+        done.load(Ordering::SeqCst) >= CLIENTS
+    })
+    .await;
+    a.sigterm();
     for run in futures::future::join_all(runs).await {
         run.expect("a client failed");
     }
     assert_eq!(done.load(Ordering::SeqCst), CLIENTS * ROUNDS);
-    let status = tokio::time::timeout(Duration::from_secs(30), a.wait())
-        .await
-        .expect("the drained proxy exited")
-        .expect("exit status");
+    let status = a.wait(Duration::from_secs(30)).await;
     assert!(status.success(), "drained proxy: {status}");
-    for mut p in [lb_process, b] {
-        let _ = p.start_kill();
-        let _ = p.wait().await;
-    }
+    nginx.stop().await;
+    b.kill().await;
 }

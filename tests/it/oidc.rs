@@ -13,11 +13,12 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
-use crate::auth_rejections::{probe, wait_ready};
+use crate::auth_rejections::probe;
 use crate::common::keys::TestKey;
 use crate::common::sse::SseClient;
-use crate::common::{Proxy, claims, example_server, http};
-use crate::interop::{call_args, interop, run_client, ts_client};
+use crate::common::wait::eventually;
+use crate::common::{Proxy, claims, example_server, http, wait_ready};
+use crate::interop::{call_args, first_text, interop, run_client, ts_client};
 
 const CLIENT_SECRET: &str = "interop-client-secret";
 
@@ -207,15 +208,6 @@ fn stats(proxy: &Proxy) -> JwksStats {
         .expect("one JWKS issuer")
 }
 
-/// Polls `cond` every 50 ms until it holds; panics with `what` after `within`.
-async fn eventually(within: Duration, what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Tokens from the real provider, found by discovery, used by the official TS client; key
 /// rotation picked up on the first unknown kid; the provider gone and known keys still working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,7 +231,7 @@ async fn real_provider_tokens_rotation_and_outage() {
     ))
     .await;
     assert_eq!(report["ok"], true, "{report}");
-    assert_eq!(report["results"][0]["content"][0]["text"], "42", "{report}");
+    assert_eq!(first_text(&report), "42", "{report}");
 
     // ES256, resource = the proxy's base URL: a full session with the raw client.
     let es = idp.token("ES256", &proxy.url, Some("mcp:tools")).await;
@@ -264,10 +256,7 @@ async fn real_provider_tokens_rotation_and_outage() {
     ))
     .await;
     assert_eq!(report["ok"], true, "{report}");
-    assert_eq!(
-        report["results"][0]["content"][0]["text"], "streamable es256",
-        "{report}"
-    );
+    assert_eq!(first_text(&report), "streamable es256", "{report}");
 
     // Scopes and audience as the provider issued them.
     let admin = format!("{}/servers/admin/sse", proxy.url);

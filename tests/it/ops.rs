@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::sse::SseClient;
-use crate::common::{Proxy, base_config, example_server, example_server_section, http, metric};
+use crate::common::{
+    Proxy, base_config, example_server, example_server_section, http, metric, wait_ready,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_present_and_move_with_traffic() {
@@ -433,7 +435,7 @@ async fn jwks_fetches_are_exported() {
         example_server_section()
     );
     let proxy = Proxy::with_config(&cfg, &[]).await;
-    crate::auth_rejections::wait_ready(&proxy.url).await;
+    wait_ready(&proxy.url).await;
     // A token whose kid is not (yet) published makes the proxy refetch once.
     let stranger = TestKey::rsa("k2");
     let claims = crate::common::claims(&proxy.url, "alice", json!({"iss": issuer}));

@@ -8,8 +8,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::mcp::{self, Session};
-use crate::common::process::{ProxyProcess, processes_with_env, wait_for_count};
+use crate::common::process::ProxyProcess;
+use crate::common::procfs::processes_with_env;
 use crate::common::sse::SseClient;
+use crate::common::wait::wait_for_count;
 use crate::common::{base_config, claims, example_server, hs_token, http};
 
 async fn round(url: &str, i: usize) {
@@ -80,12 +82,12 @@ async fn round(url: &str, i: usize) {
             let _ = curl.wait().await;
         }
         _ => {
-            let a = mcp::modern(
+            let a = mcp::modern_tool(
                 &format!("{url}/mcp"),
                 &token,
                 json!(1),
-                "tools/call",
-                json!({"name":"echo","arguments":{"message":"m"}}),
+                "echo",
+                json!({"message":"m"}),
             )
             .await;
             assert_eq!(a.status, 200);
@@ -122,7 +124,7 @@ async fn soak_leaves_no_process_and_no_memory_behind() {
         "[sessions]\nidle_timeout_secs = 3\n[servers.default]\ncommand = \"{}\"\nenv = {{ SOAK_MARKER = \"{marker}\" }}\n",
         example_server()
     ));
-    let proxy = ProxyProcess::start(&cfg, &[("MALLOC_ARENA_MAX", "2")]).await;
+    let proxy = ProxyProcess::with_config(&cfg, &[("MALLOC_ARENA_MAX", "2")]).await;
     let quiet =
         || async { wait_for_count(|| proxy.descendants().len(), 0, Duration::from_secs(20)).await };
     let warm = run_for(&proxy.url, Duration::from_secs(12), 4).await;

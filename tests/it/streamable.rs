@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::mcp::{self, MODERN, Session, post, post_raw};
-use crate::common::{Proxy, http};
+use crate::common::procfs::wait_group_empty;
+use crate::common::wait::eventually;
+use crate::common::{Proxy, http, metric};
 
 fn text(a: &mcp::Answer) -> String {
     a.last()["result"]["content"][0]["text"]
@@ -138,7 +140,7 @@ async fn session_era_statuses() {
         .expect("delete");
     assert_eq!(r.status(), 204);
     assert_eq!(s.post(&ping).await.status, 404);
-    assert!(crate::common::wait_group_empty(pid, Duration::from_secs(10)).await);
+    assert!(wait_group_empty(pid, Duration::from_secs(10)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,10 +183,23 @@ async fn duplicate_in_flight_id_is_rejected_not_cross_wired() {
     let proxy = Proxy::start().await;
     let url = format!("{}/mcp", proxy.url);
     let s = Session::open(&url, &proxy.token("alice"), "2025-11-25").await;
+    let to_child = "mcp_proxy_relayed_messages_total{server=\"default\",direction=\"to_child\"}";
+    let relayed = async || metric(&proxy.metrics().await, to_child).unwrap_or(0.0);
+    // An answered ping: everything sent so far (also `notifications/initialized`, which was
+    // accepted before it was written) has reached the child and been counted.
+    let ping = json!({"jsonrpc":"2.0","id":"p","method":"ping"});
+    assert_eq!(s.post(&ping).await.status, 200);
+    let before = relayed().await;
     let slow = s.call_tool(json!(5), "sleep", json!({"ms": 1500}));
     let dup = async {
-        // Let the slow one get registered first.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The proxy registers a request's id before it writes it to the child: once the slow
+        // one has reached the child, id 5 is taken.
+        eventually(
+            Duration::from_secs(10),
+            "the slow call never reached the child",
+            async || relayed().await > before,
+        )
+        .await;
         s.call_tool(json!(5), "echo", json!({"message": "dup"}))
             .await
     };
@@ -305,14 +320,7 @@ async fn modern_era_headers_are_checked_against_the_body() {
     let proxy = Proxy::start().await;
     let url = format!("{}/mcp", proxy.url);
     let token = proxy.token("alice");
-    let ok = mcp::modern(
-        &url,
-        &token,
-        json!(1),
-        "tools/call",
-        json!({"name":"echo","arguments":{"message":"m"}}),
-    )
-    .await;
+    let ok = mcp::modern_tool(&url, &token, json!(1), "echo", json!({"message":"m"})).await;
     assert_eq!(ok.status, 200, "{ok:?}");
     assert_eq!(text(&ok), "m");
     assert!(ok.session.is_none(), "no session in the modern era");
@@ -414,12 +422,12 @@ async fn modern_era_same_ids_from_many_clients_never_collide() {
         let url = url.clone();
         let token = tokens[c % 5].clone();
         async move {
-            let a = mcp::modern(
+            let a = mcp::modern_tool(
                 &url,
                 &token,
                 json!(1),
-                "tools/call",
-                json!({"name":"echo","arguments":{"message": format!("client-{c}")}}),
+                "echo",
+                json!({"message": format!("client-{c}")}),
             )
             .await;
             (c, a)
@@ -447,34 +455,19 @@ async fn modern_era_closing_the_stream_cancels_at_the_child() {
     mcp::modern(&url, &token, json!(1), "ping", json!({})).await;
     let slow = tokio::time::timeout(
         Duration::from_millis(400),
-        mcp::modern(
-            &url,
-            &token,
-            json!(2),
-            "tools/call",
-            json!({"name":"sleep","arguments":{"ms":5000}}),
-        ),
+        mcp::modern_tool(&url, &token, json!(2), "sleep", json!({"ms":5000})),
     )
     .await;
     assert!(slow.is_err(), "the slow call should still be running");
     // The route is forgotten as soon as the client goes away (and the child is told).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while proxy.state.pool_in_flight() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "route still registered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // The same child keeps serving.
-    let a = mcp::modern(
-        &url,
-        &token,
-        json!(3),
-        "tools/call",
-        json!({"name":"echo","arguments":{"message":"after"}}),
+    eventually(
+        Duration::from_secs(5),
+        "route still registered",
+        async || proxy.state.pool_in_flight() == 0,
     )
     .await;
+    // The same child keeps serving.
+    let a = mcp::modern_tool(&url, &token, json!(3), "echo", json!({"message":"after"})).await;
     assert_eq!(text(&a), "after");
     assert_eq!(proxy.state.pool_len(), 1);
 }

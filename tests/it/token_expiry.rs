@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::common::sse::SseClient;
+use crate::common::wait::{eventually, wait_until};
 use crate::common::{Proxy, base_config, example_server_section};
 
 async fn proxy(close_on_expiry: bool) -> Proxy {
@@ -50,15 +51,13 @@ async fn stream_closes_at_expiry() {
     );
     assert!(p.state.session_count() == 0);
     // And the expired token itself is refused from now on.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let status = c.post_raw(ping(10), &short).await;
-        if status == 401 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "got {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut status = 0;
+    let refused = wait_until(Duration::from_secs(3), async || {
+        status = c.post_raw(ping(10), &short).await;
+        status == 401
+    })
+    .await;
+    assert!(refused, "got {status}");
 }
 
 async fn stream_outlives_the_token_when_configured() {
@@ -69,14 +68,10 @@ async fn stream_outlives_the_token_when_configured() {
     let mut c = SseClient::connect(&format!("{}/sse", p.url), &short).await;
     c.initialize().await;
     // Wait until the opening token is refused, then use the stream with the refreshed one.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    while c.post_raw(ping(1), &short).await != 401 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "token never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(6), "token never expired", async || {
+        c.post_raw(ping(1), &short).await == 401
+    })
+    .await;
     assert_eq!(c.post_raw(ping(2), &refreshed).await, 202);
     let r = c.response_to(&json!(2)).await;
     assert_eq!(r["result"], json!({}));

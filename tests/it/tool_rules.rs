@@ -105,22 +105,8 @@ async fn streamable_denies_and_filters_in_both_eras() {
     let plain = proxy.token("carol");
     let list = mcp::modern(&url, &plain, json!(1), "tools/list", json!({})).await;
     assert!(!names(list.last()).contains(&"add".to_owned()));
-    let denied = mcp::modern(
-        &url,
-        &plain,
-        json!(2),
-        "tools/call",
-        json!({"name":"add","arguments":{"a":1,"b":2}}),
-    )
-    .await;
+    let denied = mcp::modern_tool(&url, &plain, json!(2), "add", json!({"a":1,"b":2})).await;
     assert_eq!(denied.last()["error"]["code"], -32602);
-    let ok = mcp::modern(
-        &url,
-        &admin,
-        json!(3),
-        "tools/call",
-        json!({"name":"add","arguments":{"a":1,"b":2}}),
-    )
-    .await;
+    let ok = mcp::modern_tool(&url, &admin, json!(3), "add", json!({"a":1,"b":2})).await;
     assert_eq!(ok.last()["result"]["content"][0]["text"], "3");
 }

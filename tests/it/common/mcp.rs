@@ -151,6 +151,24 @@ pub async fn modern(url: &str, token: &str, id: Value, method: &str, params: Val
     post(url, token, &headers, &body).await
 }
 
+/// A modern `tools/call` of `name` with `arguments`.
+pub async fn modern_tool(
+    url: &str,
+    token: &str,
+    id: Value,
+    name: &str,
+    arguments: Value,
+) -> Answer {
+    modern(
+        url,
+        token,
+        id,
+        "tools/call",
+        json!({"name": name, "arguments": arguments}),
+    )
+    .await
+}
+
 /// The headers and body of a modern request (for clients that read the answer themselves).
 pub fn modern_request(
     id: Value,

@@ -1,13 +1,15 @@
-//! Test helpers: an in-process proxy on port 0, token minting, keys, a minimal legacy SSE
-//! client, and process checks.
+//! Test helpers: an in-process proxy on port 0, token minting, keys, raw MCP clients, the
+//! proxy binary as a process, load balancers, /proc, and bounded waits.
 
 #![allow(dead_code, unreachable_pub)]
 
-pub mod binary;
 pub mod keys;
+pub mod lb;
 pub mod mcp;
 pub mod process;
+pub mod procfs;
 pub mod sse;
+pub mod wait;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -208,68 +210,20 @@ pub fn http() -> reqwest::Client {
         .expect("client")
 }
 
-/// True while a process exists and is not a zombie.
-pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            // The state follows the parenthesized command name.
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.split_whitespace().next());
-            state != Some("Z")
-        }
-        Err(_) => false,
-    }
-}
-
-/// Waits (polling /proc, bounded) until the process is gone; true if it went.
-pub async fn wait_gone(pid: u32, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if !process_alive(pid) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    !process_alive(pid)
-}
-
-/// Pids of the live processes in a process group.
-pub fn group_members(pgid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rsplit(')').next() else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // fields[0] = state, [1] = ppid, [2] = pgrp
-        if fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string() {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// Waits (bounded) until a process group is empty.
-pub async fn wait_group_empty(pgid: u32, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if group_members(pgid).is_empty() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    group_members(pgid).is_empty()
+/// Waits (bounded) until `GET /readyz` answers 200.
+pub async fn wait_ready(url: &str) {
+    wait::eventually(
+        Duration::from_secs(10),
+        "the proxy never became ready",
+        async || {
+            http()
+                .get(format!("{url}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
 }
 
 /// The value of one series (`name{labels}` exactly as rendered) in a Prometheus text body.

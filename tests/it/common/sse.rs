@@ -11,6 +11,9 @@ pub struct SseClient {
     pub endpoint: String,
     pub headers: reqwest::header::HeaderMap,
     token: String,
+    /// One client for the session's POSTs: building a reqwest client per POST (its TLS roots
+    /// are loaded each time) made a burst of POSTs cost seconds.
+    http: reqwest::Client,
 }
 
 #[derive(Debug, Clone)]
@@ -31,7 +34,8 @@ impl SseClient {
         token: &str,
         extra: &[(&str, &str)],
     ) -> SseClient {
-        let mut request = super::http()
+        let http = super::http();
+        let mut request = http
             .get(base_sse_url)
             .bearer_auth(token)
             .header("accept", "text/event-stream")
@@ -54,6 +58,7 @@ impl SseClient {
             endpoint: String::new(),
             headers,
             token: token.to_owned(),
+            http,
         };
         let first = client.next_event().await.expect("endpoint event");
         assert_eq!(first.event, "endpoint");
@@ -126,7 +131,7 @@ impl SseClient {
     }
 
     pub async fn post_raw(&self, body: Vec<u8>, token: &str) -> u16 {
-        super::http()
+        self.http
             .post(&self.endpoint)
             .bearer_auth(token)
             .header("content-type", "application/json")
