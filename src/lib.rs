@@ -16,7 +16,8 @@
 //!   every transport. `child`: one process — spawn, stdin, framing, stop.
 //! - `protocol`: versions, error codes, header names, the one look at a JSON-RPC message.
 //! - Leaves every layer may use: `config` (file, environment, validation), `error` (every
-//!   error answer, mapped to HTTP in one place), `metrics` (Prometheus).
+//!   error answer, mapped to HTTP in one place), `metrics` (Prometheus), `sync` (the lock
+//!   helper).
 
 mod auth;
 mod bridge;
@@ -32,6 +33,7 @@ mod pool;
 mod protocol;
 mod server;
 mod session;
+mod sync;
 mod warm;
 
 use std::future::Future;

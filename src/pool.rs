@@ -19,6 +19,7 @@ use crate::config::ChildScope;
 use crate::mux::Mux;
 use crate::server::{ClaimEnvError, ServerRuntime};
 use crate::session::{CapError, SessionRegistry, SessionShare, Slot};
+use crate::sync::lock;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
@@ -90,10 +91,6 @@ pub(crate) enum PoolError {
 pub(crate) struct ChildPool {
     map: Mutex<HashMap<PoolKey, Arc<PoolChild>>>,
     crashes: Mutex<HashMap<PoolKey, Crashes>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl ChildPool {

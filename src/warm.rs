@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::child::{self, ChildHandle, ChildSpec};
+use crate::sync::lock;
 
 /// A spawned, not yet initialized child and its output.
 pub(crate) struct Warm {
@@ -27,10 +28,6 @@ pub(crate) struct WarmPool {
     refilling: AtomicBool,
     tracker: TaskTracker,
     shutdown: CancellationToken,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl WarmPool {

@@ -15,6 +15,7 @@ use crate::config;
 use crate::mux::{Dispatch, Item, Mux};
 use crate::protocol::MODERN_VERSIONS;
 use crate::protocol::jsonrpc;
+use crate::sync::lock;
 
 /// How long the probe waits: a legacy server may stay silent on an unknown pre-`initialize`
 /// request (spec 2026-07-28 stdio §Backward Compatibility: "does not respond within a
@@ -75,10 +76,6 @@ impl EraCache {
     fn count_probe(&self) {
         self.probes.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The `_meta` every modern request of the proxy's own carries.

@@ -19,6 +19,7 @@ use super::{ChildBridge, Legacy, StreamEnd};
 use crate::mux::Mux;
 use crate::protocol::SUBSCRIPTION_ID;
 use crate::protocol::jsonrpc::ClientMessage;
+use crate::sync::lock;
 
 /// Notifications waiting for one listen stream; past this a slow client misses some.
 const LISTEN_QUEUE: usize = 64;
@@ -134,10 +135,6 @@ struct Inner {
 #[derive(Default)]
 pub(super) struct Listeners {
     inner: Mutex<Inner>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Listeners {

@@ -255,3 +255,102 @@ pub(crate) fn spawn<S: LineSink>(
         exited,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A sink that forwards what it gets: `Some(line)`, then `None` once the child is gone.
+    struct Collect(mpsc::UnboundedSender<Option<String>>);
+
+    impl LineSink for Collect {
+        async fn line(&self, line: String) -> bool {
+            self.0.send(Some(line)).is_ok()
+        }
+        async fn closed(&self) {
+            let _ = self.0.send(None);
+        }
+    }
+
+    fn sh(script: &str) -> ChildSpec {
+        ChildSpec {
+            command: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: Vec::new(),
+            env_remove: Vec::new(),
+            cwd: None,
+            max_line_bytes: 16,
+            request_timeout: Duration::from_secs(60),
+            metrics: ChildMetrics::default(),
+        }
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<Option<String>>) -> Option<String> {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("in time")
+            .expect("sink alive")
+    }
+
+    /// A real process: its lines reach the sink in order (an over-long one dropped, not the
+    /// end), and when it exits the sink hears so and the handle says so.
+    #[tokio::test]
+    async fn lines_then_exit_reach_the_sink() {
+        let tracker = TaskTracker::new();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let script = "echo one; echo this-line-is-over-sixteen-bytes; echo two; exit 3";
+        let child = spawn(
+            &sh(script),
+            tracing::Span::none(),
+            &tracker,
+            Arc::new(Collect(tx)),
+        )
+        .expect("spawned");
+        assert_eq!(next(&mut rx).await.as_deref(), Some("one"));
+        assert_eq!(next(&mut rx).await.as_deref(), Some("two"));
+        assert_eq!(next(&mut rx).await, None, "closed after the exit");
+        tokio::time::timeout(Duration::from_secs(10), child.exited_token().cancelled())
+            .await
+            .expect("exit reported");
+        assert!(child.has_exited());
+        assert!(matches!(
+            child.send(b"x".to_vec()).await,
+            Err(ChildError::Gone)
+        ));
+    }
+
+    /// Stopping a child stops its whole process group, grandchildren included.
+    #[tokio::test]
+    async fn stop_takes_the_process_group() {
+        let tracker = TaskTracker::new();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let script = "sleep 30 & echo $!; wait";
+        let child = spawn(
+            &sh(script),
+            tracing::Span::none(),
+            &tracker,
+            Arc::new(Collect(tx)),
+        )
+        .expect("spawned");
+        let grandchild = next(&mut rx).await.expect("pid");
+        // Running (not a zombie): the state follows the parenthesized command name.
+        let running = || {
+            std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .map(|r| !r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(false)
+        };
+        assert!(running(), "grandchild {grandchild} started");
+        child.stop();
+        assert_eq!(next(&mut rx).await, None);
+        tokio::time::timeout(Duration::from_secs(10), child.exited_token().cancelled())
+            .await
+            .expect("stopped");
+        assert!(!running(), "grandchild {grandchild} outlived the stop");
+    }
+}

@@ -23,6 +23,7 @@ use crate::child::{self, ChildError, ChildHandle, ChildSpec, LineSink};
 use crate::metrics::ChildMetrics;
 use crate::protocol::jsonrpc::{self, ClientMessage, Kind};
 use crate::protocol::{REQUEST_TIMEOUT, TIMED_OUT};
+use crate::sync::lock;
 use routes::{Route, Routes};
 use sink::Sink;
 
@@ -82,10 +83,6 @@ struct Shared {
     metrics: ChildMetrics,
     /// Woken when a route with a deadline is added (the timer sleeps while there is none).
     deadline_added: Notify,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A child with its router. Dropping the last `Arc<Mux>` stops the child.

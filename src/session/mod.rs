@@ -8,19 +8,16 @@ pub(crate) mod replay;
 pub(crate) mod share;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::PrincipalKey;
 use crate::mux::Mux;
+use crate::sync::lock;
 
 pub(crate) use registry::{CapError, SessionRegistry, Slot, new_session_id};
 pub(crate) use replay::Standalone;
 pub(crate) use share::SessionShare;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// The transport side of a session.
 #[derive(Debug)]
