@@ -184,3 +184,67 @@ fn start_key_loading(state: &Arc<AppState>) {
         tokio::spawn(cache.maintain(state.shutdown.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::config::tests::{MINIMAL, env};
+    use crate::mux::{Dispatch, Mux};
+    use crate::protocol::jsonrpc::client_message;
+    use crate::session::{Kind, Standalone};
+
+    /// The reaper ends a session idle past `idle_timeout_secs` but leaves one with a request in
+    /// flight alone; time is paused and advanced instead of waited for.
+    #[tokio::test(start_paused = true)]
+    async fn idle_sessions_are_reaped_busy_ones_kept() {
+        let text = format!("[sessions]\nidle_timeout_secs = 60\n{MINIMAL}");
+        let config = Config::parse(&text, &env()).expect("config");
+        let addr = "127.0.0.1:9".parse().expect("addr");
+        let state = crate::build_state(config, addr, &env()).expect("state");
+        let streamable = || Kind::Streamable {
+            standalone: Arc::new(Standalone::new()),
+            share: None,
+        };
+        let open = |id: &str| {
+            let (mux, _stdin) = Mux::in_memory(Duration::from_secs(600), &state.tracker);
+            let owner = crate::auth::PrincipalKey {
+                iss: "dev".into(),
+                sub: id.into(),
+            };
+            let slot = state.sessions.reserve(&owner).expect("slot");
+            state
+                .sessions
+                .insert(id.into(), slot, "default", mux, streamable())
+        };
+        let _idle = open("idle");
+        let busy = open("busy");
+        let (tx, _rx) = mpsc::channel(4);
+        let call = client_message(
+            json!({"jsonrpc":"2.0","id":1,"method":"ping"})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("body");
+        let dispatch = Dispatch {
+            owner: Some(busy.tag),
+            tx,
+            cancel_on_drop: false,
+            timeout: true,
+            finish: None,
+        };
+        let _ticket = busy.mux.send(&call, dispatch).await.expect("sent");
+        start_idle_reaper(&state);
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert_eq!(state.sessions.len(), 2, "nothing is idle for 60 s yet");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let left: Vec<String> = state.sessions.all().iter().map(|s| s.id.clone()).collect();
+        assert_eq!(left, vec!["busy".to_owned()], "only the idle session ended");
+        state.shutdown.cancel();
+    }
+}

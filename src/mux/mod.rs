@@ -230,6 +230,21 @@ impl Mux {
         mux
     }
 
+    /// A multiplexer in front of an in-memory child (unit tests of the layers above): what it
+    /// sends to the child is readable from the returned pipe.
+    #[cfg(test)]
+    pub(crate) fn in_memory(
+        request_timeout: Duration,
+        tracker: &TaskTracker,
+    ) -> (Arc<Mux>, tokio::io::DuplexStream) {
+        let (child, stdin) = ChildHandle::in_memory(tracker);
+        let spec = tests::spec(request_timeout);
+        let shared = Self::shared(&spec, None);
+        let mux = Self::new(child, shared, &spec);
+        mux.start_timer(tracker);
+        (mux, stdin)
+    }
+
     pub(crate) fn child(&self) -> &ChildHandle {
         &self.child
     }

@@ -21,7 +21,7 @@ struct Harness {
     _tracker: TaskTracker,
 }
 
-fn spec(timeout: Duration) -> ChildSpec {
+pub(super) fn spec(timeout: Duration) -> ChildSpec {
     ChildSpec {
         command: "in-memory".into(),
         args: Vec::new(),

@@ -7,9 +7,11 @@ pub(crate) mod registry;
 pub(crate) mod replay;
 pub(crate) mod share;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::auth::PrincipalKey;
 use crate::mux::Mux;
