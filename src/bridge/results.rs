@@ -157,6 +157,16 @@ impl RawMembers<'_> {
     }
 }
 
+/// The raw value of one top-level member of the object `text`.
+fn member<'a>(text: &'a str, key: &str) -> Option<&'a RawValue> {
+    let members: RawMembers<'a> = serde_json::from_str(text).ok()?;
+    members
+        .0
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
 /// `{"k":raw,…}`: keys escaped again, values as they were.
 fn write_object(members: &[(&str, &str)]) -> String {
     let mut out = String::with_capacity(members.iter().map(|(k, v)| k.len() + v.len() + 4).sum());
@@ -182,13 +192,7 @@ fn write_object(members: &[(&str, &str)]) -> String {
 /// [`finish`] for the usual answer, from raw members: a result object without a `_meta` of
 /// its own to merge the server's identity into. `None`: the tree handles it.
 fn finish_raw(method: &str, line: &str, server_info: &Value) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Answer<'a> {
-        #[serde(borrow)]
-        result: Option<&'a RawValue>,
-    }
-    let answer: Answer<'_> = serde_json::from_str(line).ok()?;
-    let raw = answer.result?;
+    let raw = member(line, "result")?;
     let result: RawMembers<'_> = serde_json::from_str(raw.get()).ok()?;
     if result.has("_meta") && server_info.is_object() {
         return None;
@@ -223,13 +227,7 @@ pub(super) fn strip_modern_meta(line: &[u8]) -> Option<Vec<u8>> {
     if !text.contains(MODERN_META_PREFIX) {
         return None;
     }
-    #[derive(Deserialize)]
-    struct Request<'a> {
-        #[serde(borrow)]
-        params: Option<&'a RawValue>,
-    }
-    let request: Request<'_> = serde_json::from_str(text).ok()?;
-    let raw_params = request.params?;
+    let raw_params = member(text, "params")?;
     let params: RawMembers<'_> = serde_json::from_str(raw_params.get()).ok()?;
     let meta: RawMembers<'_> = serde_json::from_str(params.get("_meta")?.get()).ok()?;
     let kept: Vec<(&str, &str)> = meta

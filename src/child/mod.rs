@@ -286,6 +286,20 @@ mod tests {
         }
     }
 
+    /// Spawns `/bin/sh -c script` into a collecting sink.
+    fn start(script: &str) -> (ChildHandle, mpsc::UnboundedReceiver<Option<String>>) {
+        let tracker = TaskTracker::new();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let child = spawn(
+            &sh(script),
+            tracing::Span::none(),
+            &tracker,
+            Arc::new(Collect(tx)),
+        )
+        .expect("spawned");
+        (child, rx)
+    }
+
     async fn next(rx: &mut mpsc::UnboundedReceiver<Option<String>>) -> Option<String> {
         tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
@@ -297,16 +311,8 @@ mod tests {
     /// end), and when it exits the sink hears so and the handle says so.
     #[tokio::test]
     async fn lines_then_exit_reach_the_sink() {
-        let tracker = TaskTracker::new();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let script = "echo one; echo this-line-is-over-sixteen-bytes; echo two; exit 3";
-        let child = spawn(
-            &sh(script),
-            tracing::Span::none(),
-            &tracker,
-            Arc::new(Collect(tx)),
-        )
-        .expect("spawned");
+        let (child, mut rx) =
+            start("echo one; echo this-line-is-over-sixteen-bytes; echo two; exit 3");
         assert_eq!(next(&mut rx).await.as_deref(), Some("one"));
         assert_eq!(next(&mut rx).await.as_deref(), Some("two"));
         assert_eq!(next(&mut rx).await, None, "closed after the exit");
@@ -323,16 +329,7 @@ mod tests {
     /// Stopping a child stops its whole process group, grandchildren included.
     #[tokio::test]
     async fn stop_takes_the_process_group() {
-        let tracker = TaskTracker::new();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let script = "sleep 30 & echo $!; wait";
-        let child = spawn(
-            &sh(script),
-            tracing::Span::none(),
-            &tracker,
-            Arc::new(Collect(tx)),
-        )
-        .expect("spawned");
+        let (child, mut rx) = start("sleep 30 & echo $!; wait");
         let grandchild = next(&mut rx).await.expect("pid");
         // Running (not a zombie): the state follows the parenthesized command name.
         let running = || {

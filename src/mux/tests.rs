@@ -60,6 +60,20 @@ fn dispatch(owner: Option<u64>, tx: &mpsc::Sender<Item>, timeout: bool) -> Dispa
     }
 }
 
+/// Sends one body as `owner` with answers to `tx`; panics when the mux refuses it.
+async fn send(
+    h: &Harness,
+    v: Value,
+    owner: Option<u64>,
+    tx: &mpsc::Sender<Item>,
+    timeout: bool,
+) -> Ticket {
+    h.mux
+        .send(&body(v), dispatch(owner, tx, timeout))
+        .await
+        .expect("sent")
+}
+
 fn body(v: Value) -> ClientMessage {
     client_message(v.to_string().as_bytes()).expect("valid body")
 }
@@ -83,22 +97,22 @@ async fn ids_are_rewritten_and_restored_without_cross_wiring() {
     let mut h = harness(Duration::from_secs(60), None);
     let (a_tx, mut a_rx) = mpsc::channel(8);
     let (b_tx, mut b_rx) = mpsc::channel(8);
-    let _a = h
-        .mux
-        .send(
-            &body(json!({"jsonrpc":"2.0","id":"1","method":"ping"})),
-            dispatch(None, &a_tx, true),
-        )
-        .await
-        .expect("sent");
-    let _b = h
-        .mux
-        .send(
-            &body(json!({"jsonrpc":"2.0","id":1,"method":"ping"})),
-            dispatch(None, &b_tx, true),
-        )
-        .await
-        .expect("sent");
+    let _a = send(
+        &h,
+        json!({"jsonrpc":"2.0","id":"1","method":"ping"}),
+        None,
+        &a_tx,
+        true,
+    )
+    .await;
+    let _b = send(
+        &h,
+        json!({"jsonrpc":"2.0","id":1,"method":"ping"}),
+        None,
+        &b_tx,
+        true,
+    )
+    .await;
     let first = next_stdin(&mut h).await;
     let second = next_stdin(&mut h).await;
     assert_ne!(first["id"], second["id"], "proxy ids are unique");
@@ -142,14 +156,14 @@ async fn duplicate_ids_are_refused_within_a_session_only() {
 async fn cancellations_are_translated_to_proxy_ids() {
     let mut h = harness(Duration::from_secs(60), None);
     let (tx, _rx) = mpsc::channel(8);
-    let ticket = h
-        .mux
-        .send(
-            &body(json!({"jsonrpc":"2.0","id":"c","method":"tools/call","params":{}})),
-            dispatch(Some(3), &tx, true),
-        )
-        .await
-        .expect("sent");
+    let ticket = send(
+        &h,
+        json!({"jsonrpc":"2.0","id":"c","method":"tools/call","params":{}}),
+        Some(3),
+        &tx,
+        true,
+    )
+    .await;
     let sent = next_stdin(&mut h).await;
     h.mux
         .send(
@@ -169,14 +183,14 @@ async fn cancellations_are_translated_to_proxy_ids() {
 async fn a_request_past_its_deadline_gets_the_timeout_error_and_is_cancelled() {
     let mut h = harness(Duration::from_secs(2), None);
     let (tx, mut rx) = mpsc::channel(8);
-    let _ticket = h
-        .mux
-        .send(
-            &body(json!({"jsonrpc":"2.0","id":"slow","method":"tools/call","params":{}})),
-            dispatch(Some(1), &tx, true),
-        )
-        .await
-        .expect("sent");
+    let _ticket = send(
+        &h,
+        json!({"jsonrpc":"2.0","id":"slow","method":"tools/call","params":{}}),
+        Some(1),
+        &tx,
+        true,
+    )
+    .await;
     let sent = next_stdin(&mut h).await;
     tokio::time::sleep(Duration::from_millis(1900)).await;
     assert!(rx.try_recv().is_err(), "not before the deadline");
@@ -241,14 +255,14 @@ async fn a_legacy_stream_carries_everything_and_backs_up_into_the_child() {
     let (stream_tx, mut stream_rx) = mpsc::channel(1);
     let mut h = harness(Duration::from_secs(60), Some(stream_tx));
     let tx = h.mux.stream().expect("stream");
-    let ticket = h
-        .mux
-        .send(
-            &body(json!({"jsonrpc":"2.0","id":5,"method":"ping"})),
-            dispatch(Some(1), &tx, true),
-        )
-        .await
-        .expect("sent");
+    let ticket = send(
+        &h,
+        json!({"jsonrpc":"2.0","id":5,"method":"ping"}),
+        Some(1),
+        &tx,
+        true,
+    )
+    .await;
     ticket.detach();
     let sent = next_stdin(&mut h).await;
     let note = json!({"jsonrpc":"2.0","method":"notifications/message","params":{}});
