@@ -214,7 +214,7 @@ pub enum ChildScope {
 }
 
 /// Which protocol era a server's children speak (spec 2026-07-28 versioning §Backward
-/// Compatibility); it decides whether modern requests are bridged (see [`crate::bridge`]).
+/// Compatibility); it decides whether modern requests are bridged (the era bridge, `src/bridge`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Era {

@@ -14,6 +14,9 @@ use crate::pool::ChildPool;
 use crate::server::ServerRuntime;
 use crate::session::SessionRegistry;
 
+/// What every handler shares: the config, the authenticator, the sessions and pool children,
+/// each server's runtime, the metrics, and the shutdown and drain signals. Built by
+/// [`crate::build_state`], served by [`crate::serve`].
 pub struct AppState {
     pub(crate) config: Arc<Config>,
     /// `http.public_url`, or `http://<bound address>`; no trailing slash.
