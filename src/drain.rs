@@ -45,6 +45,8 @@ pub async fn serve(
         }
     });
     let close_listener = CancellationToken::new();
+    // The peer address goes with each request, for the per-address rate limit.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(close_listener.clone().cancelled_owned())
         .into_future();

@@ -8,7 +8,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::protocol::jsonrpc::error_response;
 use crate::protocol::{
-    HEADER_MISMATCH, INVALID_REQUEST, MODERN_VERSIONS, SESSION_VERSIONS, UNSUPPORTED_VERSION,
+    HEADER_MISMATCH, INVALID_REQUEST, MODERN_VERSIONS, RATE_LIMITED, SESSION_VERSIONS,
+    UNSUPPORTED_VERSION,
 };
 
 /// Errors that stop the proxy from starting.
@@ -85,6 +86,9 @@ pub(crate) enum Error {
     Busy,
     #[error("the MCP server keeps exiting; retry later")]
     Backoff { retry_after_secs: u64 },
+    /// Over a rate limit (`[limits]`): 429 with `Retry-After` and a JSON-RPC error body.
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after_secs: u64 },
     #[error("the MCP server did not complete the initialize handshake")]
     Handshake,
     /// `/readyz` before keys are loaded or while draining (text body).
@@ -235,6 +239,14 @@ impl IntoResponse for Error {
                 plain(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the MCP server keeps exiting; retry later",
+                ),
+                header::RETRY_AFTER,
+                &retry_after_secs.max(1).to_string(),
+            ),
+            Error::RateLimited { retry_after_secs } => with(
+                json(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    error_response("null", RATE_LIMITED, "rate limit exceeded"),
                 ),
                 header::RETRY_AFTER,
                 &retry_after_secs.max(1).to_string(),

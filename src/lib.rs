@@ -113,6 +113,7 @@ pub fn build_state(
         metrics: Arc::new(metrics),
         spawned: Default::default(),
         pool: Default::default(),
+        limits: http::limits::Limits::new(&config),
         config: Arc::new(config),
     };
     drain::create_warm_pools(&state);

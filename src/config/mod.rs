@@ -61,9 +61,26 @@ pub struct Config {
     #[serde(default)]
     pub sessions: SessionsConfig,
     #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
     pub servers: BTreeMap<String, ServerConfig>,
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// `[limits]` rate limits: token buckets in memory, per instance; a rate of 0 turns a limit
+/// off (the default). `[servers.NAME.limits]` replaces them for that server's endpoints.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per second per `(iss, sub)`, all endpoints of all servers (or of this one).
+    pub principal_rate_per_sec: f64,
+    /// Bucket size; 0: twice the rate (at least 1).
+    pub principal_burst: u32,
+    /// Requests per second per client address, before authentication (the forwarded address
+    /// when `http.trust_forwarded_headers` is on).
+    pub ip_rate_per_sec: f64,
+    pub ip_burst: u32,
 }
 
 /// Log output: one line per event on stderr.
@@ -253,6 +270,9 @@ pub struct ServerConfig {
     pub tool_rules: Vec<ToolRule>,
     #[serde(default)]
     pub era: Era,
+    /// This server's rate limits, replacing `[limits]` for its endpoints.
+    #[serde(default)]
+    pub limits: Option<LimitsConfig>,
 }
 
 fn default_max_line_bytes() -> usize {

@@ -2,7 +2,9 @@
 
 use url::Url;
 
-use super::{ChildScope, Config, ConfigError, MIN_HMAC_SECRET_BYTES, is_hmac, parse_algorithm};
+use super::{
+    ChildScope, Config, ConfigError, LimitsConfig, MIN_HMAC_SECRET_BYTES, is_hmac, parse_algorithm,
+};
 
 impl Config {
     /// Rejects values and combinations that cannot work, naming the key.
@@ -49,6 +51,12 @@ impl Config {
         }
         self.validate_auth(env)?;
         self.validate_sessions()?;
+        validate_limits("limits", &self.limits)?;
+        for (name, server) in &self.servers {
+            if let Some(limits) = &server.limits {
+                validate_limits(&format!("servers.{name}.limits"), limits)?;
+            }
+        }
         self.validate_servers()
     }
 
@@ -253,6 +261,22 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Rates are finite and not negative (0: off).
+fn validate_limits(section: &str, limits: &LimitsConfig) -> Result<(), ConfigError> {
+    for (key, rate) in [
+        ("principal_rate_per_sec", limits.principal_rate_per_sec),
+        ("ip_rate_per_sec", limits.ip_rate_per_sec),
+    ] {
+        if !rate.is_finite() || rate < 0.0 {
+            return Err(ConfigError::new(
+                format!("{section}.{key}"),
+                "must be a number of requests per second, 0 or more (0: off)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn is_env_name(name: &str) -> bool {

@@ -7,6 +7,7 @@
 pub(crate) mod access;
 pub(crate) mod forwarded;
 pub(crate) mod legacy_sse;
+pub(crate) mod limits;
 pub(crate) mod origin;
 pub(crate) mod router;
 pub(crate) mod sse;
@@ -72,8 +73,18 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         } else {
             "/sse"
         };
+        // Limits before authentication: an address over its rate costs no token check.
+        let address = limits::client_address(parts, state.config.http.trust_forwarded_headers);
+        state
+            .limits
+            .check_ip(route.name(), address)
+            .map_err(|l| rate_limited(state, l))?;
         let principal =
             authenticate(state, &route, endpoint, &parts.headers, parts.uri.query()).await?;
+        state
+            .limits
+            .check_principal(route.name(), &principal.key())
+            .map_err(|l| rate_limited(state, l))?;
         Ok(Caller {
             state: state.clone(),
             route,
@@ -102,6 +113,19 @@ async fn authenticate(
         let scope = state.auth.required_scope(route.name());
         Error::Auth(Box::new(e.challenge(resource_metadata, scope)))
     })
+}
+
+/// A request over a rate limit, counted: 429 with `Retry-After`, nothing spawned.
+fn rate_limited(state: &AppState, limited: limits::Limited) -> Error {
+    let (scope, wait) = match limited {
+        limits::Limited::Ip(wait) => ("ip", wait),
+        limits::Limited::Principal(wait) => ("principal", wait),
+    };
+    tracing::debug!(scope, "request over the rate limit");
+    state.metrics.rate_limited(scope);
+    Error::RateLimited {
+        retry_after_secs: wait.as_secs_f64().ceil() as u64,
+    }
 }
 
 /// New work (a new session, or a sessionless request) is refused while draining: the load

@@ -36,6 +36,8 @@ pub struct AppState {
     pub(crate) pool: Arc<ChildPool>,
     /// Children spawned since start (tests assert that refused requests spawn nothing).
     pub(crate) spawned: AtomicU64,
+    /// The rate limiters (`[limits]`).
+    pub(crate) limits: super::limits::Limits,
 }
 
 impl AppState {

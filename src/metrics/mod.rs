@@ -58,6 +58,11 @@ struct DirectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -88,6 +93,7 @@ pub(crate) struct Metrics {
     draining: Gauge,
     sessions_refused: Family<ReasonLabels, Counter>,
     auth_failures: Family<ReasonLabels, Counter>,
+    rate_limited: Family<ScopeLabels, Counter>,
     http_requests: Family<RequestLabels, Counter>,
     http_latency: HistogramFamily<LatencyLabels>,
     servers: HashMap<String, ServerMetrics>,
@@ -183,6 +189,12 @@ impl Metrics {
             "New sessions refused: draining, max_sessions, max_sessions_per_principal",
             sessions_refused.clone(),
         );
+        let rate_limited = Family::<ScopeLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by scope: ip (before authentication), principal",
+            rate_limited.clone(),
+        );
         let auth_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "auth_failures",
@@ -248,6 +260,7 @@ impl Metrics {
             draining,
             sessions_refused,
             auth_failures,
+            rate_limited,
             http_requests,
             http_latency,
             servers: per_server,
@@ -283,6 +296,13 @@ impl Metrics {
     pub(crate) fn auth_failure(&self, reason: &'static str) {
         self.auth_failures
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A request refused by a rate limit (`ip` or `principal`).
+    pub(crate) fn rate_limited(&self, scope: &'static str) {
+        self.rate_limited
+            .get_or_create(&ScopeLabels { scope })
             .inc();
     }
 

@@ -23,6 +23,7 @@ mod metadata;
 mod nginx_lb;
 mod oidc;
 mod ops;
+mod rate_limits;
 mod soak;
 mod streamable;
 mod token_expiry;
