@@ -14,7 +14,7 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use tokio::time::Instant;
 
-use crate::auth::PrincipalKey;
+use crate::auth::{Principal, PrincipalKey};
 use crate::config::{Config, LimitsConfig};
 use crate::sync::lock;
 
@@ -155,10 +155,11 @@ impl Limits {
         }
     }
 
-    /// The per-principal limit of `server`'s endpoints (right after authentication).
-    pub(crate) fn check_principal(&self, server: &str, who: &PrincipalKey) -> Result<(), Limited> {
+    /// The per-principal limit of `server`'s endpoints (right after authentication); the key
+    /// is built only when the limit is on.
+    pub(crate) fn check_principal(&self, server: &str, who: &Principal) -> Result<(), Limited> {
         match &self.scope(server).principal {
-            Some(limiter) => limiter.check(who).map_err(Limited::Principal),
+            Some(limiter) => limiter.check(&who.key()).map_err(Limited::Principal),
             None => Ok(()),
         }
     }

@@ -83,7 +83,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             authenticate(state, &route, endpoint, &parts.headers, parts.uri.query()).await?;
         state
             .limits
-            .check_principal(route.name(), &principal.key())
+            .check_principal(route.name(), &principal)
             .map_err(|l| rate_limited(state, l))?;
         Ok(Caller {
             state: state.clone(),
