@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::protocol::jsonrpc::error_response;
 use crate::protocol::{
-    HEADER_MISMATCH, INVALID_REQUEST, MODERN_VERSIONS, RATE_LIMITED, SESSION_VERSIONS,
+    HEADER_MISMATCH, INVALID_REQUEST, MODERN_VERSIONS, RATE_LIMITED, SERVER_BUSY, SESSION_VERSIONS,
     UNSUPPORTED_VERSION,
 };
 
@@ -84,6 +84,10 @@ pub(crate) enum Error {
     Stalled,
     #[error("session is busy")]
     Busy,
+    /// More than `sessions.max_queued_bytes` wait for the child's stdin: 503 with `Retry-After`
+    /// and a JSON-RPC error; the session goes on.
+    #[error("the MCP server's input queue is full")]
+    QueueFull,
     #[error("the MCP server keeps exiting; retry later")]
     Backoff { retry_after_secs: u64 },
     /// Over a rate limit (`[limits]`): 429 with `Retry-After` and a JSON-RPC error body.
@@ -235,6 +239,18 @@ impl IntoResponse for Error {
                 "the MCP server is not accepting input",
             ),
             Error::Busy => plain(StatusCode::SERVICE_UNAVAILABLE, "session is busy"),
+            Error::QueueFull => with(
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    error_response(
+                        "null",
+                        SERVER_BUSY,
+                        "the MCP server's input queue is full; retry later",
+                    ),
+                ),
+                header::RETRY_AFTER,
+                "1",
+            ),
             Error::Backoff { retry_after_secs } => with(
                 plain(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -94,7 +94,13 @@ pub fn build_state(
         .iter()
         .map(|(name, server)| {
             let handles = metrics.server(name).cloned().unwrap_or_default();
-            let runtime = ServerRuntime::new(name, server.clone(), env_remove.clone(), handles);
+            let runtime = ServerRuntime::new(
+                name,
+                server.clone(),
+                env_remove.clone(),
+                config.sessions.max_queued_bytes,
+                handles,
+            );
             (name.clone(), Arc::new(runtime))
         })
         .collect();

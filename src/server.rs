@@ -23,6 +23,8 @@ pub(crate) struct ServerRuntime {
     /// Children spawned ahead (`warm_pool`), when configured.
     pub(crate) warm: OnceLock<Arc<WarmPool>>,
     env_remove: Vec<String>,
+    /// `sessions.max_queued_bytes`, for every child's stdin.
+    max_queued_bytes: usize,
     /// This server's metric handles (children record into them).
     metrics: ServerMetrics,
     /// The era of this server's children, configured or probed once (see [`crate::bridge`]).
@@ -42,6 +44,7 @@ impl ServerRuntime {
         name: &str,
         config: ServerConfig,
         env_remove: Vec<String>,
+        max_queued_bytes: usize,
         metrics: ServerMetrics,
     ) -> Self {
         Self {
@@ -51,6 +54,7 @@ impl ServerRuntime {
             era: EraCache::new(config.era),
             config,
             env_remove,
+            max_queued_bytes,
             metrics,
         }
     }
@@ -93,6 +97,7 @@ impl ServerRuntime {
             cwd: self.config.cwd.clone(),
             max_line_bytes: self.config.max_line_bytes,
             request_timeout: std::time::Duration::from_secs(self.config.request_timeout_secs),
+            max_queued_bytes: self.max_queued_bytes,
             metrics: self.metrics.child.clone(),
         })
     }

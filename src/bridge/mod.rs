@@ -84,6 +84,7 @@ impl From<BridgeError> for Error {
     fn from(e: BridgeError) -> Self {
         match e {
             BridgeError::Child(ChildError::Stalled) => Error::Stalled,
+            BridgeError::Child(ChildError::Full) => Error::QueueFull,
             BridgeError::Child(ChildError::Spawn { .. } | ChildError::Gone)
             | BridgeError::Timeout(_)
             | BridgeError::Refused(_)

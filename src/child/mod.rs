@@ -49,6 +49,8 @@ pub(crate) struct ChildSpec {
     pub(crate) max_line_bytes: usize,
     /// How long a request may wait for its answer (enforced by the multiplexer).
     pub(crate) request_timeout: Duration,
+    /// Bytes that may wait for stdin (`sessions.max_queued_bytes`).
+    pub(crate) max_queued_bytes: usize,
     /// Where spawns, the live count and exits are recorded (`Default`: recorded nowhere).
     pub(crate) metrics: ChildMetrics,
 }
@@ -64,6 +66,9 @@ pub(crate) enum ChildError {
     Gone,
     #[error("the server process is not reading its input")]
     Stalled,
+    /// More than `max_queued_bytes` wait for its stdin; the message was not queued.
+    #[error("the server process's input queue is full")]
+    Full,
 }
 
 /// Where a child's stdout lines go.
@@ -100,6 +105,9 @@ impl LineSink for ChannelSink {
 pub(crate) struct ChildHandle {
     pid: u32,
     stdin_tx: mpsc::Sender<Bytes>,
+    /// What waits for stdin, in bytes, and when the writer last made progress.
+    queue: Arc<stdin::Queued>,
+    max_queued_bytes: usize,
     stop: CancellationToken,
     exited: CancellationToken,
 }
@@ -109,8 +117,10 @@ impl ChildHandle {
         self.pid
     }
 
-    /// Queues one line (without newline) for the child's stdin; waits for queue space at most
-    /// a bounded time, then stops the child as stalled.
+    /// Queues one line (without newline) for the child's stdin. Beyond `max_queued_bytes`
+    /// the line is refused at once (`Full`); past the queue's message count a send waits at
+    /// most the stall timeout, then stops the child (`Stalled`). A child whose stdin takes no
+    /// write for that long is stopped by its writer.
     pub(crate) async fn send(&self, mut line: Vec<u8>) -> Result<(), ChildError> {
         if self.exited.is_cancelled() || self.stop.is_cancelled() {
             return Err(ChildError::Gone);
@@ -118,23 +128,46 @@ impl ChildHandle {
         // The newline goes with the message, so the writer needs one write (and the child one
         // wake-up) per message, not two.
         line.push(b'\n');
+        if !self.queue.add(line.len(), self.max_queued_bytes) {
+            return Err(ChildError::Full);
+        }
+        let len = line.len();
         match tokio::time::timeout(STDIN_SEND_TIMEOUT, self.stdin_tx.send(Bytes::from(line))).await
         {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(ChildError::Gone),
+            Ok(Err(_)) => {
+                self.queue.done(len);
+                // The writer stopped the child for not reading: a stall, not an exit.
+                Err(if self.queue.is_stalled() {
+                    ChildError::Stalled
+                } else {
+                    ChildError::Gone
+                })
+            }
             Err(_) => {
-                tracing::warn!(pid = self.pid, "child stopped reading stdin; stopping it");
-                self.stop.cancel();
-                Err(ChildError::Stalled)
+                self.queue.done(len);
+                Err(self.stalled())
             }
         }
+    }
+
+    fn stalled(&self) -> ChildError {
+        tracing::warn!(pid = self.pid, "child stopped reading stdin; stopping it");
+        self.stop.cancel();
+        ChildError::Stalled
     }
 
     /// Queues a line without waiting (for cancellations sent from `Drop`); false if the queue
     /// is full or the child is gone.
     pub(crate) fn try_send(&self, mut line: Vec<u8>) -> bool {
         line.push(b'\n');
-        self.stdin_tx.try_send(Bytes::from(line)).is_ok()
+        let len = line.len();
+        self.queue.add(len, usize::MAX);
+        let sent = self.stdin_tx.try_send(Bytes::from(line)).is_ok();
+        if !sent {
+            self.queue.done(len);
+        }
+        sent
     }
 
     /// Asks the child to stop (close stdin, SIGTERM, SIGKILL); returns at once.
@@ -161,15 +194,20 @@ impl ChildHandle {
         let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
         let (write, read) = tokio::io::duplex(1 << 20);
         let stop = CancellationToken::new();
+        let queue = Arc::new(stdin::Queued::default());
         tracker.spawn(stdin::write_stdin(
             write,
             stdin_rx,
             stop.clone(),
             ChildMetrics::default(),
+            queue.clone(),
+            STDIN_SEND_TIMEOUT,
         ));
         let handle = ChildHandle {
             pid: 0,
             stdin_tx,
+            queue,
+            max_queued_bytes: 8 << 20,
             stop,
             exited: CancellationToken::new(),
         };
@@ -233,9 +271,17 @@ pub(crate) fn spawn<S: LineSink>(
     let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
     let stop = CancellationToken::new();
     let exited = CancellationToken::new();
+    let queue = Arc::new(stdin::Queued::default());
     tracker.spawn(
-        stdin::write_stdin(stdin, stdin_rx, stop.clone(), spec.metrics.clone())
-            .instrument(span.clone()),
+        stdin::write_stdin(
+            stdin,
+            stdin_rx,
+            stop.clone(),
+            spec.metrics.clone(),
+            queue.clone(),
+            STDIN_SEND_TIMEOUT,
+        )
+        .instrument(span.clone()),
     );
     tracker.spawn(actor::drain_stderr(stderr).instrument(span.clone()));
     let actor = actor::Actor {
@@ -251,6 +297,8 @@ pub(crate) fn spawn<S: LineSink>(
     Ok(ChildHandle {
         pid,
         stdin_tx,
+        queue,
+        max_queued_bytes: spec.max_queued_bytes,
         stop,
         exited,
     })
@@ -282,6 +330,7 @@ mod tests {
             cwd: None,
             max_line_bytes: 16,
             request_timeout: Duration::from_secs(60),
+            max_queued_bytes: 1 << 20,
             metrics: ChildMetrics::default(),
         }
     }

@@ -1,5 +1,8 @@
 //! Feeding a child's stdin from its bounded queue, several waiting messages in one write.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -10,6 +13,38 @@ use crate::metrics::ChildMetrics;
 /// Queued messages are joined into one write up to about this many bytes.
 const STDIN_BATCH_BYTES: usize = 64 * 1024;
 
+/// What waits for a child's stdin, in bytes (the bound of `sessions.max_queued_bytes`), and
+/// whether the writer gave up on a child that stopped reading.
+#[derive(Debug, Default)]
+pub(super) struct Queued {
+    bytes: AtomicUsize,
+    /// Set when a write made no progress for the stall timeout and the child was stopped.
+    stalled: AtomicBool,
+}
+
+impl Queued {
+    /// Counts `len` more bytes unless that passes `max` (one message always fits an empty
+    /// queue); false when refused.
+    pub(super) fn add(&self, len: usize, max: usize) -> bool {
+        let before = self.bytes.fetch_add(len, Ordering::AcqRel);
+        if before > 0 && before.saturating_add(len) > max {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// `len` bytes left the queue (written, or never queued).
+    pub(super) fn done(&self, len: usize) {
+        self.bytes.fetch_sub(len, Ordering::AcqRel);
+    }
+
+    /// Whether the child was stopped for not reading its stdin.
+    pub(super) fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::Acquire)
+    }
+}
+
 /// Writes queued messages (each already ending in a newline) to the child's stdin. When
 /// several are waiting they go out in one write: one syscall and one wake-up of the child.
 /// Returning drops stdin, which closes the pipe: the polite first step of stopping a stdio
@@ -19,6 +54,8 @@ pub(super) async fn write_stdin(
     mut rx: mpsc::Receiver<Bytes>,
     stop: CancellationToken,
     metrics: ChildMetrics,
+    queue: std::sync::Arc<Queued>,
+    stall: Duration,
 ) {
     let mut batch: Vec<u8> = Vec::new();
     // Sizes of the messages in the current write (without their newlines), for the metrics.
@@ -49,13 +86,25 @@ pub(super) async fn write_stdin(
             }
             &batch
         };
+        // A write that makes no progress for `stall` means the child stopped reading: it is
+        // stopped, and its session with it (DESIGN §6), rather than holding the queue forever.
         let written = tokio::select! {
             _ = stop.cancelled() => break,
-            r = async {
+            r = tokio::time::timeout(stall, async {
                 stdin.write_all(out).await?;
                 stdin.flush().await
-            } => r,
+            }) => match r {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("child stopped reading stdin for {}s; stopping it", stall.as_secs());
+                    queue.stalled.store(true, Ordering::Release);
+                    stop.cancel();
+                    break;
+                }
+            },
         };
+        // Written or not, these bytes no longer wait.
+        queue.done(out.len());
         if written.is_ok() {
             for size in &sizes {
                 metrics.relayed_to_child(*size);
@@ -76,6 +125,20 @@ mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
+    /// The byte bound: one message always fits an empty queue; beyond the bound a message is
+    /// refused until written bytes leave.
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        let q = Queued::default();
+        assert!(q.add(10, 4), "an empty queue takes one message of any size");
+        assert!(!q.add(1, 4), "then nothing more");
+        q.done(10);
+        assert!(q.add(3, 4));
+        assert!(q.add(1, 4));
+        assert!(!q.add(1, 4));
+        assert!(!q.is_stalled());
+    }
+
     /// Messages queued while a write is under way leave in one batch, in order, intact.
     #[tokio::test]
     async fn queued_messages_arrive_in_order() {
@@ -87,7 +150,16 @@ mod tests {
                 .expect("queued");
         }
         drop(tx);
-        write_stdin(w, rx, CancellationToken::new(), ChildMetrics::default()).await;
+        let queue = std::sync::Arc::new(Queued::default());
+        write_stdin(
+            w,
+            rx,
+            CancellationToken::new(),
+            ChildMetrics::default(),
+            queue,
+            Duration::from_secs(10),
+        )
+        .await;
         let mut out = String::new();
         r.read_to_string(&mut out).await.expect("read");
         let expected: String = (0..10).map(|i| format!("{{\"n\":{i}}}\n")).collect();

@@ -24,6 +24,8 @@ pub const DEFAULT_JWKS_MIN_REFETCH_SECS: u64 = 10;
 pub const DEFAULT_MAX_SESSIONS: usize = 1000;
 pub const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 16;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 1800;
+/// Bytes that may wait for one child's stdin (issue 13: memory bounded in bytes).
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
@@ -206,6 +208,8 @@ pub struct SessionsConfig {
     pub max_sessions: usize,
     pub max_sessions_per_principal: usize,
     pub idle_timeout_secs: u64,
+    /// Bytes that may wait for one child's stdin; a message beyond them is refused (503).
+    pub max_queued_bytes: usize,
 }
 
 impl Default for SessionsConfig {
@@ -214,6 +218,7 @@ impl Default for SessionsConfig {
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_sessions_per_principal: DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }

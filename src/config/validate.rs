@@ -184,6 +184,9 @@ impl Config {
                 "must be > 0",
             ));
         }
+        if self.sessions.max_queued_bytes == 0 {
+            return Err(ConfigError::new("sessions.max_queued_bytes", "must be > 0"));
+        }
         if self.sessions.idle_timeout_secs == 0 {
             return Err(ConfigError::new(
                 "sessions.idle_timeout_secs",

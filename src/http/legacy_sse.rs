@@ -201,6 +201,7 @@ pub(crate) async fn message(
             message: "a request with this id is already in flight in this session",
         }),
         Err(RouteError::Child(ChildError::Gone)) => Err(Error::NoSession),
+        Err(RouteError::Child(ChildError::Full)) => Err(Error::QueueFull),
         Err(RouteError::Child(e)) => {
             tracing::warn!(session = %session.id, error = %e, "message not delivered");
             state.sessions.remove(&session.id);

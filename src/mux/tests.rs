@@ -30,6 +30,7 @@ pub(super) fn spec(timeout: Duration) -> ChildSpec {
         cwd: None,
         max_line_bytes: 1 << 20,
         request_timeout: timeout,
+        max_queued_bytes: 8 << 20,
         metrics: ChildMetrics::default(),
     }
 }

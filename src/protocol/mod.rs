@@ -27,6 +27,8 @@ pub(crate) const INTERNAL_ERROR: i64 = -32603;
 /// A request the child did not answer within `request_timeout_secs`: the TypeScript SDK's
 /// `RequestTimeout`, the same on every transport.
 pub(crate) const REQUEST_TIMEOUT: i64 = -32001;
+/// The child's input queue is full (`sessions.max_queued_bytes`): retry later.
+pub(crate) const SERVER_BUSY: i64 = -32000;
 /// A request over a rate limit (a server-defined code, JSON-RPC 2.0 §5.1: -32000 to -32099).
 pub(crate) const RATE_LIMITED: i64 = -32029;
 /// `HeaderMismatch` (spec 2026-07-28 Streamable HTTP §Server Validation).

@@ -191,3 +191,53 @@ async fn a_client_that_stops_reading_loses_its_session_only() {
         "fine"
     );
 }
+
+/// Memory bounded in bytes (`sessions.max_queued_bytes`, 8 MiB by default): a child that stops
+/// reading while a client posts 80 MiB in 512 KiB messages costs the proxy at most a few MiB;
+/// the posts beyond the bound get 503 with a JSON-RPC-shaped refusal while the session lives,
+/// and the stalled child's session ends once its stdin has taken no write for the stall time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_to_a_child_that_stops_reading_are_bounded_in_bytes() {
+    let (proxy, mut stuck, mut other) = proxy_with_two_sessions("s", "o").await;
+    assert_eq!(
+        stuck.tool_text(json!(0), "stop_reading", json!({})).await,
+        "ok"
+    );
+    let rss_before = proxy.rss_kib();
+    let big = "x".repeat(512 * 1024);
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for i in 0..160 {
+        let body =
+            json!({"jsonrpc":"2.0","method":"notifications/message","params":{"n":i,"data":big}});
+        statuses.push(stuck.post(&body).await);
+    }
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    let refused = statuses.iter().filter(|s| **s == 503).count();
+    assert!(
+        (1..=20).contains(&accepted),
+        "{accepted} of 160 posts of 512 KiB queued for a child that reads nothing"
+    );
+    assert!(refused > 100, "refused {refused}: {statuses:?}");
+    let grown_kib = proxy.rss_kib().saturating_sub(rss_before);
+    assert!(
+        grown_kib <= 16 * 1024,
+        "proxy RSS grew by {grown_kib} KiB with 80 MiB posted to a stalled child"
+    );
+    // The session ends once the child has taken no write for the stall time (10 s).
+    assert!(
+        stuck.next_event().await.is_none(),
+        "the stalled session's stream closed"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "ended after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        other
+            .tool_text(json!(1), "echo", json!({"message":"fine"}))
+            .await,
+        "fine"
+    );
+}

@@ -58,6 +58,7 @@ pub(super) async fn respond(state: &AppState, exchange: Exchange<'_>) -> Result<
                 message: "a request with this id is already in flight in this session",
             },
             RouteError::Child(ChildError::Stalled) => Error::Stalled,
+            RouteError::Child(ChildError::Full) => Error::QueueFull,
             RouteError::Child(_) if modern => Error::ChildExited,
             RouteError::Child(_) => Error::NoSession,
         })?;
