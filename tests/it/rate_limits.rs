@@ -57,7 +57,10 @@ async fn call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_principal_over_its_rate_gets_429_and_others_are_served() {
-    let proxy = Proxy::with_config(&config("principal_rate_per_sec = 5"), &[]).await;
+    // A burst of 5 (not the default 10): at most 5 + 5/s pass, so 50 quick calls give at least
+    // 40 refusals even when the machine takes up to a second for them.
+    let limits = "principal_rate_per_sec = 5\nprincipal_burst = 5";
+    let proxy = Proxy::with_config(&config(limits), &[]).await;
     let url = format!("{}/mcp", proxy.url);
     let client = http();
     let alice = proxy.token("alice");
@@ -112,7 +115,8 @@ async fn a_principal_over_its_rate_gets_429_and_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_over_its_rate_is_refused_before_authentication() {
-    let cfg = config("ip_rate_per_sec = 1\nip_burst = 2").replace(
+    // One token every 5 s: the third call is refused however slow the machine is.
+    let cfg = config("ip_rate_per_sec = 0.2\nip_burst = 2").replace(
         "[limits]",
         "[http]\ntrust_forwarded_headers = true\n[limits]",
     );
