@@ -15,8 +15,24 @@ pub(crate) fn check(config: &Config) -> ExitCode {
         .http
         .public_url
         .clone()
-        .unwrap_or_else(|| format!("http://{}", config.listen.addr));
+        .unwrap_or_else(|| config.default_public_url(&config.listen.addr));
     println!("public_url: {public}");
+    if let (Some(cert), Some(key)) = (&config.listen.tls_cert, &config.listen.tls_key) {
+        let mtls = match &config.listen.tls_client_ca {
+            Some(ca) => format!("; client certificates required, signed by {}", ca.display()),
+            None => String::new(),
+        };
+        println!(
+            "tls: {} with {} (TLS 1.2, 1.3{}){mtls}",
+            cert.display(),
+            key.display(),
+            if config.listen.http2 {
+                "; h2, http/1.1"
+            } else {
+                "; http/1.1"
+            }
+        );
+    }
     for issuer in &config.auth.issuers {
         let source = if let Some(var) = &issuer.secret_env {
             format!("secret from ${var}")
@@ -96,7 +112,7 @@ pub(crate) fn token(
                     .clone()
                     .map(|u| u.trim_end_matches('/').to_owned())
             })
-            .unwrap_or_else(|| format!("http://{}", config.listen.addr))
+            .unwrap_or_else(|| config.default_public_url(&config.listen.addr))
     });
     let now = jsonwebtoken::get_current_timestamp();
     let mut claims = Map::new();

@@ -3,13 +3,14 @@
 //! off, new sessions refused, existing ones given `shutdown_grace_secs` — then stops every
 //! child within a bound (DESIGN §5; STYLE habit 7).
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::edge::tls::Tls;
 use crate::error::StartError;
 use crate::http::AppState;
 use crate::warm::WarmPool;
@@ -36,24 +37,23 @@ pub async fn serve(
     start_idle_reaper(&state);
     start_warm_pools(&state);
     let app = crate::http::router::router(state.clone());
-    // Nagle's algorithm holds a small SSE event back until the previous one is acknowledged,
-    // and the client delays that ACK (up to 40 ms on Linux): with several answers in flight on
-    // one stream, p99 was 44 ms. Every write here is a complete message; send it now.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
+    let tls = Tls::load(&state.config.listen, state.metrics.edge())?;
+    if let Some(tls) = &tls {
+        tls.clone().watch(state.shutdown.clone());
+    }
     let close_listener = CancellationToken::new();
-    // The peer address goes with each request, for the per-address rate limit.
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(close_listener.clone().cancelled_owned())
-        .into_future();
+    let server = crate::edge::serve(
+        listener,
+        app,
+        crate::edge::Settings::new(&state.config),
+        tls,
+        state.metrics.edge(),
+        close_listener.clone(),
+    );
     let mut server = tokio::spawn(server);
     tokio::select! {
         _ = shutdown => {}
-        // Not expected: axum::serve returns only after the graceful shutdown asked for below.
+        // Not expected: the accept loop returns only after the graceful shutdown asked for below.
         result = &mut server => {
             state.shutdown.cancel();
             return match result {

@@ -100,6 +100,13 @@ pub(crate) enum Error {
     NotReady(&'static str),
     #[error("no such protected resource")]
     NoSuchResource,
+    /// The body did not arrive within `limits.body_read_timeout_secs`: 408, and the connection
+    /// closes (what is left of the body is not read).
+    #[error("request body timed out")]
+    BodyTimeout,
+    /// A body beyond `http.max_body_bytes`: 413.
+    #[error("request body too large")]
+    BodyTooLarge,
     /// Host or Origin not allowed (a JSON-RPC error without id, spec 2025-11-25 Transports
     /// §Security Warning).
     #[error("{0}")]
@@ -224,6 +231,15 @@ impl IntoResponse for Error {
                 header::CONNECTION,
                 "close",
             ),
+            Error::BodyTimeout => with(
+                plain(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                ),
+                header::CONNECTION,
+                "close",
+            ),
+            Error::BodyTooLarge => plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
             Error::ShuttingDown => plain(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
             Error::MissingClaim => plain(
                 StatusCode::FORBIDDEN,

@@ -24,6 +24,7 @@ mod bridge;
 mod child;
 pub mod config;
 mod drain;
+mod edge;
 mod error;
 mod http;
 mod metrics;
@@ -61,6 +62,12 @@ pub fn install_crypto_provider() {
     let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
 }
 
+/// Reads the TLS files of `[listen]` as the proxy would at start: each readable, the key
+/// matching the certificate, the client CA usable (`check` and start, exit 64 naming the key).
+pub fn check_tls(listen: &config::ListenConfig) -> Result<(), config::ConfigError> {
+    edge::tls::check_files(listen)
+}
+
 /// Builds the shared state from a validated config, for a proxy reachable at `local_addr`.
 pub fn build_state(
     config: Config,
@@ -70,7 +77,7 @@ pub fn build_state(
     install_crypto_provider();
     let public_url = match &config.http.public_url {
         Some(url) => config::parse_public_url(url)?,
-        None => format!("http://{local_addr}"),
+        None => config.default_public_url(local_addr),
     };
     let authenticator = Authenticator::new(&config, &public_url, env)
         .map_err(|e| StartError::Auth(e.to_string()))?;

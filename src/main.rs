@@ -80,6 +80,10 @@ fn main() -> ExitCode {
     if let Some(listen) = cli.listen {
         config.listen.addr = listen;
     }
+    if let Err(e) = mcp_auth_proxy::check_tls(&config.listen) {
+        eprintln!("mcp-auth-proxy: {}: {e}", path.display());
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let format = cli.log_format.unwrap_or(match config.log.format {
         ConfigLogFormat::Text => LogFormat::Text,
         ConfigLogFormat::Json => LogFormat::Json,

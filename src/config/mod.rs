@@ -29,6 +29,12 @@ pub const DEFAULT_MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// `[limits]` before authentication (issue 13), in the spirit of nginx's and HAProxy's.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
+pub const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_IDLE_CONNECTION_TIMEOUT_SECS: u64 = 120;
 /// HMAC keys shorter than the hash output weaken the MAC (RFC 7518 §3.2); we refuse them.
 pub const MIN_HMAC_SECRET_BYTES: usize = 32;
 /// The prefix of environment overrides: `MCP_PROXY__LISTEN__ADDR=…`.
@@ -70,11 +76,60 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-/// `[limits]` rate limits: token buckets in memory, per instance; a rate of 0 turns a limit
-/// off (the default). `[servers.NAME.limits]` replaces them for that server's endpoints.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// `[limits]`: what holds before authentication (connections, request heads and bodies) and
+/// the rate limits (token buckets in memory, per instance; a rate of 0 turns one off, the
+/// default). `[servers.NAME.limits]` replaces the rate limits for that server's endpoints.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// TCP connections at once; beyond it the proxy stops accepting (the kernel queues).
+    pub max_connections: usize,
+    /// The request head (and, with TLS, the handshake) must arrive within this.
+    pub header_read_timeout_secs: u64,
+    /// Request line and headers; beyond them the answer is 431.
+    pub max_header_bytes: usize,
+    /// A request body must arrive within this, else 408 and the connection closes.
+    pub body_read_timeout_secs: u64,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_connection_timeout_secs: u64,
+    pub principal_rate_per_sec: f64,
+    pub principal_burst: u32,
+    pub ip_rate_per_sec: f64,
+    pub ip_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            body_read_timeout_secs: DEFAULT_BODY_READ_TIMEOUT_SECS,
+            idle_connection_timeout_secs: DEFAULT_IDLE_CONNECTION_TIMEOUT_SECS,
+            principal_rate_per_sec: 0.0,
+            principal_burst: 0,
+            ip_rate_per_sec: 0.0,
+            ip_burst: 0,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The rate limits of `[limits]`, as `[servers.NAME.limits]` would state them.
+    pub fn rates(&self) -> RateLimits {
+        RateLimits {
+            principal_rate_per_sec: self.principal_rate_per_sec,
+            principal_burst: self.principal_burst,
+            ip_rate_per_sec: self.ip_rate_per_sec,
+            ip_burst: self.ip_burst,
+        }
+    }
+}
+
+/// Rate limits (`[servers.NAME.limits]`, and the rate keys of `[limits]`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
     /// Requests per second per `(iss, sub)`, all endpoints of all servers (or of this one).
     pub principal_rate_per_sec: f64,
     /// Bucket size; 0: twice the rate (at least 1).
@@ -116,13 +171,43 @@ pub enum LogFormat {
 #[serde(default, deny_unknown_fields)]
 pub struct ListenConfig {
     pub addr: String,
+    /// With `tls_key`: this listener speaks HTTPS only (PEM chain, leaf first). An empty
+    /// string is the same as absent, for all three paths.
+    #[serde(deserialize_with = "optional_path")]
+    pub tls_cert: Option<PathBuf>,
+    /// PKCS#8, PKCS#1 or SEC1 PEM.
+    #[serde(deserialize_with = "optional_path")]
+    pub tls_key: Option<PathBuf>,
+    /// Set: clients must present a certificate signed by this CA (mTLS).
+    #[serde(deserialize_with = "optional_path")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// HTTP/2: by ALPN over TLS, by prior knowledge (h2c) in clear.
+    pub http2: bool,
 }
 
 impl Default for ListenConfig {
     fn default() -> Self {
         Self {
             addr: DEFAULT_LISTEN_ADDR.to_owned(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            http2: true,
         }
+    }
+}
+
+/// A path where `""` means "not set" (the documented way to leave a path key off in TOML or
+/// in an environment override).
+fn optional_path<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    let path = Option::<PathBuf>::deserialize(d)?;
+    Ok(path.filter(|p| !p.as_os_str().is_empty()))
+}
+
+impl ListenConfig {
+    /// Whether the listener speaks TLS (both `tls_cert` and `tls_key` are set).
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
     }
 }
 
@@ -277,7 +362,7 @@ pub struct ServerConfig {
     pub era: Era,
     /// This server's rate limits, replacing `[limits]` for its endpoints.
     #[serde(default)]
-    pub limits: Option<LimitsConfig>,
+    pub limits: Option<RateLimits>,
 }
 
 fn default_max_line_bytes() -> usize {
@@ -333,6 +418,12 @@ impl Config {
                 ),
             )
         })
+    }
+
+    /// `public_url` when it is not set: `https://` with TLS on the listener, else `http://`.
+    pub fn default_public_url(&self, addr: impl std::fmt::Display) -> String {
+        let scheme = if self.listen.tls() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
     }
 
     /// The name of the server mounted at the root routes: `default`, or the only one.

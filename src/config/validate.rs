@@ -3,7 +3,7 @@
 use url::Url;
 
 use super::{
-    ChildScope, Config, ConfigError, LimitsConfig, MIN_HMAC_SECRET_BYTES, is_hmac, parse_algorithm,
+    ChildScope, Config, ConfigError, MIN_HMAC_SECRET_BYTES, RateLimits, is_hmac, parse_algorithm,
 };
 
 impl Config {
@@ -51,7 +51,9 @@ impl Config {
         }
         self.validate_auth(env)?;
         self.validate_sessions()?;
-        validate_limits("limits", &self.limits)?;
+        self.validate_listen()?;
+        self.validate_edge_limits()?;
+        validate_limits("limits", &self.limits.rates())?;
         for (name, server) in &self.servers {
             if let Some(limits) = &server.limits {
                 validate_limits(&format!("servers.{name}.limits"), limits)?;
@@ -266,8 +268,65 @@ impl Config {
     }
 }
 
+impl Config {
+    /// TLS needs both files; the files themselves are read by `check` and at start.
+    fn validate_listen(&self) -> Result<(), ConfigError> {
+        let l = &self.listen;
+        match (&l.tls_cert, &l.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "listen.tls_key",
+                    "must be set with listen.tls_cert",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "listen.tls_cert",
+                    "must be set with listen.tls_key",
+                ));
+            }
+            _ => {}
+        }
+        if l.tls_client_ca.is_some() && !l.tls() {
+            return Err(ConfigError::new(
+                "listen.tls_client_ca",
+                "needs listen.tls_cert and listen.tls_key (client certificates are a TLS feature)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_edge_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.max_connections", l.max_connections as u64),
+            (
+                "limits.header_read_timeout_secs",
+                l.header_read_timeout_secs,
+            ),
+            ("limits.body_read_timeout_secs", l.body_read_timeout_secs),
+            (
+                "limits.idle_connection_timeout_secs",
+                l.idle_connection_timeout_secs,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be > 0"));
+            }
+        }
+        // hyper's read buffer cannot be smaller than 8 KiB; a head must fit in it.
+        if !(8192..=1024 * 1024).contains(&l.max_header_bytes) {
+            return Err(ConfigError::new(
+                "limits.max_header_bytes",
+                "must be between 8192 (the smallest read buffer) and 1048576",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Rates are finite and not negative (0: off).
-fn validate_limits(section: &str, limits: &LimitsConfig) -> Result<(), ConfigError> {
+fn validate_limits(section: &str, limits: &RateLimits) -> Result<(), ConfigError> {
     for (key, rate) in [
         ("principal_rate_per_sec", limits.principal_rate_per_sec),
         ("ip_rate_per_sec", limits.ip_rate_per_sec),

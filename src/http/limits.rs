@@ -15,7 +15,7 @@ use axum::http::request::Parts;
 use tokio::time::Instant;
 
 use crate::auth::{Principal, PrincipalKey};
-use crate::config::{Config, LimitsConfig};
+use crate::config::{Config, RateLimits};
 use crate::sync::lock;
 
 /// Buckets kept before idle ones are swept; the threshold then doubles with what is left.
@@ -109,7 +109,7 @@ struct Scope {
 }
 
 impl Scope {
-    fn new(limits: &LimitsConfig) -> Self {
+    fn new(limits: &RateLimits) -> Self {
         Self {
             principal: RateLimiter::new(limits.principal_rate_per_sec, limits.principal_burst),
             ip: RateLimiter::new(limits.ip_rate_per_sec, limits.ip_burst),
@@ -134,7 +134,7 @@ pub(crate) struct Limits {
 impl Limits {
     pub(crate) fn new(config: &Config) -> Self {
         Self {
-            global: Scope::new(&config.limits),
+            global: Scope::new(&config.limits.rates()),
             servers: config
                 .servers
                 .iter()

@@ -16,10 +16,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 mod child;
+mod edge;
 mod jwks;
 
 use child::exit_reason_label;
 pub(crate) use child::{ChildMetrics, ExitReason};
+pub(crate) use edge::{EdgeMetrics, Refusal};
 pub use jwks::JwksStats;
 
 /// The `Content-Type` of `/metrics`.
@@ -68,6 +70,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     transport: &'static str,
     method: &'static str,
@@ -96,6 +103,7 @@ pub(crate) struct Metrics {
     rate_limited: Family<ScopeLabels, Counter>,
     http_requests: Family<RequestLabels, Counter>,
     http_latency: HistogramFamily<LatencyLabels>,
+    edge: EdgeMetrics,
     servers: HashMap<String, ServerMetrics>,
 }
 
@@ -215,6 +223,7 @@ impl Metrics {
             Unit::Seconds,
             http_latency.clone(),
         );
+        let edge = EdgeMetrics::register(&mut registry);
 
         let mut per_server = HashMap::new();
         for name in servers {
@@ -263,8 +272,14 @@ impl Metrics {
             rate_limited,
             http_requests,
             http_latency,
+            edge,
             servers: per_server,
         }
+    }
+
+    /// The connection layer's handles.
+    pub(crate) fn edge(&self) -> EdgeMetrics {
+        self.edge.clone()
     }
 
     /// The handles of a configured server (`None` only for a name not in the config).

@@ -95,6 +95,11 @@ algorithms = ["RS256"]
 jwks_url = "{}"
 jwks_min_refetch_secs = {min_refetch_secs}
 
+# Heads up to 64 KiB, so that the "oversized" row reaches the token check (16 KiB) rather
+# than the connection layer's head limit (16 KiB by default; its own test is in attacks.rs).
+[limits]
+max_header_bytes = 65536
+
 [servers.default]
 command = "{}"
 required_scopes = []
