@@ -2,8 +2,8 @@
 # Installs what the interop/integration tests need, idempotently and quietly:
 #   - the Node clients and servers in tests/interop (npm ci from the committed lockfile),
 #   - the Python client's venv at tests/interop/.venv (pip install -r requirements.txt),
-#   - haproxy and nginx from Debian (only when not already installed; their services are not
-#     started).
+#   - haproxy, nginx and curl from Debian (only when not already installed; their services are
+#     not started). curl is the TLS tests' HTTP/2 and client-certificate client.
 # Prints one line per thing it installed; nothing when everything is up to date.
 # Works from any cwd. Env overrides: MCP_INTEROP_BOOTSTRAP_PYTHON (python used to create the venv).
 set -euo pipefail
@@ -61,6 +61,7 @@ have() { command -v "$1" >/dev/null 2>&1 || [[ -x "/usr/sbin/$1" ]]; }
 missing=()
 have haproxy || missing+=(haproxy)
 have nginx || missing+=(nginx-light)
+have curl || missing+=(curl)
 if (( ${#missing[@]} )); then
   sudo_cmd=()
   if [[ "$(id -u)" -ne 0 ]]; then sudo_cmd=(sudo -n); fi
@@ -80,6 +81,7 @@ if (( ${#missing[@]} )); then
   for pkg in "${missing[@]}"; do
     case "$pkg" in
       haproxy) echo "installed: haproxy $("$(command -v haproxy || echo /usr/sbin/haproxy)" -v 2>/dev/null | awk 'NR==1 {print $3}')" ;;
+      curl) echo "installed: $(curl --version | head -1 | cut -d' ' -f1-2)" ;;
       nginx-light) echo "installed: nginx $("$(command -v nginx || echo /usr/sbin/nginx)" -v 2>&1 | awk -F/ '{print $2}')" ;;
     esac
   done

@@ -33,12 +33,29 @@ pub(crate) fn interop() -> Interop {
 
 /// Runs one client; returns its one-line JSON report.
 pub(crate) async fn run_client(program: &str, script: &str, args: &[&str]) -> Value {
+    run_client_with_env(program, script, args, &[]).await
+}
+
+/// As [`run_client`], with `env` added to the client's environment; `program` may be
+/// `"node"` or `"python"` for the interop installation's.
+pub(crate) async fn run_client_with_env(
+    program: &str,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Value {
     let i = interop();
+    let program = match program {
+        "node" => i.node.as_str(),
+        "python" => i.python.as_str(),
+        other => other,
+    };
     let out = tokio::time::timeout(
         Duration::from_secs(90),
         tokio::process::Command::new(program)
             .arg(i.dir.join(script))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output(),

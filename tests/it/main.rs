@@ -26,5 +26,6 @@ mod ops;
 mod rate_limits;
 mod soak;
 mod streamable;
+mod tls;
 mod token_expiry;
 mod tool_rules;

@@ -70,6 +70,7 @@ pub fn sse_data(body: &str) -> Vec<String> {
 
 /// A session-era client.
 pub struct Session {
+    client: reqwest::Client,
     pub url: String,
     pub token: String,
     pub id: String,
@@ -78,7 +79,18 @@ pub struct Session {
 
 impl Session {
     pub async fn open(url: &str, token: &str, version: &str) -> Session {
-        let r = post(
+        Self::open_on(&super::http(), url, token, version).await
+    }
+
+    /// As [`Session::open`], with every request of the session sent by `client`.
+    pub async fn open_on(
+        client: &reqwest::Client,
+        url: &str,
+        token: &str,
+        version: &str,
+    ) -> Session {
+        let r = post_on(
+            client,
             url,
             token,
             &[("mcp-protocol-version", version)],
@@ -94,6 +106,7 @@ impl Session {
             .expect("Mcp-Session-Id on the initialize response");
         assert_eq!(r.last()["result"]["protocolVersion"], version, "{r:?}");
         let s = Session {
+            client: client.clone(),
             url: url.to_owned(),
             token: token.to_owned(),
             id,
@@ -107,7 +120,8 @@ impl Session {
     }
 
     pub async fn post(&self, body: &Value) -> Answer {
-        post(
+        post_on(
+            &self.client,
             &self.url,
             &self.token,
             &[
@@ -131,7 +145,28 @@ pub async fn post(url: &str, token: &str, headers: &[(&str, &str)], body: &Value
 }
 
 pub async fn post_raw(url: &str, token: &str, headers: &[(&str, &str)], body: String) -> Answer {
-    let mut req = super::http()
+    post_raw_on(&super::http(), url, token, headers, body).await
+}
+
+/// As [`post`], sent by `client` (an HTTPS or HTTP/2 client).
+pub async fn post_on(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> Answer {
+    post_raw_on(client, url, token, headers, body.to_string()).await
+}
+
+pub async fn post_raw_on(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    headers: &[(&str, &str)],
+    body: String,
+) -> Answer {
+    let mut req = client
         .post(url)
         .bearer_auth(token)
         .header("accept", "application/json, text/event-stream")
@@ -146,9 +181,21 @@ pub async fn post_raw(url: &str, token: &str, headers: &[(&str, &str)], body: St
 /// A modern (2026-07-28) request with its mirrored headers; keys already in `params._meta`
 /// (a `progressToken`) are kept.
 pub async fn modern(url: &str, token: &str, id: Value, method: &str, params: Value) -> Answer {
+    modern_on(&super::http(), url, token, id, method, params).await
+}
+
+/// As [`modern`], sent by `client`.
+pub async fn modern_on(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    id: Value,
+    method: &str,
+    params: Value,
+) -> Answer {
     let (headers, body) = modern_request(id, method, params);
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    post(url, token, &headers, &body).await
+    post_on(client, url, token, &headers, &body).await
 }
 
 /// A modern `tools/call` of `name` with `arguments`.
@@ -215,8 +262,20 @@ pub struct EventStream {
 impl EventStream {
     /// Sends a modern request and keeps its SSE answer open.
     pub async fn modern(url: &str, token: &str, id: Value, method: &str, params: Value) -> Self {
+        Self::modern_on(&reqwest::Client::new(), url, token, id, method, params).await
+    }
+
+    /// As [`EventStream::modern`], sent by `client`.
+    pub async fn modern_on(
+        client: &reqwest::Client,
+        url: &str,
+        token: &str,
+        id: Value,
+        method: &str,
+        params: Value,
+    ) -> Self {
         let (headers, body) = modern_request(id, method, params);
-        let mut req = reqwest::Client::new()
+        let mut req = client
             .post(url)
             .bearer_auth(token)
             .header("accept", "application/json, text/event-stream")

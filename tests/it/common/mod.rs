@@ -9,6 +9,7 @@ pub mod mcp;
 pub mod process;
 pub mod procfs;
 pub mod sse;
+pub mod tls;
 pub mod wait;
 
 use std::sync::Arc;

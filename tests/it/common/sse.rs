@@ -34,7 +34,16 @@ impl SseClient {
         token: &str,
         extra: &[(&str, &str)],
     ) -> SseClient {
-        let http = super::http();
+        Self::connect_on(super::http(), base_sse_url, token, extra).await
+    }
+
+    /// As [`SseClient::connect_with`], the stream and the session's POSTs sent by `http`.
+    pub async fn connect_on(
+        http: reqwest::Client,
+        base_sse_url: &str,
+        token: &str,
+        extra: &[(&str, &str)],
+    ) -> SseClient {
         let mut request = http
             .get(base_sse_url)
             .bearer_auth(token)
