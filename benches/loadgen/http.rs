@@ -1,5 +1,6 @@
 //! A lean HTTP/1.1 client for the load generator: one hyper connection per lane (no pool, no
-//! redirects, no TLS), `TCP_NODELAY` on, and an incremental Server-Sent Events parser.
+//! redirects; TLS for `tls://` addresses), `TCP_NODELAY` on, and an incremental Server-Sent
+//! Events parser.
 //! The client's own cost is part of every measured figure, so it is kept small and the same
 //! for every target.
 
@@ -24,15 +25,35 @@ pub(crate) struct Conn {
 
 impl Conn {
     pub(crate) async fn open(addr: &str) -> Result<Conn> {
+        let (tls, addr) = match addr.strip_prefix(crate::tls::SCHEME) {
+            Some(a) => (true, a),
+            None => (false, addr),
+        };
         let stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
             .await
             .context("connect timed out")?
             .with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true)?;
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let send = if tls {
+            let connector = crate::tls::client().context("TLS target without tls::setup")?;
+            let name = rustls_pki_types::ServerName::IpAddress(
+                addr.parse::<std::net::SocketAddr>()?.ip().into(),
+            );
+            let stream = tokio::time::timeout(IO_TIMEOUT, connector.connect(name, stream))
+                .await
+                .context("TLS handshake timed out")??;
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            send
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            send
+        };
         Ok(Conn {
             send,
             host: addr.to_owned(),

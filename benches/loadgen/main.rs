@@ -16,6 +16,7 @@ mod http;
 mod procs;
 mod report;
 mod scenarios;
+mod tls;
 mod transport;
 
 use std::path::PathBuf;
@@ -54,7 +55,8 @@ pub(crate) struct Args {
     #[arg(long, default_value = "lat-1x1,tput-1x16,tput-50x1,idle,setup")]
     scenarios: String,
     /// Comma-separated targets: direct, proxy-sse, proxy-streamable, proxy-modern,
-    /// supergateway, http-floor (GET /healthz on the proxy: HTTP alone, no auth, no child).
+    /// supergateway, http-floor (GET /healthz on the proxy: HTTP alone, no auth, no child),
+    /// tls-sse, tls-streamable, tls-modern (a second proxy, with TLS on its listener).
     #[arg(
         long,
         default_value = "direct,proxy-sse,proxy-streamable,proxy-modern,supergateway,http-floor"
@@ -186,6 +188,29 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
         _ => None,
     };
     let token: Arc<str> = proxy.token("bench", Duration::from_secs(6 * 3600))?.into();
+    // The same proxy and server with TLS on the listener, for the tls-* rows.
+    let tls_proxy = if wanted.iter().any(|t| t.starts_with("tls-")) {
+        let files = tls::setup()?;
+        let p = Proxy::start_with(
+            &proxy_bin,
+            &ServerCmd {
+                command: server.clone(),
+                args: vec![],
+                warm_pool: 0,
+            },
+            &args.proxy_log,
+            Some(&files),
+        )
+        .await?;
+        eprintln!("TLS proxy pid {} on {}", p.pid, p.addr);
+        Some((p, files))
+    } else {
+        None
+    };
+    let tls_token: Option<Arc<str>> = match &tls_proxy {
+        Some((p, _)) => Some(p.token("bench", Duration::from_secs(6 * 3600))?.into()),
+        None => None,
+    };
     let mut targets: Vec<(&str, Target)> = Vec::new();
     for name in &wanted {
         let t = match name.as_str() {
@@ -208,6 +233,29 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
                 path: "/mcp".into(),
                 token: Some(token.clone()),
             },
+            "tls-sse" | "tls-streamable" | "tls-modern" => {
+                let (Some((p, _)), Some(token)) = (&tls_proxy, &tls_token) else {
+                    continue;
+                };
+                let (addr, token) = (p.addr.clone(), Some(token.clone()));
+                match name.as_str() {
+                    "tls-sse" => Target::LegacySse {
+                        addr,
+                        path: "/sse".into(),
+                        token,
+                    },
+                    "tls-streamable" => Target::Streamable {
+                        addr,
+                        path: "/mcp".into(),
+                        token,
+                    },
+                    _ => Target::Modern {
+                        addr,
+                        path: "/mcp".into(),
+                        token,
+                    },
+                }
+            }
             "http-floor" => Target::HttpFloor {
                 addr: proxy.addr.clone(),
                 path: "/healthz".into(),
@@ -242,18 +290,24 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
                     continue;
                 }
                 eprintln!("{scenario} {name} ...");
+                let tls = name.starts_with("tls-");
+                // The proxy the row measures.
+                let measured = match &tls_proxy {
+                    Some((p, _)) if tls => p,
+                    _ => &proxy,
+                };
                 let cpu_pid = match *name {
                     "direct" => None,
                     "supergateway" => sg.as_ref().and_then(|s| s.pid()),
-                    _ => Some(proxy.pid),
+                    _ => Some(measured.pid),
                 };
                 // Every session its own child: a 2026-07-28 "session" is a principal (the
                 // proxy keeps one child per principal), so each gets its own token.
                 let per_session: Vec<Target> = match target {
                     Target::Modern { addr, path, .. } if sessions > 1 => (0..sessions)
                         .map(|i| {
-                            let token =
-                                proxy.token(&format!("bench-{i}"), Duration::from_secs(6 * 3600));
+                            let token = measured
+                                .token(&format!("bench-{i}"), Duration::from_secs(6 * 3600));
                             token.map(|t| Target::Modern {
                                 addr: addr.clone(),
                                 path: path.clone(),
@@ -273,7 +327,7 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
                         .and_then(|s| s.pid())
                         .and_then(procs::rss_of)
                         .map(mib),
-                    _ => row.rss_mib.or(proxy.rss().map(mib)),
+                    _ => row.rss_mib.or(measured.rss().map(mib)),
                 };
                 report.rows.push(row);
                 // Let the proxy reap the children of the run before the next.
@@ -310,6 +364,9 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
     }
     if let Some(sg) = sg {
         sg.stop().await;
+    }
+    if let Some((p, _files)) = tls_proxy {
+        p.stop().await;
     }
     proxy.stop().await;
     report.notes.push(

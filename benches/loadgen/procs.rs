@@ -40,9 +40,29 @@ pub(crate) fn free_port() -> Result<u16> {
 
 impl Proxy {
     pub(crate) async fn start(bin: &Path, server: &ServerCmd, log_level: &str) -> Result<Proxy> {
+        Self::start_with(bin, server, log_level, None).await
+    }
+
+    /// As [`Proxy::start`]; with `tls`, the listener speaks HTTPS with these files and
+    /// [`Proxy::addr`] is a `tls://` address.
+    pub(crate) async fn start_with(
+        bin: &Path,
+        server: &ServerCmd,
+        log_level: &str,
+        tls: Option<&crate::tls::Files>,
+    ) -> Result<Proxy> {
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
+        let tls_keys = tls
+            .map(|f| {
+                format!(
+                    "tls_cert = {}\ntls_key = {}\n",
+                    toml_str(&f.cert.to_string_lossy()),
+                    toml_str(&f.key.to_string_lossy())
+                )
+            })
+            .unwrap_or_default();
         let secret = format!("loadgen-{}-{}", std::process::id(), uuid::Uuid::new_v4());
         let args = server
             .args
@@ -53,7 +73,7 @@ impl Proxy {
         let config = format!(
             r#"[listen]
 addr = "{addr}"
-
+{tls_keys}
 [[auth.issuers]]
 issuer = "{ISSUER}"
 algorithms = ["HS256"]
@@ -87,6 +107,10 @@ warm_pool = {warm}
             .spawn()
             .with_context(|| format!("start {}", bin.display()))?;
         let pid = child.id().context("proxy exited at once")?;
+        let addr = match tls {
+            Some(_) => format!("{}{addr}", crate::tls::SCHEME),
+            None => addr,
+        };
         let mut proxy = Proxy {
             child,
             addr,
@@ -123,11 +147,19 @@ warm_pool = {warm}
         lines.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
+    /// The proxy's default public URL (the audience of its tokens).
+    fn public_url(&self) -> String {
+        match self.addr.strip_prefix(crate::tls::SCHEME) {
+            Some(addr) => format!("https://{addr}"),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
     /// An HS256 token for `sub`, valid for `ttl`, for this proxy's audience.
     pub(crate) fn token(&self, sub: &str, ttl: Duration) -> Result<String> {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = serde_json::json!({
-            "iss": ISSUER, "sub": sub, "aud": format!("http://{}", self.addr),
+            "iss": ISSUER, "sub": sub, "aud": self.public_url(),
             "iat": now, "nbf": now, "exp": now + ttl.as_secs(),
         });
         Ok(jsonwebtoken::encode(
