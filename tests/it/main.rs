@@ -13,6 +13,7 @@ mod child_policy;
 mod cli;
 mod config_files;
 mod drain;
+mod edge;
 mod fault_table;
 mod faults;
 mod interop;
