@@ -4,10 +4,38 @@
 use serde_json::Value;
 
 use crate::protocol::SUBSCRIPTION_ID;
+use crate::protocol::jsonrpc::{ClientMessage, Message};
+
+/// A client request as the child gets it: the proxy id in place of the client's, and the
+/// progress token, when there is one, replaced too.
+pub(crate) struct ToChild {
+    pub(crate) line: String,
+    /// The proxy's token (raw JSON) and the client's original one.
+    pub(crate) progress: Option<(Box<str>, Box<str>)>,
+}
+
+/// Rewrites request `item` of `message` for the child under `proxy_id` (what
+/// [`super::Mux::send`] does to every request; the fuzz target checks it round-trips).
+pub(crate) fn request_to_child(message: &ClientMessage, item: &Message, proxy_id: u64) -> ToChild {
+    let line = message.rewrite(item, Some(&proxy_id.to_string()), None);
+    if item.progress_token
+        && let Some((rewritten, original)) = progress_token(&line, proxy_id)
+    {
+        let token: Box<str> = format!("\"pt-{proxy_id}\"").into();
+        return ToChild {
+            line: rewritten,
+            progress: Some((token, original.into())),
+        };
+    }
+    ToChild {
+        line,
+        progress: None,
+    }
+}
 
 /// Rewrites `params._meta.progressToken` to `"pt-<proxy id>"`; returns the line and the
 /// original token as raw JSON.
-pub(super) fn progress_token(line: &str, proxy_id: u64) -> Option<(String, String)> {
+fn progress_token(line: &str, proxy_id: u64) -> Option<(String, String)> {
     let mut value: Value = serde_json::from_str(line).ok()?;
     let token = value.pointer_mut("/params/_meta/progressToken")?;
     let original = serde_json::to_string(token).ok()?;
