@@ -71,7 +71,8 @@ pub struct Item {
     pub name: Option<String>,
     pub uri: Option<String>,
     pub protocol_version: Option<String>,
-    pub progress_token: bool,
+    /// The raw `params._meta.progressToken`.
+    pub progress_token: Option<String>,
     pub cancelled_id: Option<String>,
 }
 
@@ -97,7 +98,7 @@ pub fn client_message(body: &[u8]) -> Result<Body, i64> {
             name: m.name.clone(),
             uri: m.uri.clone(),
             protocol_version: m.protocol_version.clone(),
-            progress_token: m.progress_token,
+            progress_token: message.progress_token(m).map(str::to_owned),
             cancelled_id: message.cancelled_id(m).map(str::to_owned),
         })
         .collect();
@@ -108,17 +109,23 @@ pub fn client_message(body: &[u8]) -> Result<Body, i64> {
     })
 }
 
-/// Message `index` of a client body with its id and `params.requestId` replaced (as the
-/// multiplexer forwards `notifications/cancelled`).
+/// Message `index` of a client body with its id, `params.requestId` and progress token
+/// replaced where given (raw JSON), as the multiplexer rewrites what it forwards.
 pub fn rewrite(
     body: &[u8],
     index: usize,
     id: Option<&str>,
     request_id: Option<&str>,
+    progress_token: Option<&str>,
 ) -> Option<String> {
     let message = jsonrpc::client_message(body).ok()?;
     let item = message.items.get(index)?;
-    Some(message.rewrite(item, id, request_id))
+    let with = jsonrpc::Replace {
+        id,
+        request_id,
+        progress_token,
+    };
+    Some(message.rewrite(item, with))
 }
 
 /// A request as the child gets it under `proxy_id`.

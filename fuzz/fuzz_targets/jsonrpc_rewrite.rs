@@ -1,14 +1,14 @@
 //! The one look at a JSON-RPC message and the id rewriting of the multiplexer. A child's line:
 //! classified, its id replaced and put back gives the line again. A client body: validated;
-//! each request as the child gets it is itself a valid message with the proxy id and the same
-//! routing fields, and restoring the client's id (as the child's answer is restored) gives the
-//! original bytes; a `params.requestId` rewritten and put back likewise.
+//! each request as the child gets it is itself a valid message with the proxy id (and proxy
+//! progress token) and the same routing fields, and restoring the client's id (as the child's
+//! answer is restored) and token gives the original bytes; a `params.requestId` rewritten and
+//! put back likewise.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mcp_auth_proxy::fuzz::{self, Item, Kind};
-use serde_json::Value;
 
 fuzz_target!(|data: &[u8]| {
     child_line(data);
@@ -64,42 +64,44 @@ fn request(data: &[u8], index: usize, item: &Item) {
     assert_eq!(child.kind, Kind::Request);
     assert_eq!(child.id.as_deref(), Some(proxy_id.to_string().as_str()));
     assert_eq!(
-        (&child.method, &child.name, &child.uri),
-        (&item.method, &item.name, &item.uri)
+        (
+            &child.method,
+            &child.name,
+            &child.uri,
+            &child.protocol_version
+        ),
+        (&item.method, &item.name, &item.uri, &item.protocol_version)
     );
-    assert_eq!(
-        (&child.protocol_version, child.progress_token),
-        (&item.protocol_version, item.progress_token)
-    );
-    // The child's answer carries the proxy id where the request had it; the client's id goes
-    // back there.
-    let restored = fuzz::splice_id(&sent.line, original).expect("the proxy id is found");
-    match &sent.progress {
-        None => assert_eq!(restored, item.text, "restored byte for byte"),
-        Some((proxy_token, original_token)) => {
+    let token = match (&sent.progress, &item.progress_token) {
+        (None, None) => None,
+        (Some((proxy_token, original_token)), Some(client_token)) => {
             assert_eq!(proxy_token, &format!("\"pt-{proxy_id}\""));
-            let mut want: Value = serde_json::from_str(&item.text).expect("JSON");
-            let token = want
-                .pointer_mut("/params/_meta/progressToken")
-                .expect("a progress token");
-            let client_token = token.clone();
-            *token = serde_json::from_str(proxy_token).expect("JSON");
-            let got: Value = serde_json::from_str(&restored).expect("JSON");
-            assert_eq!(got, want, "only the id and the token change");
-            let original: Value = serde_json::from_str(original_token).expect("JSON");
-            assert_eq!(original, client_token, "the client's token is kept");
+            assert_eq!(original_token, client_token, "the client's token is kept");
+            assert_eq!(child.progress_token.as_ref(), Some(proxy_token));
+            Some(original_token.as_str())
         }
-    }
+        (sent, client) => panic!("progress token {client:?} sent as {sent:?}"),
+    };
+    // The child's answer carries the proxy id where the request had it; the client's id goes
+    // back there. With the token put back too, every byte is the client's.
+    let restored = fuzz::splice_id(&sent.line, original).expect("the proxy id is found");
+    let restored = match token {
+        None => restored,
+        Some(token) => {
+            fuzz::rewrite(restored.as_bytes(), 0, None, None, Some(token)).expect("a valid message")
+        }
+    };
+    assert_eq!(restored, item.text, "only the id and the token change");
 }
 
 fn cancellation(data: &[u8], index: usize, item: &Item) {
     let original = item.cancelled_id.as_deref().expect("a requestId");
-    let sent = fuzz::rewrite(data, index, None, Some("17")).expect("a message");
+    let sent = fuzz::rewrite(data, index, None, Some("17"), None).expect("a message");
     let seen = fuzz::client_message(sent.as_bytes()).expect("the child gets a valid message");
     let [child] = seen.items.as_slice() else {
         panic!("one message per line: {sent}");
     };
     assert_eq!(child.cancelled_id.as_deref(), Some("17"));
-    let back = fuzz::rewrite(sent.as_bytes(), 0, None, Some(original)).expect("a message");
+    let back = fuzz::rewrite(sent.as_bytes(), 0, None, Some(original), None).expect("a message");
     assert_eq!(back, item.text, "restored byte for byte");
 }

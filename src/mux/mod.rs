@@ -346,7 +346,11 @@ impl Mux {
                             .cancelled_id(item)
                             .and_then(|id| st.by_client_id.get(&(owner, id.into())).copied());
                         if let Some(proxy_id) = proxy_id {
-                            lines.push(message.rewrite(item, None, Some(&proxy_id.to_string())));
+                            let with = jsonrpc::Replace {
+                                request_id: Some(&proxy_id.to_string()),
+                                ..jsonrpc::Replace::default()
+                            };
+                            lines.push(message.rewrite(item, with));
                         }
                     }
                     _ => lines.push(message.text(item).to_owned()),
