@@ -36,6 +36,9 @@ else
   toolchain="stable with RUSTC_BOOTSTRAP=1"
 fi
 
+# cargo-fuzz's own errors without a backtrace of cargo-fuzz (a target's panic keeps its own).
+export RUST_LIB_BACKTRACE=0
+
 TARGETS="${FUZZ_TARGETS:-$("${CARGO[@]}" fuzz list)}"
 LOG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/fuzz.XXXXXX")"
 trap 'rm -rf "$LOG_DIR"' EXIT
