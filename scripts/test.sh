@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Full test run: installs the interop dependencies, builds the binaries, runs every cargo test
-# target. Extra arguments go to `cargo test`. Exit status is cargo test's.
+# target, then a smoke run of each fuzz target (FUZZ_SECONDS each, default 30; 0 skips).
+# Extra arguments go to `cargo test`. Fails when a test fails or a fuzz target crashes; a
+# machine that cannot build the fuzz targets skips them with a printed reason.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,3 +19,6 @@ case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
 
 cargo build --bins
 cargo test --all-targets "$@"
+
+# Issue 13: each cargo-fuzz target for FUZZ_SECONDS, after the tests (scripts/fuzz.sh).
+bash "$ROOT/scripts/fuzz.sh" "${FUZZ_SECONDS:-30}"

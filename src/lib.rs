@@ -170,3 +170,7 @@ pub mod bench {
         jsonrpc::client_message(body).is_ok()
     }
 }
+
+/// What the `cargo fuzz` targets (`fuzz/`) drive, through the production code (not an API).
+#[doc(hidden)]
+pub mod fuzz;

@@ -78,11 +78,7 @@ impl Authenticator {
 
     /// Validates a token: signature, algorithm, time, issuer, audience, subject.
     pub async fn validate(&self, token: &str) -> Result<Principal, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            ErrorKind::InvalidAlgorithmName => AuthError::AlgorithmNotAllowed("unknown".into()),
-            _ => AuthError::Malformed("bad header"),
-        })?;
-        let iss = unverified_issuer(token)?;
+        let (header, iss) = unverified_parts(token)?;
         let issuer = self.issuers.get(&iss).ok_or(AuthError::UnknownIssuer)?;
         let alg = header.alg;
         if !issuer.algorithms.contains(&alg) {
@@ -119,6 +115,16 @@ impl Authenticator {
             .map_err(map_jwt_error)?;
         principal_from_claims(data.claims, self.leeway)
     }
+}
+
+/// What is read of a token before its signature is checked: the header (for `alg` and `kid`)
+/// and the unverified `iss` (for the issuer's keys). Nothing here is trusted yet.
+pub(crate) fn unverified_parts(token: &str) -> Result<(jsonwebtoken::Header, String), AuthError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+        ErrorKind::InvalidAlgorithmName => AuthError::AlgorithmNotAllowed("unknown".into()),
+        _ => AuthError::Malformed("bad header"),
+    })?;
+    Ok((header, unverified_issuer(token)?))
 }
 
 /// Reads `iss` from the payload without verifying it, only to choose the issuer's keys; the

@@ -7,7 +7,7 @@
 //! `notifications/cancelled`; when the child exits, every request in flight gets `-32603`
 //! "server process exited" (DESIGN §6).
 
-mod rewrite;
+pub(crate) mod rewrite;
 mod routes;
 mod sink;
 #[cfg(test)]
@@ -308,18 +308,13 @@ impl Mux {
                         }
                         st.next_id += 1;
                         let proxy_id = st.next_id;
-                        let mut line = message.rewrite(item, Some(&proxy_id.to_string()), None);
-                        let mut progress = None;
-                        if item.progress_token
-                            && let Some((rewritten, original_token)) =
-                                rewrite::progress_token(&line, proxy_id)
-                        {
-                            let token: Box<str> = format!("\"pt-{proxy_id}\"").into();
+                        let rewrite::ToChild { line, progress } =
+                            rewrite::request_to_child(message, item, proxy_id);
+                        let progress = progress.map(|(token, original_token)| {
                             st.progress
-                                .insert(token.clone(), (proxy_id, original_token.into()));
-                            progress = Some(token);
-                            line = rewritten;
-                        }
+                                .insert(token.clone(), (proxy_id, original_token));
+                            token
+                        });
                         let method = keep_method
                             .then(|| item.method.as_deref().map(Box::from))
                             .flatten();
@@ -351,7 +346,11 @@ impl Mux {
                             .cancelled_id(item)
                             .and_then(|id| st.by_client_id.get(&(owner, id.into())).copied());
                         if let Some(proxy_id) = proxy_id {
-                            lines.push(message.rewrite(item, None, Some(&proxy_id.to_string())));
+                            let with = jsonrpc::Replace {
+                                request_id: Some(&proxy_id.to_string()),
+                                ..jsonrpc::Replace::default()
+                            };
+                            lines.push(message.rewrite(item, with));
                         }
                     }
                     _ => lines.push(message.text(item).to_owned()),

@@ -102,12 +102,23 @@ pub(crate) struct Message {
     pub(crate) uri: Option<String>,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]` when it is a string.
     pub(crate) protocol_version: Option<String>,
-    /// Whether `params._meta.progressToken` is present.
-    pub(crate) progress_token: bool,
+    /// The raw `params._meta.progressToken`.
+    progress_token: Option<Range<usize>>,
     /// The raw `params.requestId` (`notifications/cancelled`).
     request_id: Option<Range<usize>>,
     /// The whole message (an element of a batch, or the whole line).
     span: Range<usize>,
+}
+
+/// What [`ClientMessage::rewrite`] puts in place of a message's id-like values (raw JSON);
+/// `None` keeps a value as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Replace<'a> {
+    pub(crate) id: Option<&'a str>,
+    /// `params.requestId` (`notifications/cancelled`).
+    pub(crate) request_id: Option<&'a str>,
+    /// `params._meta.progressToken`.
+    pub(crate) progress_token: Option<&'a str>,
 }
 
 /// A validated client body (one message or a batch) as one compact line for the child's stdin,
@@ -151,25 +162,33 @@ impl ClientMessage {
         message.request_id.clone().and_then(|r| self.line.get(r))
     }
 
+    /// The raw `params._meta.progressToken` of `message`.
+    pub(crate) fn progress_token(&self, message: &Message) -> Option<&str> {
+        message
+            .progress_token
+            .clone()
+            .and_then(|r| self.line.get(r))
+    }
+
     /// The text of `message` alone.
     pub(crate) fn text(&self, message: &Message) -> &str {
         self.line.get(message.span.clone()).unwrap_or_default()
     }
 
-    /// `message`'s text with its id (and `params.requestId`, when given) replaced.
-    pub(crate) fn rewrite(
-        &self,
-        message: &Message,
-        id: Option<&str>,
-        request_id: Option<&str>,
-    ) -> String {
+    /// `message`'s text with the values `with` names replaced in place: every other byte is
+    /// the client's (a body is forwarded byte for byte; re-serializing it would reorder keys
+    /// and round numbers beyond f64).
+    pub(crate) fn rewrite(&self, message: &Message, with: Replace<'_>) -> String {
         let base = message.span.start;
-        let mut edits: Vec<(Range<usize>, &str)> = Vec::with_capacity(2);
-        if let (Some(range), Some(with)) = (message.id.clone(), id) {
-            edits.push((range, with));
-        }
-        if let (Some(range), Some(with)) = (message.request_id.clone(), request_id) {
-            edits.push((range, with));
+        let mut edits: Vec<(Range<usize>, &str)> = Vec::with_capacity(3);
+        for (range, value) in [
+            (&message.id, with.id),
+            (&message.request_id, with.request_id),
+            (&message.progress_token, with.progress_token),
+        ] {
+            if let (Some(range), Some(value)) = (range.clone(), value) {
+                edits.push((range, value));
+            }
         }
         edits.sort_by_key(|(r, _)| r.start);
         let text = self.text(message);
@@ -262,6 +281,10 @@ fn message(line: &str, probe: &Probe<'_>, span: Range<usize>) -> Result<Message,
         .params
         .request_id
         .and_then(|r| range_in(line, r.get()));
+    let progress_token = probe
+        .params
+        .progress_token
+        .and_then(|r| range_in(line, r.get()));
     Ok(Message {
         kind,
         id,
@@ -269,7 +292,7 @@ fn message(line: &str, probe: &Probe<'_>, span: Range<usize>) -> Result<Message,
         name: raw_string(probe.params.name),
         uri: raw_string(probe.params.uri),
         protocol_version: raw_string(probe.params.protocol_version),
-        progress_token: probe.params.progress_token,
+        progress_token,
         request_id,
         span,
     })
@@ -385,7 +408,7 @@ mod tests {
         let first = m.first().expect("one");
         assert_eq!(first.name.as_deref(), Some("get wéather"));
         assert_eq!(first.protocol_version.as_deref(), Some("2026-07-28"));
-        assert!(first.progress_token);
+        assert_eq!(m.progress_token(first), Some("9"));
         let cancel = client_message(
             br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"a","reason":"x"}}"#,
         )
@@ -393,7 +416,13 @@ mod tests {
         let note = cancel.first().expect("one");
         assert_eq!(cancel.cancelled_id(note), Some(r#""a""#));
         assert_eq!(
-            cancel.rewrite(note, None, Some("17")),
+            cancel.rewrite(
+                note,
+                Replace {
+                    request_id: Some("17"),
+                    ..Replace::default()
+                }
+            ),
             r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":17,"reason":"x"}}"#
         );
     }
@@ -404,7 +433,13 @@ mod tests {
             .expect("valid");
         let first = m.first().expect("one");
         assert_eq!(
-            m.rewrite(first, Some("17"), None),
+            m.rewrite(
+                first,
+                Replace {
+                    id: Some("17"),
+                    ..Replace::default()
+                }
+            ),
             r#"{"jsonrpc":"2.0","id":17,"method":"m","params":{"id":"a"}}"#
         );
         let line = m.line.as_str();

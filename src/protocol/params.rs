@@ -18,7 +18,8 @@ pub(super) struct Params<'a> {
     pub(super) uri: Option<&'a RawValue>,
     pub(super) request_id: Option<&'a RawValue>,
     pub(super) protocol_version: Option<&'a RawValue>,
-    pub(super) progress_token: bool,
+    /// The raw `_meta.progressToken`.
+    pub(super) progress_token: Option<&'a RawValue>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Params<'a> {
@@ -49,10 +50,7 @@ impl<'de> Visitor<'de> for ParamsVisitor {
                     out.protocol_version = meta.0.protocol_version;
                     out.progress_token = meta.0.progress_token;
                 }
-                (true, "progressToken") => {
-                    map.next_value::<IgnoredAny>()?;
-                    out.progress_token = true;
-                }
+                (true, "progressToken") => out.progress_token = Some(map.next_value()?),
                 (true, PROTOCOL_VERSION_META) => out.protocol_version = Some(map.next_value()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;

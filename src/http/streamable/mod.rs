@@ -16,7 +16,8 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
 
-pub(crate) use session_era::{delete, get};
+pub(crate) use modern::{check_mirrored_headers, decode_header_value};
+pub(crate) use session_era::{delete, get, last_event_id};
 
 use super::Caller;
 use crate::error::Error;

@@ -86,7 +86,7 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
 
 /// Decodes a header value that may use the `=?base64?…?=` sentinel (spec 2026-07-28
 /// Streamable HTTP §Value Encoding).
-fn decode_header_value(value: &str) -> Option<String> {
+pub(crate) fn decode_header_value(value: &str) -> Option<String> {
     match value
         .strip_prefix("=?base64?")
         .and_then(|v| v.strip_suffix("?="))
@@ -102,7 +102,7 @@ fn decode_header_value(value: &str) -> Option<String> {
 /// Checks `MCP-Protocol-Version`, `Mcp-Method` and `Mcp-Name` against the body (spec
 /// 2026-07-28 Streamable HTTP §Server Validation); the error is the message of the -32020
 /// answer.
-fn check_mirrored_headers(headers: &HeaderMap, message: &Message) -> Result<(), String> {
+pub(crate) fn check_mirrored_headers(headers: &HeaderMap, message: &Message) -> Result<(), String> {
     let value = |name: &str| -> Result<Option<&str>, String> {
         match headers.get(name) {
             None => Ok(None),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
@@ -224,12 +224,17 @@ pub(crate) async fn get(c: Caller) -> Result<Response, Error> {
     let Kind::Streamable { standalone, .. } = &session.kind else {
         return Err(Error::NoSession);
     };
-    let last_event_id = header_str(headers, "last-event-id").and_then(|v| v.trim().parse().ok());
-    let rx = standalone.connect(last_event_id);
+    let rx = standalone.connect(last_event_id(headers));
     session.touch();
     let expiry = stream_expiry(state, principal);
     let stream = standalone_stream(rx, session.clone(), state.shutdown.clone(), expiry);
     Ok(sse_response(stream, state.config.http.sse_keepalive_secs))
+}
+
+/// The event id a reconnecting client resumes after (spec 2025-11-25 Transports §Resumability
+/// and Redelivery); an unreadable one counts as absent, so the stream replays what it never got.
+pub(crate) fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    header_str(headers, "last-event-id").and_then(|v| v.trim().parse().ok())
 }
 
 fn standalone_stream(
