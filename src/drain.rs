@@ -239,6 +239,7 @@ mod tests {
             cancel_on_drop: false,
             timeout: true,
             finish: None,
+            audit: None,
         };
         let _ticket = busy.mux.send(&call, dispatch).await.expect("sent");
         start_idle_reaper(&state);

@@ -27,6 +27,8 @@ pub enum StartError {
 /// Resource Metadata Discovery Requirements).
 #[derive(Debug)]
 pub(crate) struct Challenge {
+    /// Why, as counted in `mcp_proxy_auth_failures_total{reason}` (for the audit log).
+    pub(crate) reason: &'static str,
     /// 403 (`insufficient_scope`) rather than 401.
     pub(crate) forbidden: bool,
     /// The `error` parameter and body field (`invalid_token`, …); `None`: no token was sent.
@@ -173,8 +175,54 @@ impl Challenge {
     }
 }
 
+/// Why a request was refused, carried by the response for the audit log's refusal line.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reason(pub(crate) &'static str);
+
+impl Error {
+    /// A short, stable name of the refusal (the audit log's `reason`).
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Error::Auth(c) => c.reason,
+            Error::BadRequest { .. } => "bad_request",
+            Error::HeaderMismatch { .. } => "header_mismatch",
+            Error::UnsupportedVersion { .. } => "unsupported_version",
+            Error::MissingSessionId => "missing_session_id",
+            Error::SessionRequired => "session_required",
+            Error::MethodNotAllowed => "method_not_allowed",
+            Error::NoSession => "no_session",
+            Error::Cap(_) => "session_cap",
+            Error::Draining => "draining",
+            Error::ShuttingDown => "shutting_down",
+            Error::MissingClaim => "missing_claim",
+            Error::SpawnFailed => "spawn_failed",
+            Error::ChildExited => "child_exited",
+            Error::Stalled => "stalled",
+            Error::Busy => "busy",
+            Error::QueueFull => "queue_full",
+            Error::Backoff { .. } => "backoff",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Handshake => "handshake",
+            Error::NotReady(_) => "not_ready",
+            Error::NoSuchResource => "no_such_resource",
+            Error::BodyTimeout => "body_timeout",
+            Error::BodyTooLarge => "body_too_large",
+            Error::Forbidden(_) => "forbidden",
+        }
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
+        let reason = Reason(self.reason());
+        let mut response = self.into_response_inner();
+        response.extensions_mut().insert(reason);
+        response
+    }
+}
+
+impl Error {
+    fn into_response_inner(self) -> Response {
         match self {
             Error::Auth(challenge) => challenge.into_response(),
             Error::BadRequest { code, message } => json(
@@ -341,6 +389,7 @@ mod tests {
     fn challenges_name_what_the_client_needs() {
         let meta = "http://x/.well-known/oauth-protected-resource/sse".to_owned();
         let base = Challenge {
+            reason: "missing",
             forbidden: false,
             error: None,
             header_description: None,
@@ -356,6 +405,7 @@ mod tests {
             )
         );
         let scope = Challenge {
+            reason: "insufficient_scope",
             forbidden: true,
             error: Some("insufficient_scope"),
             header_description: None,

@@ -19,6 +19,7 @@
 //!   error answer, mapped to HTTP in one place), `metrics` (Prometheus), `sync` (the lock
 //!   helper).
 
+mod audit;
 mod auth;
 mod bridge;
 mod child;
@@ -115,15 +116,25 @@ pub fn build_state(
         config.sessions.max_sessions,
         config.sessions.max_sessions_per_principal,
     );
+    let shutdown = CancellationToken::new();
+    let (lines, dropped) = metrics.audit();
+    let audit =
+        audit::Audit::start(&config.audit, lines, dropped, shutdown.clone()).map_err(|e| {
+            StartError::Config(config::ConfigError {
+                key: "audit.path".into(),
+                message: format!("cannot open `{}` for appending: {e}", config.audit.path),
+            })
+        })?;
     let state = AppState {
         public_url,
         auth: Arc::new(authenticator),
         sessions: Arc::new(sessions),
         servers,
         tracker: TaskTracker::new(),
-        shutdown: CancellationToken::new(),
+        shutdown,
         draining: CancellationToken::new(),
         metrics: Arc::new(metrics),
+        audit,
         spawned: Default::default(),
         pool: Default::default(),
         limits: http::limits::Limits::new(&config),

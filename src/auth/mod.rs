@@ -137,6 +137,7 @@ impl AuthError {
     /// Authorization §Protected Resource Metadata Discovery Requirements: "SHOULD include a
     /// scope parameter"), when there are any.
     pub(crate) fn challenge(self, resource_metadata: String, required_scope: &str) -> Challenge {
+        let reason = self.reason();
         let (error, header_description, description) = match &self {
             AuthError::Missing => (None, None, "a bearer token is required"),
             AuthError::TokenInQuery => (
@@ -165,6 +166,7 @@ impl AuthError {
             _ => (false, required_scope.to_owned()),
         };
         Challenge {
+            reason,
             forbidden,
             error,
             header_description,

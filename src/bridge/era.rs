@@ -131,6 +131,7 @@ async fn send(
         cancel_on_drop: false,
         timeout: false,
         finish: None,
+        audit: None,
     };
     Ok(mux.send(&message, dispatch).await?)
 }

@@ -74,6 +74,19 @@ pub struct Config {
     pub servers: BTreeMap<String, ServerConfig>,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: one JSON line per MCP request and per refused request.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A file (opened for appending, reopened on SIGHUP), `stderr`, or empty: off.
+    pub path: String,
+    /// Tool arguments in the lines (never results). Off by default: arguments may hold
+    /// personal data or secrets a user pasted.
+    pub include_arguments: bool,
 }
 
 /// `[limits]`: what holds before authentication (connections, request heads and bodies) and

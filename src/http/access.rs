@@ -2,12 +2,18 @@
 //! Only the method, the path (never the query string), the status, the time to the response
 //! head and the session id are logged — never a header value, so never a token.
 
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::Request;
+use axum::http::HeaderValue;
 use axum::response::Response;
+use http_body::Body as _;
 
-use super::AppState;
+use super::{AppState, RequestId};
+use crate::error::Reason;
 use crate::metrics::{method_label, transport_of};
 use crate::protocol::SESSION_HEADER;
 
@@ -25,8 +31,46 @@ where
     Fut: Future<Output = Response>,
 {
     let started = Instant::now();
+    let mut request = request;
     let method = method_label(request.method());
     let transport = transport_of(request.uri().path());
+    let trust_forwarded = state.config.http.trust_forwarded_headers;
+    let request_id = request_id(&request, trust_forwarded);
+    // What a refusal's audit line needs, taken before the request moves on.
+    let refusal = state
+        .audit
+        .as_ref()
+        .filter(|_| transport != "other")
+        .map(|audit| {
+            let context = crate::audit::Context {
+                audit: audit.clone(),
+                request_id: request_id.clone(),
+                client: super::limits::address_of(
+                    request.headers(),
+                    request.extensions(),
+                    trust_forwarded,
+                ),
+                iss: None,
+                sub: None,
+                server: server_of(state, request.uri().path()).into(),
+                transport: if transport == "sse" {
+                    "sse"
+                } else {
+                    "streamable"
+                },
+                era: era_of(&request, transport),
+                session: session_from_request(&request).map(Into::into),
+            };
+            let request_bytes = request
+                .headers()
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(0);
+            (Arc::new(context), request_bytes)
+        });
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
     // The log line's strings are only built when the access log is on (benchmarks and
     // RUST_LOG=warn deployments skip the allocations).
     let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
@@ -41,10 +85,31 @@ where
             .collect();
         (path, session_from_request(&request))
     });
-    let response = inner(request).await;
+    let mut response = inner(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state.metrics.request(transport, method, status, elapsed);
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    if let Some((context, request_bytes)) = refusal
+        && status >= 400
+    {
+        let reason = response
+            .extensions()
+            .get::<Reason>()
+            .map_or("http_error", |r| r.0);
+        context.audit.refusal(crate::audit::Refusal {
+            context: context.clone(),
+            method: None,
+            target: None,
+            status,
+            reason,
+            elapsed,
+            request_bytes,
+            response_bytes: response.body().size_hint().exact().unwrap_or(0) as usize,
+        });
+    }
     if let Some((path, request_session)) = logged {
         let session = response
             .headers()
@@ -62,10 +127,51 @@ where
             micros = elapsed.as_micros() as u64,
             transport,
             session,
+            request_id = &*request_id,
             "request"
         );
     }
     response
+}
+
+/// The request's id: a trusted incoming `X-Request-Id` (printable, at most 128 bytes) when
+/// forwarded headers are trusted, else a new one — a random per-process prefix and a counter,
+/// unique without a random draw per request.
+fn request_id(request: &Request, trust_forwarded: bool) -> Arc<str> {
+    if trust_forwarded
+        && let Some(id) = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return id.into();
+    }
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_fields().0);
+    format!("{prefix:08x}{:016x}", NEXT.fetch_add(1, Ordering::Relaxed)).into()
+}
+
+/// The server a path belongs to: `/servers/NAME/…`, else the root server.
+fn server_of<'a>(state: &'a AppState, path: &'a str) -> &'a str {
+    match path.strip_prefix("/servers/") {
+        Some(rest) => rest.split('/').next().unwrap_or_default(),
+        None => state.config.root_server().unwrap_or_default(),
+    }
+}
+
+/// The protocol era a request speaks, from its transport and headers.
+fn era_of(request: &Request, transport: &str) -> &'static str {
+    if transport == "sse" {
+        return "legacy";
+    }
+    let modern = request
+        .headers()
+        .get(crate::protocol::PROTOCOL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| crate::protocol::MODERN_VERSIONS.contains(&v));
+    if modern { "modern" } else { "session" }
 }
 
 /// The session a request names (header or legacy query parameter), if it looks like one.

@@ -24,7 +24,6 @@ use super::{Caller, NewSession, admit, new_session, stream_expiry};
 use crate::child::ChildError;
 use crate::error::{Error, accepted};
 use crate::mux::{Dispatch, Item, RouteError, STREAM_QUEUE};
-use crate::policy;
 use crate::protocol::jsonrpc;
 use crate::protocol::{INVALID_REQUEST, SESSION_HEADER};
 use crate::session::{Kind, Session, SessionRegistry};
@@ -171,7 +170,8 @@ pub(crate) async fn message(
         message: e.message(),
     })?;
     session.touch();
-    let finish = match policy::gate(&route.server.policy, &message, &principal.scopes) {
+    let audit = c.audit("legacy", Some(&session.id));
+    let finish = match c.gate(&audit, &message) {
         Ok(finish) => finish,
         Err(denied) => {
             return if session.mux.inject(denied) {
@@ -190,6 +190,7 @@ pub(crate) async fn message(
         cancel_on_drop: false,
         timeout: true,
         finish,
+        audit,
     };
     match session.mux.send(&message, dispatch).await {
         Ok(ticket) => {

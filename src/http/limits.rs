@@ -168,11 +168,19 @@ impl Limits {
 /// The client's address: the first `X-Forwarded-For` entry when forwarded headers are trusted
 /// (and it parses), else the peer of the connection.
 pub(crate) fn client_address(parts: &Parts, trust_forwarded: bool) -> Option<IpAddr> {
-    if trust_forwarded && let Some(ip) = forwarded_for(&parts.headers) {
+    address_of(&parts.headers, &parts.extensions, trust_forwarded)
+}
+
+/// As [`client_address`], from a request's headers and extensions.
+pub(crate) fn address_of(
+    headers: &HeaderMap,
+    extensions: &http::Extensions,
+    trust_forwarded: bool,
+) -> Option<IpAddr> {
+    if trust_forwarded && let Some(ip) = forwarded_for(headers) {
         return Some(ip);
     }
-    parts
-        .extensions
+    extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip())
 }

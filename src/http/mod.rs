@@ -28,6 +28,7 @@ use crate::auth::metadata::metadata_url;
 use crate::error::Error;
 use crate::mux::{Item, Mux};
 use crate::pool::PoolError;
+use crate::protocol::jsonrpc::ClientMessage;
 use crate::server::ServerRuntime;
 use crate::session::{CapError, Slot};
 use tokio::sync::mpsc;
@@ -53,7 +54,56 @@ pub(crate) struct Caller {
     pub(crate) route: ServerRoute,
     pub(crate) principal: Principal,
     pub(crate) headers: HeaderMap,
+    /// This HTTP request's id (`X-Request-Id`), for the audit log.
+    pub(crate) request_id: Arc<str>,
+    /// The client's address (the trusted forwarded one, else the peer).
+    pub(crate) client: Option<std::net::IpAddr>,
 }
+
+impl Caller {
+    /// The audit context of this request's JSON-RPC messages; `None` when the audit log is off
+    /// (nothing is built then). `era`: `legacy`, `session` or `modern`.
+    pub(crate) fn audit(
+        &self,
+        era: &'static str,
+        session: Option<&str>,
+    ) -> Option<Arc<crate::audit::Context>> {
+        let audit = self.state.audit.as_ref()?;
+        Some(Arc::new(crate::audit::Context {
+            audit: audit.clone(),
+            request_id: self.request_id.clone(),
+            client: self.client,
+            iss: Some(self.principal.iss.as_str().into()),
+            sub: Some(self.principal.sub.as_str().into()),
+            server: self.route.name().into(),
+            transport: if era == "legacy" { "sse" } else { "streamable" },
+            era,
+            session: session.map(Into::into),
+        }))
+    }
+
+    /// The tool gate (`policy::gate`), with a refusal written to the audit log as `denied`.
+    pub(crate) fn gate(
+        &self,
+        audit: &Option<Arc<crate::audit::Context>>,
+        message: &ClientMessage,
+    ) -> Result<Option<Arc<dyn crate::mux::Finish>>, String> {
+        let gated = crate::policy::gate(&self.route.server.policy, message, &self.principal.scopes);
+        if let (Err(answer), Some(audit), Some(first)) = (&gated, audit, message.first()) {
+            audit.denied(
+                first.method.as_deref(),
+                first.name.as_deref(),
+                message.text(first),
+                answer,
+            );
+        }
+        gated
+    }
+}
+
+/// The id of an HTTP request (`X-Request-Id`), set by the access layer.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(pub(crate) Arc<str>);
 
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = Error;
@@ -85,11 +135,17 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .limits
             .check_principal(route.name(), &principal)
             .map_err(|l| rate_limited(state, l))?;
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map_or_else(|| Arc::from(""), |r| r.0.clone());
         Ok(Caller {
             state: state.clone(),
             route,
             principal,
             headers: parts.headers.clone(),
+            request_id,
+            client: address,
         })
     }
 }

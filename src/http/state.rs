@@ -32,6 +32,8 @@ pub struct AppState {
     /// refused, while existing sessions go on until they end or `shutdown_grace_secs` passes.
     pub(crate) draining: CancellationToken,
     pub(crate) metrics: Arc<Metrics>,
+    /// The audit log (`[audit]`); `None` when off.
+    pub(crate) audit: Option<Arc<crate::audit::Audit>>,
     /// Children serving the modern era (per principal, or shared).
     pub(crate) pool: Arc<ChildPool>,
     /// Children spawned since start (tests assert that refused requests spawn nothing).

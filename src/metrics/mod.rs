@@ -104,6 +104,8 @@ pub(crate) struct Metrics {
     http_requests: Family<RequestLabels, Counter>,
     http_latency: HistogramFamily<LatencyLabels>,
     edge: EdgeMetrics,
+    audit_lines: Counter,
+    audit_dropped: Counter,
     servers: HashMap<String, ServerMetrics>,
 }
 
@@ -224,6 +226,18 @@ impl Metrics {
             http_latency.clone(),
         );
         let edge = EdgeMetrics::register(&mut registry);
+        let audit_lines = Counter::default();
+        registry.register(
+            "audit_lines",
+            "Audit log lines queued for writing",
+            audit_lines.clone(),
+        );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_dropped",
+            "Audit log lines dropped because the writer's queue was full",
+            audit_dropped.clone(),
+        );
 
         let mut per_server = HashMap::new();
         for name in servers {
@@ -273,8 +287,15 @@ impl Metrics {
             http_requests,
             http_latency,
             edge,
+            audit_lines,
+            audit_dropped,
             servers: per_server,
         }
+    }
+
+    /// The audit log's counters: lines queued, lines dropped.
+    pub(crate) fn audit(&self) -> (Counter, Counter) {
+        (self.audit_lines.clone(), self.audit_dropped.clone())
     }
 
     /// The connection layer's handles.

@@ -114,6 +114,9 @@ pub(crate) struct Dispatch {
     pub(crate) timeout: bool,
     /// Rewrites the answers (a filtered `tools/list`).
     pub(crate) finish: Option<Arc<dyn Finish>>,
+    /// Who sent it, for the audit log: each request's line is written when its answer comes
+    /// (`None`: the audit log is off, or the proxy's own request).
+    pub(crate) audit: Option<Arc<crate::audit::Context>>,
 }
 
 /// A request in flight. Dropping it before the response arrived forgets the route and, when
@@ -318,6 +321,13 @@ impl Mux {
                         let method = keep_method
                             .then(|| item.method.as_deref().map(Box::from))
                             .flatten();
+                        let audit = dispatch.audit.as_ref().map(|context| {
+                            context.pending(
+                                item.method.as_deref(),
+                                item.name.as_deref().or(item.uri.as_deref()),
+                                message.text(item),
+                            )
+                        });
                         st.insert(
                             proxy_id,
                             Route {
@@ -328,6 +338,7 @@ impl Mux {
                                 method,
                                 deadline,
                                 finish: dispatch.finish.clone(),
+                                audit,
                             },
                         );
                         ticket.ids.push(proxy_id);
@@ -368,7 +379,17 @@ impl Mux {
         } else {
             lines.pop().unwrap_or_default()
         };
-        self.child.send(line.into_bytes()).await?;
+        if let Err(e) = self.child.send(line.into_bytes()).await {
+            // Refused at the door (the refusal is the request's audit line, not a
+            // cancellation): forget its routes now.
+            let mut st = lock(&self.shared.routes);
+            for id in ticket.ids.drain(..) {
+                if let Some(audit) = st.remove(id).and_then(|mut r| r.audit.take()) {
+                    audit.disarm();
+                }
+            }
+            return Err(e.into());
+        }
         Ok(ticket)
     }
 
@@ -392,10 +413,13 @@ impl Mux {
     /// child; a late answer finds no route and is dropped.
     async fn expire(&self) {
         let expired = lock(&self.shared.routes).expired(tokio::time::Instant::now());
-        for (proxy_id, route) in expired {
+        for (proxy_id, mut route) in expired {
             tracing::warn!(proxy_id, id = %route.original_id, "request timed out (request_timeout_secs)");
             self.cancel(proxy_id, TIMED_OUT);
             let line = jsonrpc::error_response(&route.original_id, REQUEST_TIMEOUT, TIMED_OUT);
+            if let Some(audit) = route.audit.take() {
+                audit.answered(&line);
+            }
             let item = Item::Final(line);
             if self.shared.backpressure {
                 let _ =

@@ -22,6 +22,8 @@ pub(super) struct Route {
     pub(super) deadline: Option<Instant>,
     /// Rewrites this request's answer (a filtered `tools/list`).
     pub(super) finish: Option<Arc<dyn Finish>>,
+    /// Its audit line, written when the answer comes (dropped unanswered: `cancelled`).
+    pub(super) audit: Option<crate::audit::Pending>,
 }
 
 #[derive(Default)]

@@ -44,8 +44,11 @@ impl LineSink for Sink {
     async fn closed(&self) {
         let routes = lock(&self.0.routes).close();
         let stream = lock(&self.0.stream).take();
-        for route in routes {
+        for mut route in routes {
             let line = jsonrpc::error_response(&route.original_id, INTERNAL_ERROR, CHILD_EXITED);
+            if let Some(audit) = route.audit.take() {
+                audit.answered(&line);
+            }
             let item = Item::Final(line);
             if stream.is_some() {
                 let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, route.tx.send(item)).await;
@@ -94,7 +97,7 @@ impl Sink {
             tracing::debug!("child answered an id the proxy never sent; dropped");
             return Routed::Dropped;
         };
-        let Some(route) = lock(&self.0.routes).remove(proxy_id) else {
+        let Some(mut route) = lock(&self.0.routes).remove(proxy_id) else {
             tracing::debug!(
                 proxy_id,
                 "answer for a request no longer waited for (timed out or cancelled); dropped"
@@ -111,6 +114,9 @@ impl Sink {
             if let Some(hook) = &route.finish {
                 restored = hook.finish(method, restored);
             }
+        }
+        if let Some(audit) = route.audit.take() {
+            audit.answered(&restored);
         }
         Routed::To(proxy_id, route.tx, Item::Final(restored))
     }

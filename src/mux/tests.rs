@@ -58,6 +58,7 @@ fn dispatch(owner: Option<u64>, tx: &mpsc::Sender<Item>, timeout: bool) -> Dispa
         cancel_on_drop: owner.is_none(),
         timeout,
         finish: None,
+        audit: None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod audit;
 mod auth_rejections;
 mod bridge;
 mod bridge_interop;

@@ -14,7 +14,6 @@ use super::accepts_sse;
 use super::respond::{Exchange, respond, times_out};
 use crate::bridge::{self, Bridged, StreamEnd};
 use crate::error::{Error, accepted, json_answer};
-use crate::policy;
 use crate::protocol::jsonrpc::{ClientMessage, Kind, Message};
 use crate::protocol::{INVALID_REQUEST, METHOD_HEADER, NAME_HEADER, PROTOCOL_HEADER};
 
@@ -50,7 +49,8 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
         return Ok(accepted(""));
     }
     admit(state)?;
-    let finish = match policy::gate(&route.server.policy, message, &principal.scopes) {
+    let audit = c.audit("modern", None);
+    let finish = match c.gate(&audit, message) {
         Ok(finish) => finish,
         Err(denied) => return Ok(json_answer(denied, false)),
     };
@@ -66,7 +66,19 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
     };
     let rewritten =
         match bridge::prepare(&route.server.era, &child.bridge, &child.mux, message, end).await? {
-            Bridged::Answer(line) => return Ok(json_answer(line, true)),
+            Bridged::Answer(line) => {
+                // Answered by the proxy for a legacy child (the era bridge).
+                if let Some(audit) = &audit {
+                    audit
+                        .pending(
+                            first.method.as_deref(),
+                            first.name.as_deref(),
+                            message.text(first),
+                        )
+                        .answered(&line);
+                }
+                return Ok(json_answer(line, true));
+            }
             Bridged::Listen(stream) => {
                 let events = stream.map(|line| Ok(event(line)));
                 return Ok(sse_response(events, state.config.http.sse_keepalive_secs));
@@ -80,6 +92,7 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
         sse_ok: accepts_sse(headers),
         timeout: times_out(message),
         finish,
+        audit,
     };
     respond(state, exchange).await
 }

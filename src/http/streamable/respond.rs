@@ -30,6 +30,8 @@ pub(super) struct Exchange<'a> {
     /// Whether `request_timeout_secs` applies (not to `subscriptions/listen`).
     pub(super) timeout: bool,
     pub(super) finish: Option<Arc<dyn Finish>>,
+    /// Who sent it, for the audit log.
+    pub(super) audit: Option<Arc<crate::audit::Context>>,
 }
 
 /// Whether a body's requests get `request_timeout_secs`: all but `subscriptions/listen`,
@@ -47,6 +49,7 @@ pub(super) async fn respond(state: &AppState, exchange: Exchange<'_>) -> Result<
         cancel_on_drop: modern,
         timeout: exchange.timeout,
         finish: exchange.finish,
+        audit: exchange.audit,
     };
     let mut ticket = exchange
         .mux

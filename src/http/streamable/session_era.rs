@@ -24,7 +24,6 @@ use super::{accepts_sse, header_str};
 use crate::config::ChildScope;
 use crate::error::{Error, accepted, json_answer};
 use crate::mux::{Dispatch, Item, ROUTE_QUEUE};
-use crate::policy;
 use crate::protocol::jsonrpc::ClientMessage;
 use crate::protocol::{
     BATCH_VERSION, DEFAULT_SESSION_VERSION, INVALID_REQUEST, SESSION_HEADER, SESSION_VERSIONS,
@@ -40,9 +39,10 @@ fn with_session_header(mut response: Response, id: &str) -> Response {
 
 /// `initialize` without a session: a new session and child.
 pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Response, Error> {
-    let (state, route, principal, headers) = (&c.state, &c.route, &c.principal, &c.headers);
+    let (state, route, headers) = (&c.state, &c.route, &c.headers);
     admit(state)?;
-    let finish = match policy::gate(&route.server.policy, message, &principal.scopes) {
+    // No tool is called by `initialize`: the gate only sets up a filter, nothing to audit.
+    let finish = match c.gate(&None, message) {
         Ok(finish) => finish,
         Err(denied) => return Ok(json_answer(denied, false)),
     };
@@ -73,6 +73,7 @@ pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Re
         sse_ok: accepts_sse(headers),
         timeout: times_out(message),
         finish,
+        audit: c.audit("session", Some(&session.id)),
     };
     let response = respond(state, exchange).await?;
     Ok(with_session_header(response, &session.id))
@@ -116,6 +117,7 @@ async fn initialize_shared(c: &Caller, message: &ClientMessage) -> Result<Respon
             cancel_on_drop: true,
             timeout: true,
             finish: None,
+            audit: c.audit("session", Some(&session.id)),
         };
         let _ticket = mux
             .send(message, dispatch)
@@ -202,7 +204,8 @@ pub(super) async fn post(
         });
     }
     session.touch();
-    let finish = match policy::gate(&route.server.policy, message, &principal.scopes) {
+    let audit = c.audit("session", Some(&session.id));
+    let finish = match c.gate(&audit, message) {
         Ok(finish) => finish,
         Err(denied) => return Ok(json_answer(denied, false)),
     };
@@ -213,6 +216,7 @@ pub(super) async fn post(
         sse_ok: accepts_sse(headers),
         timeout: times_out(message),
         finish,
+        audit,
     };
     respond(state, exchange).await
 }

@@ -1,0 +1,459 @@
+//! The audit log (`[audit]`, issue 14): one JSON line per MCP request and per refused
+//! request — who (`iss`, `sub`, client address), what (server, transport and era, session,
+//! JSON-RPC method, the tool, prompt or resource it names), what came of it (`ok`, the JSON-RPC
+//! error code, `denied` by a tool rule, `cancelled`, or the HTTP status and reason of a
+//! refusal), how long it took and how many bytes went each way. Never a token or a secret;
+//! tool arguments only with `include_arguments`; never results.
+//!
+//! Off the hot path: a request hands a record to a bounded channel (no formatting, no I/O); one
+//! task formats and writes. When the channel is full the record is counted as dropped in
+//! `mcp_proxy_audit_dropped_total` rather than slowing the request. The file is opened for
+//! appending and reopened on SIGHUP (logrotate's `postrotate`).
+//!
+//! A leaf: it knows records and files, not HTTP or sessions; the layers above build the
+//! [`Context`] of a request, the multiplexer completes a [`Pending`] when the answer comes.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use prometheus_client::metrics::counter::Counter;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AuditConfig;
+
+/// Records waiting for the writer; beyond this they are counted as dropped.
+const QUEUE: usize = 16 * 1024;
+
+/// The audit log of one proxy instance.
+pub(crate) struct Audit {
+    tx: mpsc::Sender<Record>,
+    include_arguments: bool,
+    written: Counter,
+    dropped: Counter,
+}
+
+/// Where the lines go.
+#[derive(Debug, Clone)]
+enum Sink {
+    Stderr,
+    File(PathBuf),
+}
+
+impl Audit {
+    /// `None` when `[audit] path` is empty (off). The writer task runs until `stop`, then
+    /// writes what is queued and ends.
+    pub(crate) fn start(
+        config: &AuditConfig,
+        written: Counter,
+        dropped: Counter,
+        stop: CancellationToken,
+    ) -> std::io::Result<Option<Arc<Self>>> {
+        let sink = match config.path.as_str() {
+            "" => return Ok(None),
+            "stderr" => Sink::Stderr,
+            path => Sink::File(PathBuf::from(path)),
+        };
+        // Opened here so that an unwritable path fails the start, not the first request.
+        let out = open(&sink)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(write_lines(sink, out, rx, stop));
+        Ok(Some(Arc::new(Self {
+            tx,
+            include_arguments: config.include_arguments,
+            written,
+            dropped,
+        })))
+    }
+
+    fn emit(&self, record: Record) {
+        let counter = match self.tx.try_send(record) {
+            Ok(()) => &self.written,
+            Err(_) => &self.dropped,
+        };
+        counter.inc();
+    }
+
+    /// A request refused before it reached a child (HTTP status and why).
+    pub(crate) fn refusal(&self, refusal: Refusal) {
+        self.emit(Record {
+            time: SystemTime::now(),
+            context: refusal.context,
+            method: refusal.method,
+            target: refusal.target,
+            outcome: Outcome::Refused {
+                status: refusal.status,
+                reason: refusal.reason,
+            },
+            duration_ms: refusal.elapsed.as_secs_f64() * 1000.0,
+            request_bytes: refusal.request_bytes,
+            response_bytes: refusal.response_bytes,
+            arguments: None,
+        });
+    }
+}
+
+/// Who sent a request and where it went: shared by the JSON-RPC requests of one HTTP request.
+pub(crate) struct Context {
+    pub(crate) audit: Arc<Audit>,
+    pub(crate) request_id: Arc<str>,
+    pub(crate) client: Option<IpAddr>,
+    pub(crate) iss: Option<Arc<str>>,
+    pub(crate) sub: Option<Arc<str>>,
+    pub(crate) server: Arc<str>,
+    /// `sse` or `streamable`.
+    pub(crate) transport: &'static str,
+    /// `legacy` (HTTP+SSE), `session` (2024-11-05 … 2025-11-25 Streamable HTTP) or `modern`
+    /// (2026-07-28).
+    pub(crate) era: &'static str,
+    pub(crate) session: Option<Arc<str>>,
+}
+
+impl Context {
+    /// The line of one JSON-RPC request of this HTTP request, written when it is answered.
+    pub(crate) fn pending(
+        self: &Arc<Self>,
+        method: Option<&str>,
+        target: Option<&str>,
+        request: &str,
+    ) -> Pending {
+        Pending::new(self.audit.clone(), self.clone(), method, target, request)
+    }
+
+    /// A request answered by the proxy with a tool rule's refusal.
+    pub(crate) fn denied(
+        self: &Arc<Self>,
+        method: Option<&str>,
+        target: Option<&str>,
+        request: &str,
+        answer: &str,
+    ) {
+        self.pending(method, target, request)
+            .finish(Outcome::Denied, answer.len());
+    }
+}
+
+/// A request refused by the proxy, for [`Audit::refusal`].
+pub(crate) struct Refusal {
+    pub(crate) context: Arc<Context>,
+    pub(crate) method: Option<Box<str>>,
+    pub(crate) target: Option<Box<str>>,
+    pub(crate) status: u16,
+    pub(crate) reason: &'static str,
+    pub(crate) elapsed: std::time::Duration,
+    pub(crate) request_bytes: usize,
+    pub(crate) response_bytes: usize,
+}
+
+/// What came of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    /// A JSON-RPC error answer (the child's, or the proxy's: a timeout, a child that exited).
+    Error(i64),
+    /// Refused by a tool rule (answered by the proxy; the child never saw it).
+    Denied,
+    /// The client went away (or cancelled) before the answer.
+    Cancelled,
+    Refused {
+        status: u16,
+        reason: &'static str,
+    },
+}
+
+/// One JSON-RPC request on its way: completed by [`Pending::finish`] when its answer comes;
+/// dropped unanswered (the client closed its stream) it is logged as `cancelled`.
+pub(crate) struct Pending {
+    audit: Arc<Audit>,
+    context: Arc<Context>,
+    method: Option<Box<str>>,
+    target: Option<Box<str>>,
+    arguments: Option<Box<RawValue>>,
+    started_at: SystemTime,
+    started: Instant,
+    request_bytes: usize,
+    done: bool,
+}
+
+impl Pending {
+    pub(crate) fn new(
+        audit: Arc<Audit>,
+        context: Arc<Context>,
+        method: Option<&str>,
+        target: Option<&str>,
+        request: &str,
+    ) -> Self {
+        let arguments = audit
+            .include_arguments
+            .then(|| arguments_of(request))
+            .flatten();
+        Self {
+            audit,
+            context,
+            method: method.map(Box::from),
+            target: target.map(Box::from),
+            arguments,
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+            request_bytes: request.len(),
+            done: false,
+        }
+    }
+
+    /// The answer `line` came (or the proxy answered for the child).
+    pub(crate) fn answered(self, line: &str) {
+        self.finish(outcome_of(line), line.len());
+    }
+
+    /// Writes nothing: the request was refused before it was sent, and the refusal is its line.
+    pub(crate) fn disarm(mut self) {
+        self.done = true;
+    }
+
+    pub(crate) fn finish(mut self, outcome: Outcome, response_bytes: usize) {
+        self.done = true;
+        self.write(outcome, response_bytes);
+    }
+
+    fn write(&mut self, outcome: Outcome, response_bytes: usize) {
+        self.audit.emit(Record {
+            time: self.started_at,
+            context: self.context.clone(),
+            method: self.method.take(),
+            target: self.target.take(),
+            outcome,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            request_bytes: self.request_bytes,
+            response_bytes,
+            arguments: self.arguments.take(),
+        });
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            self.write(Outcome::Cancelled, 0);
+        }
+    }
+}
+
+/// `ok`, or the code of a JSON-RPC error answer.
+fn outcome_of(line: &str) -> Outcome {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        error: Option<ErrorCode>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorCode {
+        code: i64,
+    }
+    match serde_json::from_str::<Answer>(line) {
+        Ok(Answer {
+            error: Some(ErrorCode { code }),
+        }) => Outcome::Error(code),
+        _ => Outcome::Ok,
+    }
+}
+
+/// `params.arguments` of a request, as sent.
+fn arguments_of(request: &str) -> Option<Box<RawValue>> {
+    #[derive(serde::Deserialize)]
+    struct Request {
+        params: Option<Params>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params {
+        arguments: Option<Box<RawValue>>,
+    }
+    serde_json::from_str::<Request>(request)
+        .ok()?
+        .params?
+        .arguments
+}
+
+struct Record {
+    time: SystemTime,
+    context: Arc<Context>,
+    method: Option<Box<str>>,
+    target: Option<Box<str>>,
+    outcome: Outcome,
+    duration_ms: f64,
+    request_bytes: usize,
+    response_bytes: usize,
+    arguments: Option<Box<RawValue>>,
+}
+
+impl Record {
+    fn to_line(&self) -> String {
+        let c = &self.context;
+        let mut v = serde_json::json!({
+            "time": rfc3339_millis(self.time),
+            "request_id": &*c.request_id,
+            "client": c.client.map(|a| a.to_string()),
+            "iss": c.iss.as_deref(),
+            "sub": c.sub.as_deref(),
+            "server": &*c.server,
+            "transport": c.transport,
+            "era": c.era,
+            "session": c.session.as_deref(),
+            "method": self.method.as_deref(),
+            "target": self.target.as_deref(),
+            "duration_ms": (self.duration_ms * 1000.0).round() / 1000.0,
+            "request_bytes": self.request_bytes,
+            "response_bytes": self.response_bytes,
+        });
+        let fields = match self.outcome {
+            Outcome::Ok => serde_json::json!({"outcome": "ok"}),
+            Outcome::Error(code) => serde_json::json!({"outcome": "error", "error_code": code}),
+            Outcome::Denied => serde_json::json!({"outcome": "denied"}),
+            Outcome::Cancelled => serde_json::json!({"outcome": "cancelled"}),
+            Outcome::Refused { status, reason } => {
+                serde_json::json!({"outcome": "refused", "status": status, "reason": reason})
+            }
+        };
+        if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), fields) {
+            v.extend(extra);
+            if let Some(arguments) = &self.arguments
+                && let Ok(arguments) = serde_json::from_str(arguments.get())
+            {
+                v.insert("arguments".into(), arguments);
+            }
+        }
+        v.to_string()
+    }
+}
+
+fn open(sink: &Sink) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(match sink {
+        Sink::Stderr => Box::new(std::io::stderr()),
+        Sink::File(path) => Box::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )),
+    })
+}
+
+/// The writer: formats and writes each record, flushing whenever the queue runs empty;
+/// reopens the file on SIGHUP.
+async fn write_lines(
+    sink: Sink,
+    mut out: Box<dyn Write + Send>,
+    mut rx: mpsc::Receiver<Record>,
+    stop: CancellationToken,
+) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    break;
+                }
+                write_batch(&mut out, &mut batch);
+            }
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let _ = out.flush();
+                match open(&sink) {
+                    Ok(new) => {
+                        out = new;
+                        tracing::info!("SIGHUP: the audit log reopened");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "SIGHUP: the audit log could not be reopened; writing to the old file"),
+                }
+            }
+            () = stop.cancelled() => {
+                rx.close();
+                while rx.recv_many(&mut batch, 256).await > 0 {
+                    write_batch(&mut out, &mut batch);
+                }
+                break;
+            }
+        }
+    }
+    let _ = out.flush();
+}
+
+fn write_batch(out: &mut Box<dyn Write + Send>, batch: &mut Vec<Record>) {
+    for record in batch.drain(..) {
+        let mut line = record.to_line();
+        line.push('\n');
+        if let Err(e) = out.write_all(line.as_bytes()) {
+            tracing::warn!(error = %e, "audit log write failed");
+        }
+    }
+    if let Err(e) = out.flush() {
+        tracing::warn!(error = %e, "audit log flush failed");
+    }
+}
+
+/// `2026-12-02T19:10:24.123Z` (RFC 3339, UTC, milliseconds).
+fn rfc3339_millis(t: SystemTime) -> String {
+    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_with_milliseconds() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_238_624_123);
+        assert_eq!(rfc3339_millis(t), "2026-12-02T19:10:24.123Z");
+        assert_eq!(
+            rfc3339_millis(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000Z"
+        );
+        let leap = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339_millis(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn outcomes_and_arguments_are_read_from_the_lines() {
+        assert_eq!(
+            outcome_of(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#),
+            Outcome::Ok
+        );
+        assert_eq!(
+            outcome_of(r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32001,"message":"x"}}"#),
+            Outcome::Error(-32001)
+        );
+        let args = arguments_of(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#,
+        );
+        assert_eq!(
+            args.map(|a| a.get().to_owned()).as_deref(),
+            Some(r#"{"message":"hi"}"#)
+        );
+    }
+}
