@@ -5,8 +5,8 @@
 //! refusal), how long it took and how many bytes went each way. Never a token or a secret;
 //! tool arguments only with `include_arguments`; never results.
 //!
-//! Off the hot path: a request hands a record to a bounded channel (no formatting, no I/O); one
-//! task formats and writes. When the channel is full the record is counted as dropped in
+//! Off the hot path: a request hands a record to a bounded channel (no formatting, no I/O); a
+//! thread of its own formats and writes. When the channel is full the record is counted as dropped in
 //! `mcp_proxy_audit_dropped_total` rather than slowing the request. The file is opened for
 //! appending and reopened on SIGHUP (logrotate's `postrotate`).
 //!
@@ -21,7 +21,6 @@ use std::time::{Instant, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AuditConfig;
@@ -31,7 +30,7 @@ const QUEUE: usize = 16 * 1024;
 
 /// The audit log of one proxy instance.
 pub(crate) struct Audit {
-    tx: mpsc::Sender<Record>,
+    tx: std::sync::mpsc::SyncSender<Message>,
     include_arguments: bool,
     written: Counter,
     dropped: Counter,
@@ -44,9 +43,18 @@ enum Sink {
     File(PathBuf),
 }
 
+/// What the writer thread is handed.
+enum Message {
+    Record(Box<Record>),
+    /// SIGHUP: reopen the file.
+    Reopen,
+}
+
 impl Audit {
-    /// `None` when `[audit] path` is empty (off). The writer task runs until `stop`, then
-    /// writes what is queued and ends.
+    /// `None` when `[audit] path` is empty (off). The writer is a thread of its own (on 2
+    /// cores the proxy's runtime has one worker, and formatting there would cost every request
+    /// its time); it writes what is queued and ends when the last sender is gone, after
+    /// `stop`.
     pub(crate) fn start(
         config: &AuditConfig,
         written: Counter,
@@ -60,8 +68,26 @@ impl Audit {
         };
         // Opened here so that an unwritable path fails the start, not the first request.
         let out = open(&sink)?;
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_lines(sink, out, rx, stop));
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || write_lines(&sink, out, &rx))?;
+        let reopen = tx.clone();
+        tokio::spawn(async move {
+            let Ok(mut hangup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    Some(()) = hangup.recv() => {
+                        let _ = reopen.try_send(Message::Reopen);
+                    }
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
         Ok(Some(Arc::new(Self {
             tx,
             include_arguments: config.include_arguments,
@@ -71,7 +97,7 @@ impl Audit {
     }
 
     fn emit(&self, record: Record) {
-        let counter = match self.tx.try_send(record) {
+        let counter = match self.tx.try_send(Message::Record(Box::new(record))) {
             Ok(()) => &self.written,
             Err(_) => &self.dropped,
         };
@@ -244,6 +270,10 @@ impl Drop for Pending {
 
 /// `ok`, or the code of a JSON-RPC error answer.
 fn outcome_of(line: &str) -> Outcome {
+    // Most answers are results: no parse for them.
+    if !line.contains("\"error\"") {
+        return Outcome::Ok;
+    }
     #[derive(serde::Deserialize)]
     struct Answer {
         error: Option<ErrorCode>,
@@ -288,114 +318,127 @@ struct Record {
     arguments: Option<Box<RawValue>>,
 }
 
+/// One line as written (field order is the order of the struct).
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    time: &'a str,
+    request_id: &'a str,
+    client: Option<IpAddr>,
+    iss: Option<&'a str>,
+    sub: Option<&'a str>,
+    server: &'a str,
+    transport: &'a str,
+    era: &'a str,
+    session: Option<&'a str>,
+    method: Option<&'a str>,
+    target: Option<&'a str>,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    duration_ms: f64,
+    request_bytes: usize,
+    response_bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arguments: Option<&'a RawValue>,
+}
+
 impl Record {
-    fn to_line(&self) -> String {
+    fn write_to(&self, out: &mut Vec<u8>) {
         let c = &self.context;
-        let mut v = serde_json::json!({
-            "time": rfc3339_millis(self.time),
-            "request_id": &*c.request_id,
-            "client": c.client.map(|a| a.to_string()),
-            "iss": c.iss.as_deref(),
-            "sub": c.sub.as_deref(),
-            "server": &*c.server,
-            "transport": c.transport,
-            "era": c.era,
-            "session": c.session.as_deref(),
-            "method": self.method.as_deref(),
-            "target": self.target.as_deref(),
-            "duration_ms": (self.duration_ms * 1000.0).round() / 1000.0,
-            "request_bytes": self.request_bytes,
-            "response_bytes": self.response_bytes,
-        });
-        let fields = match self.outcome {
-            Outcome::Ok => serde_json::json!({"outcome": "ok"}),
-            Outcome::Error(code) => serde_json::json!({"outcome": "error", "error_code": code}),
-            Outcome::Denied => serde_json::json!({"outcome": "denied"}),
-            Outcome::Cancelled => serde_json::json!({"outcome": "cancelled"}),
-            Outcome::Refused { status, reason } => {
-                serde_json::json!({"outcome": "refused", "status": status, "reason": reason})
-            }
+        let time = rfc3339_millis(self.time);
+        let (outcome, error_code, status, reason) = match self.outcome {
+            Outcome::Ok => ("ok", None, None, None),
+            Outcome::Error(code) => ("error", Some(code), None, None),
+            Outcome::Denied => ("denied", None, None, None),
+            Outcome::Cancelled => ("cancelled", None, None, None),
+            Outcome::Refused { status, reason } => ("refused", None, Some(status), Some(reason)),
         };
-        if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), fields) {
-            v.extend(extra);
-            if let Some(arguments) = &self.arguments
-                && let Ok(arguments) = serde_json::from_str(arguments.get())
-            {
-                v.insert("arguments".into(), arguments);
-            }
+        let line = Line {
+            time: &time,
+            request_id: &c.request_id,
+            client: c.client,
+            iss: c.iss.as_deref(),
+            sub: c.sub.as_deref(),
+            server: &c.server,
+            transport: c.transport,
+            era: c.era,
+            session: c.session.as_deref(),
+            method: self.method.as_deref(),
+            target: self.target.as_deref(),
+            outcome,
+            error_code,
+            status,
+            reason,
+            duration_ms: (self.duration_ms * 1000.0).round() / 1000.0,
+            request_bytes: self.request_bytes,
+            response_bytes: self.response_bytes,
+            arguments: self.arguments.as_deref(),
+        };
+        if serde_json::to_writer(&mut *out, &line).is_ok() {
+            out.push(b'\n');
         }
-        v.to_string()
     }
 }
 
 fn open(sink: &Sink) -> std::io::Result<Box<dyn Write + Send>> {
     Ok(match sink {
         Sink::Stderr => Box::new(std::io::stderr()),
-        Sink::File(path) => Box::new(std::io::BufWriter::new(
+        Sink::File(path) => Box::new(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)?,
-        )),
+        ),
     })
 }
 
-/// The writer: formats and writes each record, flushing whenever the queue runs empty;
-/// reopens the file on SIGHUP.
-async fn write_lines(
-    sink: Sink,
+/// The writer thread: formats and writes each record, flushing whenever the queue runs
+/// empty; reopens the file on [`Message::Reopen`]. Ends when every sender is gone.
+fn write_lines(
+    sink: &Sink,
     mut out: Box<dyn Write + Send>,
-    mut rx: mpsc::Receiver<Record>,
-    stop: CancellationToken,
+    rx: &std::sync::mpsc::Receiver<Message>,
 ) {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut batch = Vec::with_capacity(256);
-    loop {
-        tokio::select! {
-            n = rx.recv_many(&mut batch, 256) => {
-                if n == 0 {
-                    break;
-                }
-                write_batch(&mut out, &mut batch);
-            }
-            Some(()) = async {
-                match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let _ = out.flush();
-                match open(&sink) {
-                    Ok(new) => {
-                        out = new;
-                        tracing::info!("SIGHUP: the audit log reopened");
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Record(record) => record.write_to(&mut buf),
+                Message::Reopen => {
+                    flush(&mut out, &mut buf);
+                    match open(sink) {
+                        Ok(new) => {
+                            out = new;
+                            tracing::info!("SIGHUP: the audit log reopened");
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "SIGHUP: the audit log could not be reopened; writing to the old file")
+                        }
                     }
-                    Err(e) => tracing::warn!(error = %e, "SIGHUP: the audit log could not be reopened; writing to the old file"),
                 }
             }
-            () = stop.cancelled() => {
-                rx.close();
-                while rx.recv_many(&mut batch, 256).await > 0 {
-                    write_batch(&mut out, &mut batch);
-                }
-                break;
+            if buf.len() >= 64 * 1024 {
+                flush(&mut out, &mut buf);
             }
+            next = rx.try_recv().ok();
         }
+        flush(&mut out, &mut buf);
     }
-    let _ = out.flush();
 }
 
-fn write_batch(out: &mut Box<dyn Write + Send>, batch: &mut Vec<Record>) {
-    for record in batch.drain(..) {
-        let mut line = record.to_line();
-        line.push('\n');
-        if let Err(e) = out.write_all(line.as_bytes()) {
-            tracing::warn!(error = %e, "audit log write failed");
-        }
+fn flush(out: &mut Box<dyn Write + Send>, buf: &mut Vec<u8>) {
+    if buf.is_empty() {
+        return;
     }
-    if let Err(e) = out.flush() {
-        tracing::warn!(error = %e, "audit log flush failed");
+    if let Err(e) = out.write_all(buf).and_then(|()| out.flush()) {
+        tracing::warn!(error = %e, "audit log write failed");
     }
+    buf.clear();
 }
 
 /// `2026-12-02T19:10:24.123Z` (RFC 3339, UTC, milliseconds).

@@ -56,7 +56,8 @@ pub(crate) struct Args {
     scenarios: String,
     /// Comma-separated targets: direct, proxy-sse, proxy-streamable, proxy-modern,
     /// supergateway, http-floor (GET /healthz on the proxy: HTTP alone, no auth, no child),
-    /// tls-sse, tls-streamable, tls-modern (a second proxy, with TLS on its listener).
+    /// tls-sse, tls-streamable, tls-modern (a second proxy, with TLS on its listener),
+    /// audit-sse, audit-streamable, audit-modern (a third, with the audit log on).
     #[arg(
         long,
         default_value = "direct,proxy-sse,proxy-streamable,proxy-modern,supergateway,http-floor"
@@ -207,6 +208,29 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
     } else {
         None
     };
+    // The same proxy with the audit log on, for the audit-* rows.
+    let audit_proxy = if wanted.iter().any(|t| t.starts_with("audit-")) {
+        let p = Proxy::start_full(
+            &proxy_bin,
+            &ServerCmd {
+                command: server.clone(),
+                args: vec![],
+                warm_pool: 0,
+            },
+            &args.proxy_log,
+            None,
+            true,
+        )
+        .await?;
+        eprintln!("audit proxy pid {} on {}", p.pid, p.addr);
+        Some(p)
+    } else {
+        None
+    };
+    let audit_token: Option<Arc<str>> = match &audit_proxy {
+        Some(p) => Some(p.token("bench", Duration::from_secs(6 * 3600))?.into()),
+        None => None,
+    };
     let tls_token: Option<Arc<str>> = match &tls_proxy {
         Some((p, _)) => Some(p.token("bench", Duration::from_secs(6 * 3600))?.into()),
         None => None,
@@ -233,18 +257,27 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
                 path: "/mcp".into(),
                 token: Some(token.clone()),
             },
-            "tls-sse" | "tls-streamable" | "tls-modern" => {
-                let (Some((p, _)), Some(token)) = (&tls_proxy, &tls_token) else {
-                    continue;
+            "tls-sse" | "tls-streamable" | "tls-modern" | "audit-sse" | "audit-streamable"
+            | "audit-modern" => {
+                let (p, token) = if name.starts_with("tls-") {
+                    let (Some((p, _)), Some(token)) = (&tls_proxy, &tls_token) else {
+                        continue;
+                    };
+                    (p, token)
+                } else {
+                    let (Some(p), Some(token)) = (&audit_proxy, &audit_token) else {
+                        continue;
+                    };
+                    (p, token)
                 };
                 let (addr, token) = (p.addr.clone(), Some(token.clone()));
-                match name.as_str() {
-                    "tls-sse" => Target::LegacySse {
+                match name.split_once('-').map_or("", |(_, t)| t) {
+                    "sse" => Target::LegacySse {
                         addr,
                         path: "/sse".into(),
                         token,
                     },
-                    "tls-streamable" => Target::Streamable {
+                    "streamable" => Target::Streamable {
                         addr,
                         path: "/mcp".into(),
                         token,
@@ -290,10 +323,10 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
                     continue;
                 }
                 eprintln!("{scenario} {name} ...");
-                let tls = name.starts_with("tls-");
                 // The proxy the row measures.
-                let measured = match &tls_proxy {
-                    Some((p, _)) if tls => p,
+                let measured = match (&tls_proxy, &audit_proxy) {
+                    (Some((p, _)), _) if name.starts_with("tls-") => p,
+                    (_, Some(p)) if name.starts_with("audit-") => p,
                     _ => &proxy,
                 };
                 let cpu_pid = match *name {
@@ -366,6 +399,9 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
         sg.stop().await;
     }
     if let Some((p, _files)) = tls_proxy {
+        p.stop().await;
+    }
+    if let Some(p) = audit_proxy {
         p.stop().await;
     }
     proxy.stop().await;

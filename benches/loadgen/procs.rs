@@ -51,7 +51,27 @@ impl Proxy {
         log_level: &str,
         tls: Option<&crate::tls::Files>,
     ) -> Result<Proxy> {
+        Self::start_full(bin, server, log_level, tls, false).await
+    }
+
+    /// As [`Proxy::start_with`]; with `audit`, the audit log is on (a file in the proxy's temp
+    /// folder).
+    pub(crate) async fn start_full(
+        bin: &Path,
+        server: &ServerCmd,
+        log_level: &str,
+        tls: Option<&crate::tls::Files>,
+        audit: bool,
+    ) -> Result<Proxy> {
         let dir = tempfile::tempdir()?;
+        let audit_section = if audit {
+            format!(
+                "[audit]\npath = {}\n",
+                toml_str(&dir.path().join("audit.jsonl").to_string_lossy())
+            )
+        } else {
+            String::new()
+        };
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let tls_keys = tls
@@ -84,6 +104,7 @@ max_sessions = 100000
 max_sessions_per_principal = 100000
 idle_timeout_secs = 3600
 
+{audit_section}
 [servers.default]
 command = {command}
 args = [{args}]
