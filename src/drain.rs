@@ -34,6 +34,7 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     tracing::info!(addr = %listener.local_addr()?, public_url = %state.public_url, "listening");
     start_key_loading(&state);
+    start_hangup_listener(&state);
     start_idle_reaper(&state);
     start_warm_pools(&state);
     let app = crate::http::router::router(state.clone());
@@ -147,6 +148,27 @@ fn start_warm_pools(state: &Arc<AppState>) {
             pool.refill();
         }
     }
+}
+
+/// SIGHUP never stops the proxy (its default action would): it reopens the audit log and
+/// checks the TLS files (their own listeners act on it); this one says so in the log.
+fn start_hangup_listener(state: &Arc<AppState>) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot listen for SIGHUP");
+        return;
+    };
+    let stop = state.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                Some(()) = hangup.recv() => tracing::info!(
+                    "SIGHUP: the audit log is reopened and the TLS files checked (the config file is read only at start)"
+                ),
+                () = stop.cancelled() => return,
+            }
+        }
+    });
 }
 
 /// Ends sessions and pool children idle for longer than `sessions.idle_timeout_secs` — also

@@ -120,3 +120,25 @@ async fn http2_off_speaks_http1_only() {
     assert_eq!(r.status(), 200);
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_never_stops_the_proxy() {
+    let proxy = crate::common::process::ProxyProcess::with_config(&config(""), &[]).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(proxy.pid as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP");
+    crate::common::wait::eventually(Duration::from_secs(10), "SIGHUP logged", async || {
+        !proxy
+            .events("SIGHUP: the audit log is reopened and the TLS files checked (the config file is read only at start)")
+            .is_empty()
+    })
+    .await;
+    let r = crate::common::http()
+        .get(format!("{}/healthz", proxy.url))
+        .send()
+        .await
+        .expect("still serving after SIGHUP");
+    assert_eq!(r.status(), 200);
+}
