@@ -57,13 +57,13 @@ failed=()
 for target in $TARGETS; do
   corpus="fuzz/corpus/$target"
   artifacts="fuzz/artifacts/$target"
-  mkdir -p "$corpus" "$artifacts"
+  mkdir -p "$corpus"
   cp -n fuzz/seeds/"$target"/* "$corpus"/ 2>/dev/null || true
   log="$LOG_DIR/$target.log"
   status=0
+  # cargo-fuzz keeps a crashing input in fuzz/artifacts/TARGET/ itself.
   "${CARGO[@]}" fuzz run "$target" "$corpus" -- \
-    -max_total_time="$SECS" -timeout=10 -print_final_stats=1 \
-    -artifact_prefix="$artifacts/" >"$log" 2>&1 || status=$?
+    -max_total_time="$SECS" -timeout=10 -print_final_stats=1 >"$log" 2>&1 || status=$?
   execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
   if [ "$status" -eq 0 ]; then
     echo "fuzz: $target: ${execs:-?} execs in ${SECS}s, no crash"

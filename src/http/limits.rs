@@ -77,7 +77,10 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - refilled) / self.rate))
+            // A tiny rate (validation accepts any finite rate ≥ 0) can need longer than a
+            // `Duration` holds: that is "not in this lifetime", not a panic.
+            let wait = (1.0 - refilled) / self.rate;
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
         }
     }
 
@@ -217,5 +220,16 @@ mod tests {
         tokio::time::advance(Duration::from_secs(2)).await;
         let _ = many.check(&u32::MAX);
         assert_eq!(many.keys(), 1, "full buckets of idle keys were dropped");
+    }
+
+    /// A rate the config accepts (any finite number ≥ 0) but so small that the wait for the
+    /// next token is beyond what a `Duration` holds: the refusal must still be a 429, not a
+    /// panic of the connection's task.
+    #[test]
+    fn a_tiny_rate_waits_without_overflow() {
+        let limiter = RateLimiter::new(1e-20, 0).expect("on");
+        assert_eq!(limiter.check(&"a"), Ok(()));
+        let wait = limiter.check(&"a").expect_err("empty");
+        assert!(wait.as_secs() > 1_000_000_000, "{wait:?}");
     }
 }
