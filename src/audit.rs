@@ -5,8 +5,8 @@
 //! refusal), how long it took and how many bytes went each way. Never a token or a secret;
 //! tool arguments only with `include_arguments`; never results.
 //!
-//! Off the hot path: a request hands a record to a bounded channel (no formatting, no I/O); a
-//! thread of its own formats and writes. When the channel is full the record is counted as dropped in
+//! Off the hot path: a request hands a record to a bounded channel (no formatting, no I/O, no
+//! wake-up); a thread of its own takes them every 20 ms, formats and writes them. When the channel is full the record is counted as dropped in
 //! `mcp_proxy_audit_dropped_total` rather than slowing the request. The file is opened for
 //! appending and reopened on SIGHUP (logrotate's `postrotate`).
 //!
@@ -25,8 +25,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AuditConfig;
 
-/// Records waiting for the writer; beyond this they are counted as dropped.
+/// Records waiting for the writer; beyond this they are counted as dropped. At one tick of
+/// [`WRITE_INTERVAL`] this holds 800,000 requests a second.
 const QUEUE: usize = 16 * 1024;
+
+/// How often the writer takes what is queued (a line reaches the file within this).
+const WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// The audit log of one proxy instance.
 pub(crate) struct Audit {
@@ -396,36 +400,41 @@ fn open(sink: &Sink) -> std::io::Result<Box<dyn Write + Send>> {
     })
 }
 
-/// The writer thread: formats and writes each record, flushing whenever the queue runs
-/// empty; reopens the file on [`Message::Reopen`]. Ends when every sender is gone.
+/// The writer thread: every [`WRITE_INTERVAL`] it takes what is queued, formats it and
+/// writes it in one go; reopens the file on [`Message::Reopen`]. Ends when every sender is
+/// gone. It never blocks in the channel: a sender that finds a receiver asleep in `recv` pays
+/// a wake-up (a futex syscall) per record, and the writer one write per record — together
+/// about 10 µs of CPU per request at 16 in flight, where a tick costs nothing per record.
 fn write_lines(
     sink: &Sink,
     mut out: Box<dyn Write + Send>,
     rx: &std::sync::mpsc::Receiver<Message>,
 ) {
     let mut buf = Vec::with_capacity(64 * 1024);
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
-            match message {
-                Message::Record(record) => record.write_to(&mut buf),
-                Message::Reopen => {
+    loop {
+        std::thread::sleep(WRITE_INTERVAL);
+        loop {
+            match rx.try_recv() {
+                Ok(Message::Record(record)) => record.write_to(&mut buf),
+                Ok(Message::Reopen) => {
                     flush(&mut out, &mut buf);
                     match open(sink) {
                         Ok(new) => {
                             out = new;
                             tracing::info!("SIGHUP: the audit log reopened");
                         }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "SIGHUP: the audit log could not be reopened; writing to the old file")
-                        }
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: the audit log could not be reopened; writing to the old file"),
                     }
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    flush(&mut out, &mut buf);
+                    return;
                 }
             }
             if buf.len() >= 64 * 1024 {
                 flush(&mut out, &mut buf);
             }
-            next = rx.try_recv().ok();
         }
         flush(&mut out, &mut buf);
     }
