@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Builds the cargo-fuzz targets (fuzz/) once and runs each for SECONDS (default 30), printing
 # each target's exec count. Exit 0 when nothing crashed, or when fuzzing cannot run here (no
-# cargo-fuzz and it cannot be installed, or the targets do not build on this toolchain: one line
-# says why); 1 when a target crashed (the input is kept under fuzz/artifacts/TARGET/).
+# cargo-fuzz and it cannot be installed, or this toolchain cannot do fuzz builds: one line says
+# why); 1 when a target crashed (the input is kept under fuzz/artifacts/TARGET/) or when the
+# proxy or the targets do not compile (that is a code error, never skipped).
 #
 # Toolchain: `cargo +nightly` when a nightly toolchain is installed, else stable with
 # RUSTC_BOOTSTRAP=1 (the sanitizer flags cargo-fuzz passes are nightly-only).
 # The working corpora live in fuzz/corpus/TARGET (ignored by git), seeded from fuzz/seeds/TARGET.
-# Env: FUZZ_TARGETS (space-separated subset), FUZZ_STRICT=1 (a build failure fails instead of
-# skipping). SECONDS=0 skips.
+# Env: FUZZ_TARGETS (space-separated subset), FUZZ_STRICT=1 (any build failure fails instead
+# of skipping). SECONDS=0 skips.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,6 +47,12 @@ trap 'rm -rf "$LOG_DIR"' EXIT
 echo "fuzz: building the targets ($toolchain)"
 if ! "${CARGO[@]}" fuzz build >"$LOG_DIR/build.log" 2>&1; then
   tail -n 20 "$LOG_DIR/build.log" >&2
+  # Our own code not compiling (the proxy or the targets, e.g. after an API change) is a
+  # failure; only a toolchain that cannot do fuzz builds is a reason to skip.
+  if grep -q 'could not compile `mcp-auth-proxy' "$LOG_DIR/build.log"; then
+    echo "fuzz: the fuzz targets do not compile (log above)" >&2
+    exit 1
+  fi
   if [ "${FUZZ_STRICT:-0}" = 1 ]; then
     echo "fuzz: the targets do not build ($toolchain)" >&2
     exit 1
