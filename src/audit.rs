@@ -423,7 +423,9 @@ fn write_lines(
                             out = new;
                             tracing::info!("SIGHUP: the audit log reopened");
                         }
-                        Err(e) => tracing::warn!(error = %e, "SIGHUP: the audit log could not be reopened; writing to the old file"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "SIGHUP: the audit log could not be reopened; writing to the old file")
+                        }
                     }
                 }
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
