@@ -12,7 +12,6 @@ use axum::http::HeaderValue;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::super::sse::sse_response;
@@ -21,15 +20,16 @@ use super::super::{
 };
 use super::respond::{Exchange, next_item, respond, times_out};
 use super::{accepts_sse, header_str};
+use crate::budget::Budget;
 use crate::config::ChildScope;
 use crate::error::{Error, accepted, json_answer};
-use crate::mux::{Dispatch, Item, ROUTE_QUEUE};
+use crate::mux::{Dispatch, Item, ROUTE_QUEUE, queue};
 use crate::policy;
 use crate::protocol::jsonrpc::ClientMessage;
 use crate::protocol::{
     BATCH_VERSION, DEFAULT_SESSION_VERSION, INVALID_REQUEST, SESSION_HEADER, SESSION_VERSIONS,
 };
-use crate::session::{Kind, Session, Standalone};
+use crate::session::{Kind, Session, Standalone, StreamEvent};
 
 fn with_session_header(mut response: Response, id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(id) {
@@ -55,7 +55,11 @@ pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Re
         span,
         mux,
     } = new_session(c, None)?;
-    let standalone = Arc::new(Standalone::new());
+    // The session has the child to itself: its streams charge the child's budget.
+    let standalone = Arc::new(Standalone::new(
+        mux.budget().clone(),
+        state.config.sessions.replay_buffer_bytes,
+    ));
     mux.set_unrouted(standalone.clone());
     let kind = Kind::Streamable {
         standalone,
@@ -73,6 +77,7 @@ pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Re
         sse_ok: accepts_sse(headers),
         timeout: times_out(message),
         finish,
+        budget: session.budget().clone(),
     };
     let response = respond(state, exchange).await?;
     Ok(with_session_header(response, &session.id))
@@ -95,7 +100,13 @@ async fn initialize_shared(c: &Caller, message: &ClientMessage) -> Result<Respon
     let id = crate::session::new_session_id();
     let span =
         tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name());
-    let standalone = Arc::new(Standalone::new());
+    // A budget of the session's own: a client of the shared child that stops reading must not
+    // take the room of the other sessions' streams.
+    let sessions_config = &state.config.sessions;
+    let standalone = Arc::new(Standalone::new(
+        Budget::new(sessions_config.max_pending_bytes),
+        sessions_config.replay_buffer_bytes,
+    ));
     share.broadcast.add(&standalone);
     let kind = Kind::Streamable {
         standalone,
@@ -109,7 +120,7 @@ async fn initialize_shared(c: &Caller, message: &ClientMessage) -> Result<Respon
     let client_id = message.first_request_id();
     let mut init = share.init.lock().await;
     if init.is_none() {
-        let (tx, mut rx) = mpsc::channel(ROUTE_QUEUE);
+        let (tx, mut rx) = queue(ROUTE_QUEUE, session.budget().clone());
         let dispatch = Dispatch {
             owner: Some(session.tag),
             tx,
@@ -213,6 +224,7 @@ pub(super) async fn post(
         sse_ok: accepts_sse(headers),
         timeout: times_out(message),
         finish,
+        budget: session.budget().clone(),
     };
     respond(state, exchange).await
 }
@@ -233,7 +245,7 @@ pub(crate) async fn get(c: Caller) -> Result<Response, Error> {
 }
 
 fn standalone_stream(
-    rx: mpsc::Receiver<(u64, Arc<str>)>,
+    rx: crate::budget::queue::Receiver<StreamEvent>,
     session: Arc<Session>,
     shutdown: CancellationToken,
     expiry: Option<Duration>,
