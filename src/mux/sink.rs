@@ -170,19 +170,22 @@ impl Sink {
         }
         match tx.try_send(item) {
             Ok(()) => {}
-            Err(Refused::Full(Item::Message(_))) => {
+            Err(Refused::Full(item)) => {
                 tracing::warn!(
                     proxy_id,
                     pending_bytes = tx.budget().used(),
                     "a response stream is not being read; ending it"
                 );
-                lock(&self.0.routes).remove(proxy_id);
+                // An answer's route is already gone; a stream that misses its answer is ended
+                // all the same, so that what waits for it is dropped now.
+                if matches!(item, Item::Message(_)) {
+                    lock(&self.0.routes).remove(proxy_id);
+                }
                 tx.close();
             }
-            Err(_) => tracing::debug!(
-                proxy_id,
-                "the request's stream is gone or full; answer dropped"
-            ),
+            Err(Refused::Closed(_)) => {
+                tracing::debug!(proxy_id, "the request's stream is gone; answer dropped");
+            }
         }
         true
     }
