@@ -214,12 +214,12 @@ mod tests {
     use std::time::Duration;
 
     use serde_json::json;
-    use tokio::sync::mpsc;
 
     use super::*;
+    use crate::budget::Budget;
     use crate::config::Config;
     use crate::config::tests::{MINIMAL, env};
-    use crate::mux::{Dispatch, Mux};
+    use crate::mux::{Dispatch, Mux, queue};
     use crate::protocol::jsonrpc::client_message;
     use crate::session::{Kind, Standalone};
 
@@ -232,7 +232,7 @@ mod tests {
         let addr = "127.0.0.1:9".parse().expect("addr");
         let state = crate::build_state(config, addr, &env()).expect("state");
         let streamable = || Kind::Streamable {
-            standalone: Arc::new(Standalone::new()),
+            standalone: Arc::new(Standalone::new(Budget::new(1 << 20), 1 << 20)),
             share: None,
         };
         let open = |id: &str| {
@@ -248,7 +248,7 @@ mod tests {
         };
         let _idle = open("idle");
         let busy = open("busy");
-        let (tx, _rx) = mpsc::channel(4);
+        let (tx, _rx) = queue(4, Budget::new(1 << 20));
         let call = client_message(
             json!({"jsonrpc":"2.0","id":1,"method":"ping"})
                 .to_string()

@@ -200,12 +200,15 @@ pub fn last_event_id(headers: &HeaderMap) -> Option<u64> {
 /// The event ids a GET stream connecting with `last_event_id` is handed after `buffered`
 /// server messages arrived while no stream was connected.
 pub fn replay(buffered: usize, last_event_id: Option<u64>) -> Vec<u64> {
-    let standalone = Standalone::new();
+    let standalone = Standalone::new(
+        crate::budget::Budget::new(crate::config::DEFAULT_MAX_PENDING_BYTES),
+        crate::config::DEFAULT_REPLAY_BUFFER_BYTES,
+    );
     for i in 0..buffered {
         standalone.deliver(format!("{{\"n\":{i}}}"), false);
     }
     let mut rx = standalone.connect(last_event_id);
-    std::iter::from_fn(|| rx.try_recv().ok().map(|(id, _)| id)).collect()
+    std::iter::from_fn(|| rx.try_recv().map(|(id, _)| id)).collect()
 }
 
 /// Builds what the proxy derives from a validated config without I/O, and uses its rate

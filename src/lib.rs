@@ -17,11 +17,12 @@
 //! - `protocol`: versions, error codes, header names, the one look at a JSON-RPC message.
 //! - Leaves every layer may use: `config` (file, environment, validation), `error` (every
 //!   error answer, mapped to HTTP in one place), `metrics` (Prometheus), `sync` (the lock
-//!   helper).
+//!   helper), `budget` (the byte budget of what waits for a slow client).
 
 mod audit;
 mod auth;
 mod bridge;
+mod budget;
 mod child;
 pub mod config;
 mod drain;
@@ -106,7 +107,7 @@ pub fn build_state(
                 name,
                 server.clone(),
                 env_remove.clone(),
-                config.sessions.max_queued_bytes,
+                &config.sessions,
                 handles,
             );
             (name.clone(), Arc::new(runtime))

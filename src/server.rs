@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use crate::auth::Principal;
 use crate::bridge::EraCache;
 use crate::child::ChildSpec;
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, SessionsConfig};
 use crate::metrics::ServerMetrics;
 use crate::policy::ToolPolicy;
 use crate::warm::WarmPool;
@@ -25,6 +25,8 @@ pub(crate) struct ServerRuntime {
     env_remove: Vec<String>,
     /// `sessions.max_queued_bytes`, for every child's stdin.
     max_queued_bytes: usize,
+    /// `sessions.max_pending_bytes`, for every child's output waiting for clients.
+    max_pending_bytes: usize,
     /// This server's metric handles (children record into them).
     metrics: ServerMetrics,
     /// The era of this server's children, configured or probed once (see [`crate::bridge`]).
@@ -44,7 +46,7 @@ impl ServerRuntime {
         name: &str,
         config: ServerConfig,
         env_remove: Vec<String>,
-        max_queued_bytes: usize,
+        sessions: &SessionsConfig,
         metrics: ServerMetrics,
     ) -> Self {
         Self {
@@ -54,7 +56,8 @@ impl ServerRuntime {
             era: EraCache::new(config.era),
             config,
             env_remove,
-            max_queued_bytes,
+            max_queued_bytes: sessions.max_queued_bytes,
+            max_pending_bytes: sessions.max_pending_bytes,
             metrics,
         }
     }
@@ -98,6 +101,7 @@ impl ServerRuntime {
             max_line_bytes: self.config.max_line_bytes,
             request_timeout: std::time::Duration::from_secs(self.config.request_timeout_secs),
             max_queued_bytes: self.max_queued_bytes,
+            max_pending_bytes: self.max_pending_bytes,
             metrics: self.metrics.child.clone(),
         })
     }

@@ -10,7 +10,7 @@ use crate::rpc::{INTERNAL_ERROR, RpcError, RpcResult, str_arg, u64_arg};
 use crate::tools::text_result;
 use crate::{SERVER_NAME, Server};
 
-/// Upper bound for `long_line`, so a typo cannot exhaust memory.
+/// Upper bound for `long_line` (and for all of a `flood`), so a typo cannot exhaust memory.
 const MAX_LONG_LINE_BYTES: u64 = 1 << 30;
 
 /// Makes SIGTERM harmless without `unsafe` (the crate denies `unsafe_code`, and installing
@@ -71,6 +71,33 @@ impl Server {
         let params = json!({ "level": "info", "logger": "long_line", "data": data });
         self.shared.notify("notifications/message", Some(params));
         text_result("ok")
+    }
+
+    /// `count` notifications of `bytes` bytes of payload each, written as fast as stdout takes
+    /// them: progress notifications for the request's own `progressToken` when it has one (the
+    /// proxy routes them to the request's stream), else `notifications/message` (to the
+    /// session's stream, or its GET stream).
+    pub(crate) fn flood(&self, args: &Map<String, Value>, token: Option<&Value>) -> RpcResult {
+        let (count, bytes) = (u64_arg(args, "count")?, u64_arg(args, "bytes")?);
+        if count.saturating_mul(bytes) > MAX_LONG_LINE_BYTES {
+            return Err(RpcError::invalid_params(format!(
+                "`count` × `bytes` must be at most {MAX_LONG_LINE_BYTES}"
+            )));
+        }
+        let data = "x".repeat(usize::try_from(bytes).unwrap_or(usize::MAX));
+        for n in 1..=count {
+            match token {
+                Some(token) => {
+                    let params = json!({ "progressToken": token, "progress": n, "total": count, "message": data });
+                    self.shared.notify("notifications/progress", Some(params));
+                }
+                None => {
+                    let params = json!({ "level": "info", "logger": "flood", "data": data });
+                    self.shared.notify("notifications/message", Some(params));
+                }
+            }
+        }
+        text_result(format!("sent {count}"))
     }
 
     fn spawn_grandchild(&mut self) -> RpcResult {

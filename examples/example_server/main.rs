@@ -29,6 +29,9 @@
 //! - `stop_reading`: answers `ok`, then never reads stdin again but stays alive.
 //! - `ignore_sigterm`: from now on SIGTERM no longer terminates the server; answers `ok`.
 //! - `notify` {method}: sends a notification with that method, then answers `ok`.
+//! - `flood` {count, bytes}: sends `count` notifications with `bytes` bytes of payload each
+//!   (`notifications/progress` for the request's `progressToken` when it has one, else
+//!   `notifications/message`), then answers `sent N`.
 //! - `cancelled`: the `requestId`s of the `notifications/cancelled` received so far, as a JSON
 //!   array in the text (what the proxy's cancellations looked like from here).
 //!

@@ -52,6 +52,7 @@ impl Server {
             "cancelled" => {
                 text_result(Value::Array(lock(&self.shared.cancelled).clone()).to_string())
             }
+            "flood" => self.flood(&args, progress_token.as_ref()),
             // The fault tools, or no tool at all.
             other => self
                 .call_fault(other, &args)

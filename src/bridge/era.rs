@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use super::{BridgeError, Era, Legacy};
 use crate::child::ChildError;
 use crate::config;
-use crate::mux::{Dispatch, Item, Mux};
+use crate::mux::{Dispatch, Item, ItemTx, Mux, queue};
 use crate::protocol::MODERN_VERSIONS;
 use crate::protocol::jsonrpc;
 use crate::sync::lock;
@@ -98,7 +97,7 @@ async fn request(
     body: &Value,
     within: Duration,
 ) -> Result<Option<Value>, BridgeError> {
-    let (tx, mut rx) = mpsc::channel(16);
+    let (tx, mut rx) = queue(16, mux.budget().clone());
     let ticket = send(mux, &body.to_string(), tx).await?;
     let answer = tokio::time::timeout(within, async {
         while let Some(item) = rx.recv().await {
@@ -118,11 +117,7 @@ async fn request(
 }
 
 /// Sends a message of the proxy's own; its wait is bounded by the caller.
-async fn send(
-    mux: &Arc<Mux>,
-    body: &str,
-    tx: mpsc::Sender<Item>,
-) -> Result<crate::mux::Ticket, BridgeError> {
+async fn send(mux: &Arc<Mux>, body: &str, tx: ItemTx) -> Result<crate::mux::Ticket, BridgeError> {
     let message = jsonrpc::client_message(body.as_bytes())
         .map_err(|e| BridgeError::Refused(e.message().to_owned()))?;
     let dispatch = Dispatch {
@@ -198,7 +193,7 @@ pub(super) async fn handshake(mux: &Arc<Mux>) -> Result<Legacy, BridgeError> {
         if !LEGACY_VERSIONS.contains(&chosen) {
             return Err(BridgeError::Version(chosen.to_owned()));
         }
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = queue(1, mux.budget().clone());
         send(
             mux,
             r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,

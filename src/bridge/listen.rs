@@ -12,16 +12,17 @@ use std::task::{Context, Poll};
 
 use futures::Stream;
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::{ChildBridge, Legacy, StreamEnd};
+use crate::budget::queue::{self, Receiver, Sender};
 use crate::mux::Mux;
 use crate::protocol::SUBSCRIPTION_ID;
 use crate::protocol::jsonrpc::ClientMessage;
 use crate::sync::lock;
 
-/// Notifications waiting for one listen stream; past this a slow client misses some.
+/// Notifications waiting for one listen stream, besides its bytes (`sessions.max_pending_bytes`,
+/// a budget of the stream's own); past either a slow client misses some.
 const LISTEN_QUEUE: usize = 64;
 /// Most resource URIs one stream may subscribe to.
 const MAX_RESOURCE_SUBSCRIPTIONS: usize = 256;
@@ -120,7 +121,7 @@ impl Filter {
 struct Listener {
     subscription_id: Value,
     filter: Filter,
-    tx: mpsc::Sender<String>,
+    tx: Sender<String>,
 }
 
 #[derive(Default)]
@@ -196,7 +197,7 @@ impl Listeners {
             }
             _ => return false,
         };
-        let targets: Vec<(Value, mpsc::Sender<String>)> = lock(&self.inner)
+        let targets: Vec<(Value, Sender<String>)> = lock(&self.inner)
             .streams
             .values()
             .filter(|l| l.filter.wants(&change))
@@ -218,7 +219,7 @@ impl Listeners {
                 continue;
             };
             if tx.try_send(text).is_err() {
-                tracing::debug!("a listen stream is full or closing; notification dropped");
+                tracing::debug!("a listen stream is behind or closing; notification dropped");
             }
         }
         true
@@ -279,14 +280,16 @@ pub(super) fn open(
         .and_then(|m| m.get("params").cloned())
         .unwrap_or(Value::Null);
     let filter = Filter::requested(&params).honored(&legacy.capabilities);
-    let (tx, rx) = mpsc::channel(LISTEN_QUEUE);
+    // A budget of the stream's own: a listen stream that is not read misses notifications
+    // rather than taking the room of the child's other streams.
+    let (tx, rx) = queue::channel(LISTEN_QUEUE, end.budget);
     // The acknowledgement goes first: queued before the stream can receive anything else.
     let ack = json!({
         "jsonrpc": "2.0",
         "method": "notifications/subscriptions/acknowledged",
         "params": { "_meta": { SUBSCRIPTION_ID: subscription_id }, "notifications": filter.to_json() },
     });
-    let _ = tx.try_send(ack.to_string());
+    let _ = tx.try_send_anyway(ack.to_string());
     let (key, subscribe) = bridge.listeners.add(Listener {
         subscription_id: subscription_id.clone(),
         filter,
@@ -319,7 +322,7 @@ pub(super) fn open(
 /// a graceful result on shutdown, and without one when the child exits or the token expires
 /// (the client re-listens).
 pub(crate) struct ListenStream {
-    rx: mpsc::Receiver<String>,
+    rx: Receiver<String>,
     _guard: ListenGuard,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     exited: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -378,8 +381,9 @@ mod tests {
     #[tokio::test]
     async fn changes_reach_only_the_streams_that_asked_with_their_own_id() {
         let listeners = Listeners::default();
-        let (tools_tx, mut tools_rx) = mpsc::channel(4);
-        let (res_tx, mut res_rx) = mpsc::channel(4);
+        let budget = crate::budget::Budget::new(1 << 20);
+        let (tools_tx, mut tools_rx) = queue::channel(4, budget.clone());
+        let (res_tx, mut res_rx) = queue::channel(4, budget.clone());
         let (_, first) = listeners.add(Listener {
             subscription_id: json!("s-1"),
             filter: Filter {
@@ -401,7 +405,9 @@ mod tests {
         assert!(
             listeners.deliver(r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#)
         );
+        assert!(budget.used() > 0, "charged until the stream takes it");
         let got: Value = serde_json::from_str(&tools_rx.recv().await.expect("note")).expect("json");
+        assert_eq!(budget.used(), 0);
         assert_eq!(got["params"]["_meta"][SUBSCRIPTION_ID], "s-1");
         assert!(listeners.deliver(
             r#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"a://y","_meta":{"k":1}}}"#
@@ -412,7 +418,7 @@ mod tests {
             r#"{"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"a://other"}}"#
         ));
         assert!(!listeners.deliver(r#"{"jsonrpc":"2.0","method":"notifications/message"}"#));
-        assert!(tools_rx.try_recv().is_err() && res_rx.try_recv().is_err());
+        assert!(tools_rx.try_recv().is_none() && res_rx.try_recv().is_none());
         assert_eq!(listeners.remove(key), vec!["a://y"]);
         assert_eq!(listeners.len(), 1);
     }

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) use era::EraCache;
 pub(crate) use listen::ListenStream;
 
+use crate::budget::Budget;
 use crate::child::ChildError;
 use crate::error::Error;
 use crate::mux::{Delivery, Finish, Mux, RouteError, Unrouted};
@@ -243,11 +244,14 @@ pub(crate) enum Bridged {
     Forward(Option<ClientMessage>),
 }
 
-/// What a listen stream needs beyond the request: when it must end.
+/// What a listen stream needs beyond the request: when it must end, and what the
+/// notifications waiting for it are charged to.
 pub(crate) struct StreamEnd {
     pub(crate) shutdown: CancellationToken,
     /// Time left until the caller's token expires, when streams close on expiry.
     pub(crate) expiry: Option<Duration>,
+    /// `sessions.max_pending_bytes` for this stream alone.
+    pub(crate) budget: Budget,
 }
 
 /// Readies `mux`'s child for modern requests and decides what to do with this one (a

@@ -51,6 +51,9 @@ pub(crate) struct ChildSpec {
     pub(crate) request_timeout: Duration,
     /// Bytes that may wait for stdin (`sessions.max_queued_bytes`).
     pub(crate) max_queued_bytes: usize,
+    /// Bytes of its output that may wait for clients (`sessions.max_pending_bytes`, enforced
+    /// by the multiplexer).
+    pub(crate) max_pending_bytes: usize,
     /// Where spawns, the live count and exits are recorded (`Default`: recorded nowhere).
     pub(crate) metrics: ChildMetrics,
 }
@@ -331,6 +334,7 @@ mod tests {
             max_line_bytes: 16,
             request_timeout: Duration::from_secs(60),
             max_queued_bytes: 1 << 20,
+            max_pending_bytes: 1 << 20,
             metrics: ChildMetrics::default(),
         }
     }

@@ -26,6 +26,10 @@ pub const DEFAULT_MAX_SESSIONS_PER_PRINCIPAL: usize = 16;
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 1800;
 /// Bytes that may wait for one child's stdin (issue 13: memory bounded in bytes).
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of a child's output that may wait for one session's clients (issue 13).
+pub const DEFAULT_MAX_PENDING_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of the GET stream's replay buffer (events kept for `Last-Event-ID`), per session.
+pub const DEFAULT_REPLAY_BUFFER_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
@@ -308,6 +312,17 @@ pub struct SessionsConfig {
     pub idle_timeout_secs: u64,
     /// Bytes that may wait for one child's stdin; a message beyond them is refused (503).
     pub max_queued_bytes: usize,
+    /// Bytes of child output that may wait for one session's clients, all its streams
+    /// together (the legacy SSE stream, POST response streams, the GET stream). Per session
+    /// for sessions that have their child to themselves and for every session-era session;
+    /// per child for 2026-07-28 requests, which have no session (the per-principal child's,
+    /// or the shared child's). A stream that falls this far behind ends (a legacy SSE
+    /// stream: the child waits for it, at most 10 s, then the session ends). One message
+    /// larger than this still passes when nothing else waits.
+    pub max_pending_bytes: usize,
+    /// Bytes of a session's GET-stream replay buffer (events kept for `Last-Event-ID`),
+    /// besides its 256 events; the oldest go first.
+    pub replay_buffer_bytes: usize,
 }
 
 impl Default for SessionsConfig {
@@ -317,6 +332,8 @@ impl Default for SessionsConfig {
             max_sessions_per_principal: DEFAULT_MAX_SESSIONS_PER_PRINCIPAL,
             idle_timeout_secs: DEFAULT_IDLE_TIMEOUT_SECS,
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+            replay_buffer_bytes: DEFAULT_REPLAY_BUFFER_BYTES,
         }
     }
 }
@@ -497,6 +514,8 @@ command = "true"
         assert_eq!(c.auth.leeway_secs, 60);
         assert!(c.auth.close_streams_on_expiry);
         assert_eq!(c.sessions.max_sessions_per_principal, 16);
+        assert_eq!(c.sessions.max_pending_bytes, 8 << 20);
+        assert_eq!(c.sessions.replay_buffer_bytes, 1 << 20);
         let s = &c.servers["default"];
         assert_eq!(s.child_scope, ChildScope::Session);
         assert_eq!(s.era, Era::Auto);

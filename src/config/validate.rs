@@ -186,8 +186,20 @@ impl Config {
                 "must be > 0",
             ));
         }
-        if self.sessions.max_queued_bytes == 0 {
-            return Err(ConfigError::new("sessions.max_queued_bytes", "must be > 0"));
+        for (key, bytes) in [
+            ("sessions.max_queued_bytes", self.sessions.max_queued_bytes),
+            (
+                "sessions.max_pending_bytes",
+                self.sessions.max_pending_bytes,
+            ),
+            (
+                "sessions.replay_buffer_bytes",
+                self.sessions.replay_buffer_bytes,
+            ),
+        ] {
+            if bytes == 0 {
+                return Err(ConfigError::new(key, "must be > 0"));
+            }
         }
         if self.sessions.idle_timeout_secs == 0 {
             return Err(ConfigError::new(

@@ -16,14 +16,14 @@ use axum::http::HeaderValue;
 use axum::response::Response;
 use axum::response::sse::Event;
 use futures::Stream;
-use tokio::sync::mpsc;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::sse::sse_response;
 use super::{Caller, NewSession, admit, new_session, stream_expiry};
+use crate::budget::Budget;
 use crate::child::ChildError;
 use crate::error::{Error, accepted};
-use crate::mux::{Dispatch, Item, RouteError, STREAM_QUEUE};
+use crate::mux::{Dispatch, Item, ItemRx, RouteError, STREAM_QUEUE, queue};
 use crate::protocol::jsonrpc;
 use crate::protocol::{INVALID_REQUEST, SESSION_HEADER};
 use crate::session::{Kind, Session, SessionRegistry};
@@ -31,7 +31,9 @@ use crate::session::{Kind, Session, SessionRegistry};
 /// `GET /sse`: authenticate, spawn a child for a new session, stream its output.
 pub(crate) async fn open(c: Caller) -> Result<Response, Error> {
     admit(&c.state)?;
-    let (stream_tx, stream_rx) = mpsc::channel(STREAM_QUEUE);
+    // The session's one stream carries everything its child says: its budget is the session's.
+    let budget = Budget::new(c.state.config.sessions.max_pending_bytes);
+    let (stream_tx, stream_rx) = queue(STREAM_QUEUE, budget);
     let NewSession {
         slot,
         id,
@@ -92,7 +94,7 @@ impl Drop for SessionGuard {
 /// registered once per session, not once per event.
 struct SessionStream {
     endpoint: Option<String>,
-    rx: mpsc::Receiver<Item>,
+    rx: ItemRx,
     guard: SessionGuard,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     expiry: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -119,8 +121,8 @@ impl Stream for SessionStream {
             // Lines already queued (the errors for the in-flight requests of a child stopped
             // by the drain) go out before the stream ends.
             return match this.rx.try_recv() {
-                Ok(item) => Poll::Ready(Some(Ok(message_event(item)))),
-                Err(_) => {
+                Some(item) => Poll::Ready(Some(Ok(message_event(item)))),
+                None => {
                     this.done = true;
                     Poll::Ready(None)
                 }

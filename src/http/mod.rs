@@ -26,12 +26,11 @@ pub use state::AppState;
 use crate::auth::Principal;
 use crate::auth::metadata::metadata_url;
 use crate::error::Error;
-use crate::mux::{Item, Mux};
+use crate::mux::{ItemTx, Mux};
 use crate::pool::PoolError;
 use crate::protocol::jsonrpc::ClientMessage;
 use crate::server::ServerRuntime;
 use crate::session::{CapError, Slot};
-use tokio::sync::mpsc;
 
 /// Which server a route serves, and its base path (`""` or `/servers/NAME`).
 #[derive(Clone)]
@@ -240,10 +239,7 @@ pub(crate) struct NewSession {
 
 /// Starts a session of the caller's server for the caller (both transports); `stream` is a
 /// legacy SSE session's one stream.
-pub(crate) fn new_session(
-    c: &Caller,
-    stream: Option<mpsc::Sender<Item>>,
-) -> Result<NewSession, Error> {
+pub(crate) fn new_session(c: &Caller, stream: Option<ItemTx>) -> Result<NewSession, Error> {
     let (state, route, principal) = (&c.state, &c.route, &c.principal);
     let slot = state
         .sessions

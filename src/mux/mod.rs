@@ -19,6 +19,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::task::TaskTracker;
 
+use crate::budget::Budget;
+use crate::budget::queue::{self, Weigh};
 use crate::child::{self, ChildError, ChildHandle, ChildSpec, LineSink};
 use crate::metrics::ChildMetrics;
 use crate::protocol::jsonrpc::{self, ClientMessage, Kind};
@@ -27,9 +29,11 @@ use crate::sync::lock;
 use routes::{Route, Routes};
 use sink::Sink;
 
-/// Messages waiting for one request's stream; a client that does not read them loses the route.
+/// Messages waiting for one request's stream; a client that does not read them (or lets more
+/// than `sessions.max_pending_bytes` wait) loses the route.
 pub(crate) const ROUTE_QUEUE: usize = 256;
-/// Lines waiting for a legacy SSE session's one stream (then the child waits).
+/// Lines waiting for a legacy SSE session's one stream, besides its byte budget (then the
+/// child waits).
 pub(crate) const STREAM_QUEUE: usize = 64;
 
 /// What a request's stream receives.
@@ -39,6 +43,24 @@ pub(crate) enum Item {
     Message(String),
     /// The response to one of the request's ids (the child's, or the proxy's error for it).
     Final(String),
+}
+
+impl Weigh for Item {
+    fn weight(&self) -> usize {
+        let (Item::Message(line) | Item::Final(line)) = self;
+        line.len()
+    }
+}
+
+/// The multiplexer's end of one client stream's queue: bounded in items and, through its
+/// budget, in bytes; the multiplexer ends it when its client falls behind.
+pub(crate) type ItemTx = queue::Sender<Item>;
+/// The stream's end of its queue.
+pub(crate) type ItemRx = queue::Receiver<Item>;
+
+/// A stream's queue of at most `messages` items, its bytes charged to `budget`.
+pub(crate) fn queue(messages: usize, budget: Budget) -> (ItemTx, ItemRx) {
+    queue::channel(messages, budget)
 }
 
 /// Where messages go that belong to no request (server-initiated requests and notifications):
@@ -78,8 +100,11 @@ struct Shared {
     unrouted: Mutex<Option<Arc<dyn Unrouted>>>,
     finish: OnceLock<Arc<dyn Finish>>,
     /// A legacy SSE session's one stream: everything the child says goes there, waited for.
-    stream: Mutex<Option<mpsc::Sender<Item>>>,
+    stream: Mutex<Option<ItemTx>>,
     backpressure: bool,
+    /// The bytes of this child's output that may wait for its clients
+    /// (`sessions.max_pending_bytes`); see [`Mux::budget`] for who charges it.
+    budget: Budget,
     metrics: ChildMetrics,
     /// Woken when a route with a deadline is added (the timer sleeps while there is none).
     deadline_added: Notify,
@@ -105,8 +130,8 @@ pub(crate) struct Dispatch {
     /// The session that sends it (duplicate ids are refused within it); `None` for the modern
     /// era, where every POST stands alone.
     pub(crate) owner: Option<u64>,
-    /// Where its answers go.
-    pub(crate) tx: mpsc::Sender<Item>,
+    /// Where its answers go (and which budget they are charged to).
+    pub(crate) tx: ItemTx,
     /// Whether dropping an incomplete [`Ticket`] sends `notifications/cancelled`.
     pub(crate) cancel_on_drop: bool,
     /// Whether its requests get `request_timeout_secs` (not `subscriptions/listen`, not the
@@ -182,8 +207,13 @@ impl Mux {
         })
     }
 
-    fn shared(spec: &ChildSpec, stream: Option<mpsc::Sender<Item>>) -> Arc<Shared> {
+    fn shared(spec: &ChildSpec, stream: Option<ItemTx>) -> Arc<Shared> {
+        let budget = match &stream {
+            Some(stream) => stream.budget().clone(),
+            None => Budget::new(spec.max_pending_bytes),
+        };
         Arc::new(Shared {
+            budget,
             routes: Mutex::new(Routes::default()),
             unrouted: Mutex::new(None),
             finish: OnceLock::new(),
@@ -200,7 +230,7 @@ impl Mux {
         spec: &ChildSpec,
         span: tracing::Span,
         tracker: &TaskTracker,
-        stream: Option<mpsc::Sender<Item>>,
+        stream: Option<ItemTx>,
     ) -> Result<Arc<Mux>, ChildError> {
         let shared = Self::shared(spec, stream);
         let child = child::spawn(spec, span, tracker, Arc::new(Sink(shared.clone())))?;
@@ -216,7 +246,7 @@ impl Mux {
         mut output: mpsc::Receiver<String>,
         spec: &ChildSpec,
         tracker: &TaskTracker,
-        stream: Option<mpsc::Sender<Item>>,
+        stream: Option<ItemTx>,
     ) -> Arc<Mux> {
         let shared = Self::shared(spec, stream);
         let sink = Sink(shared.clone());
@@ -252,6 +282,16 @@ impl Mux {
         &self.child
     }
 
+    /// The budget of this child's output waiting for its clients (`sessions.max_pending_bytes`),
+    /// one per child: a legacy SSE session's is its stream's. The streams of a session that has
+    /// the child to itself charge it, and so do the 2026-07-28 requests of a per-principal
+    /// child. Each session of a shared child, and each modern request on a child everyone
+    /// shares, charges a budget of its own instead: one client that stops reading must not
+    /// take the others' room. Which budget a stream charges is its queue's ([`queue`]).
+    pub(crate) fn budget(&self) -> &Budget {
+        &self.shared.budget
+    }
+
     /// Sets where messages that belong to no request go.
     pub(crate) fn set_unrouted(&self, sink: Arc<dyn Unrouted>) {
         *lock(&self.shared.unrouted) = Some(sink);
@@ -264,7 +304,8 @@ impl Mux {
     }
 
     /// Puts an answer of the proxy's own on a legacy SSE session's stream (a denied tool
-    /// call); false when the stream is full or gone.
+    /// call, which echoes the client's id); false when the stream is full (in messages or
+    /// bytes) or gone.
     pub(crate) fn inject(&self, line: String) -> bool {
         lock(&self.shared.stream)
             .as_ref()
@@ -272,7 +313,7 @@ impl Mux {
     }
 
     /// The sender of a legacy SSE session's stream, for [`Dispatch::tx`].
-    pub(crate) fn stream(&self) -> Option<mpsc::Sender<Item>> {
+    pub(crate) fn stream(&self) -> Option<ItemTx> {
         lock(&self.shared.stream).clone()
     }
 
@@ -423,8 +464,9 @@ impl Mux {
             let item = Item::Final(line);
             if self.shared.backpressure {
                 let _ =
-                    tokio::time::timeout(child::CONSUMER_STALL_TIMEOUT, route.tx.send(item)).await;
-            } else if route.tx.try_send(item).is_err() {
+                    tokio::time::timeout(child::CONSUMER_STALL_TIMEOUT, route.tx.send_anyway(item))
+                        .await;
+            } else if route.tx.try_send_anyway(item).is_err() {
                 tracing::debug!(proxy_id, "the timed-out request's stream is gone");
             }
         }

@@ -4,14 +4,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{Finish, Item};
+use super::{Finish, ItemTx};
 
 /// One request in flight.
 pub(super) struct Route {
-    pub(super) tx: mpsc::Sender<Item>,
+    pub(super) tx: ItemTx,
     pub(super) original_id: Box<str>,
     /// The session that sent it (for duplicate-id checks and id translation of cancellations).
     pub(super) owner: Option<u64>,

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 
 use super::rewrite;
-use super::{Item, Shared, lock};
+use super::{Item, ItemTx, Shared, lock};
+use crate::budget::queue::Refused;
 use crate::child::{CONSUMER_STALL_TIMEOUT, LineSink};
 use crate::protocol::jsonrpc::{self, Kind};
 use crate::protocol::{CHILD_EXITED, INTERNAL_ERROR, SUBSCRIPTION_ID};
@@ -51,9 +51,9 @@ impl LineSink for Sink {
             }
             let item = Item::Final(line);
             if stream.is_some() {
-                let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, route.tx.send(item)).await;
+                let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, route.tx.send_anyway(item)).await;
             } else {
-                let _ = route.tx.try_send(item);
+                let _ = route.tx.try_send_anyway(item);
             }
         }
     }
@@ -83,7 +83,7 @@ impl Sink {
 
 /// Where one line goes.
 enum Routed {
-    To(u64, mpsc::Sender<Item>, Item),
+    To(u64, ItemTx, Item),
     Unrouted(String, bool),
     Dropped,
 }
@@ -166,22 +166,32 @@ impl Sink {
 
     /// Hands an item to a request's stream. A legacy SSE stream is waited for (the child's
     /// stdout backs up behind a slow client) up to [`CONSUMER_STALL_TIMEOUT`]; false ends the
-    /// child. Any other stream that does not keep up loses its route (it ends) rather than
-    /// growing without bound or silently missing messages.
-    async fn deliver(&self, proxy_id: u64, tx: &mpsc::Sender<Item>, item: Item) -> bool {
+    /// child. Any other stream that does not keep up — its messages, or its session's bytes
+    /// (`sessions.max_pending_bytes`), are all waiting — loses its route and ends, what waits
+    /// for it dropped at once, rather than growing without bound, silently missing messages,
+    /// or holding the room of the session's other streams.
+    async fn deliver(&self, proxy_id: u64, tx: &ItemTx, item: Item) -> bool {
         if self.0.backpressure {
             return send_waiting(tx, item).await;
         }
         match tx.try_send(item) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(Item::Message(_))) => {
-                tracing::warn!(proxy_id, "a response stream is not being read; ending it");
-                lock(&self.0.routes).remove(proxy_id);
+            Err(Refused::Full(item)) => {
+                tracing::warn!(
+                    proxy_id,
+                    pending_bytes = tx.budget().used(),
+                    "a response stream is not being read; ending it"
+                );
+                // An answer's route is already gone; a stream that misses its answer is ended
+                // all the same, so that what waits for it is dropped now.
+                if matches!(item, Item::Message(_)) {
+                    lock(&self.0.routes).remove(proxy_id);
+                }
+                tx.close();
             }
-            Err(_) => tracing::debug!(
-                proxy_id,
-                "the request's stream is gone or full; answer dropped"
-            ),
+            Err(Refused::Closed(_)) => {
+                tracing::debug!(proxy_id, "the request's stream is gone; answer dropped");
+            }
         }
         true
     }
@@ -219,12 +229,14 @@ impl Sink {
     }
 }
 
-/// Sends with backpressure, bounded by [`CONSUMER_STALL_TIMEOUT`]; false when the stream is
-/// gone or stuck.
-async fn send_waiting(tx: &mpsc::Sender<Item>, item: Item) -> bool {
+/// Sends with backpressure — waiting for bytes of the budget and a slot in the queue — bounded
+/// by [`CONSUMER_STALL_TIMEOUT`]; false when the stream is gone or stuck (then it is ended,
+/// and what waited for it is dropped at once).
+async fn send_waiting(tx: &ItemTx, item: Item) -> bool {
     match tokio::time::timeout(CONSUMER_STALL_TIMEOUT, tx.send(item)).await {
         Ok(sent) => sent.is_ok(),
         Err(_) => {
+            tx.close();
             tracing::warn!(
                 "the client has not read its stream for {}s; ending the session",
                 CONSUMER_STALL_TIMEOUT.as_secs()

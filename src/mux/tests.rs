@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream, Lines};
-use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::*;
+use crate::budget::Budget;
 use crate::child::{ChildHandle, ChildSpec, LineSink};
 use crate::protocol::jsonrpc::client_message;
 
@@ -31,11 +31,12 @@ pub(super) fn spec(timeout: Duration) -> ChildSpec {
         max_line_bytes: 1 << 20,
         request_timeout: timeout,
         max_queued_bytes: 8 << 20,
+        max_pending_bytes: 8 << 20,
         metrics: ChildMetrics::default(),
     }
 }
 
-fn harness(timeout: Duration, stream: Option<mpsc::Sender<Item>>) -> Harness {
+fn harness(timeout: Duration, stream: Option<ItemTx>) -> Harness {
     let tracker = TaskTracker::new();
     let (child, stdin) = ChildHandle::in_memory(&tracker);
     let spec = spec(timeout);
@@ -51,7 +52,12 @@ fn harness(timeout: Duration, stream: Option<mpsc::Sender<Item>>) -> Harness {
     }
 }
 
-fn dispatch(owner: Option<u64>, tx: &mpsc::Sender<Item>, timeout: bool) -> Dispatch {
+/// A stream's queue of `messages` items with a budget of its own of 8 MiB.
+fn q(messages: usize) -> (ItemTx, ItemRx) {
+    queue(messages, Budget::new(8 << 20))
+}
+
+fn dispatch(owner: Option<u64>, tx: &ItemTx, timeout: bool) -> Dispatch {
     Dispatch {
         owner,
         tx: tx.clone(),
@@ -63,13 +69,7 @@ fn dispatch(owner: Option<u64>, tx: &mpsc::Sender<Item>, timeout: bool) -> Dispa
 }
 
 /// Sends one body as `owner` with answers to `tx`; panics when the mux refuses it.
-async fn send(
-    h: &Harness,
-    v: Value,
-    owner: Option<u64>,
-    tx: &mpsc::Sender<Item>,
-    timeout: bool,
-) -> Ticket {
+async fn send(h: &Harness, v: Value, owner: Option<u64>, tx: &ItemTx, timeout: bool) -> Ticket {
     h.mux
         .send(&body(v), dispatch(owner, tx, timeout))
         .await
@@ -97,8 +97,8 @@ fn final_of(item: Option<Item>) -> Value {
 #[tokio::test]
 async fn ids_are_rewritten_and_restored_without_cross_wiring() {
     let mut h = harness(Duration::from_secs(60), None);
-    let (a_tx, mut a_rx) = mpsc::channel(8);
-    let (b_tx, mut b_rx) = mpsc::channel(8);
+    let (a_tx, mut a_rx) = q(8);
+    let (b_tx, mut b_rx) = q(8);
     let _a = send(
         &h,
         json!({"jsonrpc":"2.0","id":"1","method":"ping"}),
@@ -136,7 +136,7 @@ async fn ids_are_rewritten_and_restored_without_cross_wiring() {
 #[tokio::test]
 async fn duplicate_ids_are_refused_within_a_session_only() {
     let h = harness(Duration::from_secs(60), None);
-    let (tx, _rx) = mpsc::channel(8);
+    let (tx, _rx) = q(8);
     let call = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x"}});
     let _first = h
         .mux
@@ -157,7 +157,7 @@ async fn duplicate_ids_are_refused_within_a_session_only() {
 #[tokio::test]
 async fn cancellations_are_translated_to_proxy_ids() {
     let mut h = harness(Duration::from_secs(60), None);
-    let (tx, _rx) = mpsc::channel(8);
+    let (tx, _rx) = q(8);
     let ticket = send(
         &h,
         json!({"jsonrpc":"2.0","id":"c","method":"tools/call","params":{}}),
@@ -184,7 +184,7 @@ async fn cancellations_are_translated_to_proxy_ids() {
 #[tokio::test(start_paused = true)]
 async fn a_request_past_its_deadline_gets_the_timeout_error_and_is_cancelled() {
     let mut h = harness(Duration::from_secs(2), None);
-    let (tx, mut rx) = mpsc::channel(8);
+    let (tx, mut rx) = q(8);
     let _ticket = send(
         &h,
         json!({"jsonrpc":"2.0","id":"slow","method":"tools/call","params":{}}),
@@ -195,7 +195,7 @@ async fn a_request_past_its_deadline_gets_the_timeout_error_and_is_cancelled() {
     .await;
     let sent = next_stdin(&mut h).await;
     tokio::time::sleep(Duration::from_millis(1900)).await;
-    assert!(rx.try_recv().is_err(), "not before the deadline");
+    assert!(rx.try_recv().is_none(), "not before the deadline");
     tokio::time::sleep(Duration::from_millis(700)).await;
     let answer = final_of(rx.recv().await);
     assert_eq!(
@@ -207,7 +207,7 @@ async fn a_request_past_its_deadline_gets_the_timeout_error_and_is_cancelled() {
     assert_eq!(cancel["params"]["requestId"], sent["id"]);
     let late = json!({"jsonrpc":"2.0","id":sent["id"],"result":{}});
     assert!(h.sink.line(late.to_string()).await);
-    assert!(rx.try_recv().is_err(), "the late answer is dropped");
+    assert!(rx.try_recv().is_none(), "the late answer is dropped");
     assert_eq!(h.mux.in_flight(), 0);
 }
 
@@ -216,7 +216,7 @@ async fn a_request_past_its_deadline_gets_the_timeout_error_and_is_cancelled() {
 #[tokio::test]
 async fn child_exit_fails_every_request_in_flight() {
     let h = harness(Duration::from_secs(60), None);
-    let (tx, mut rx) = mpsc::channel(8);
+    let (tx, mut rx) = q(8);
     let mut tickets = Vec::new();
     for id in [1, 2] {
         tickets.push(
@@ -254,7 +254,7 @@ async fn child_exit_fails_every_request_in_flight() {
 /// stays full stops the child (`false`) instead of growing.
 #[tokio::test(start_paused = true)]
 async fn a_legacy_stream_carries_everything_and_backs_up_into_the_child() {
-    let (stream_tx, mut stream_rx) = mpsc::channel(1);
+    let (stream_tx, mut stream_rx) = q(1);
     let mut h = harness(Duration::from_secs(60), Some(stream_tx));
     let tx = h.mux.stream().expect("stream");
     let ticket = send(
@@ -276,4 +276,70 @@ async fn a_legacy_stream_carries_everything_and_backs_up_into_the_child() {
     // Nobody reads any more: the first line fills the stream, the second waits, then gives up.
     assert!(h.sink.line(note.to_string()).await);
     assert!(!h.sink.line(note.to_string()).await);
+}
+
+/// A response stream that lets its session's bytes (`sessions.max_pending_bytes`) fill loses
+/// its route, long before its message count would, and what waited for it is dropped at once.
+#[tokio::test]
+async fn a_stream_past_its_byte_budget_loses_its_route() {
+    let mut h = harness(Duration::from_secs(60), None);
+    let budget = Budget::new(1000);
+    let (tx, mut rx) = queue(ROUTE_QUEUE, budget.clone());
+    let _ticket = send(
+        &h,
+        json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":"t"}}}),
+        Some(1),
+        &tx,
+        true,
+    )
+    .await;
+    let sent = next_stdin(&mut h).await;
+    let token = sent["params"]["_meta"]["progressToken"].clone();
+    let progress = json!({"jsonrpc":"2.0","method":"notifications/progress",
+        "params":{"progressToken":token,"progress":1,"message":"x".repeat(300)}});
+    for _ in 0..2 {
+        assert!(h.sink.line(progress.to_string()).await);
+        assert_eq!(h.mux.in_flight(), 1, "within the budget");
+    }
+    assert!(budget.used() > 800, "{} bytes wait", budget.used());
+    assert!(h.sink.line(progress.to_string()).await, "the child goes on");
+    assert_eq!(
+        h.mux.in_flight(),
+        0,
+        "the third does not fit: the route ended"
+    );
+    assert_eq!(budget.used(), 0, "what waited is dropped at once");
+    let answer = json!({"jsonrpc":"2.0","id":sent["id"],"result":{}});
+    assert!(h.sink.line(answer.to_string()).await);
+    assert!(rx.recv().await.is_none(), "the stream ends");
+}
+
+/// A legacy SSE stream waits for bytes as it waits for room: a line beyond the budget waits
+/// until the client has taken enough, and one that waits for the stall time stops the child
+/// and drops what waited.
+#[tokio::test(start_paused = true)]
+async fn a_legacy_stream_waits_for_bytes_then_gives_up() {
+    let budget = Budget::new(1000);
+    let (stream_tx, mut stream_rx) = queue(STREAM_QUEUE, budget.clone());
+    let h = harness(Duration::from_secs(60), Some(stream_tx));
+    let note =
+        json!({"jsonrpc":"2.0","method":"notifications/message","params":{"data":"x".repeat(600)}})
+            .to_string();
+    assert!(h.sink.line(note.clone()).await);
+    let (waited, taken) = tokio::join!(h.sink.line(note.clone()), async {
+        tokio::task::yield_now().await;
+        assert_eq!(budget.used(), note.len(), "the second line waits");
+        stream_rx.recv().await
+    });
+    assert!(waited, "delivered once the first was taken");
+    assert!(matches!(taken, Some(Item::Message(_))));
+    assert_eq!(budget.used(), note.len());
+    let started = tokio::time::Instant::now();
+    assert!(
+        !h.sink.line(note.clone()).await,
+        "nobody reads: the child is stopped"
+    );
+    assert!(started.elapsed() >= crate::child::CONSUMER_STALL_TIMEOUT);
+    assert_eq!(budget.used(), 0, "what waited is dropped at once");
+    assert!(stream_rx.recv().await.is_none(), "the stream ends");
 }

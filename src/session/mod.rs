@@ -14,11 +14,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::auth::PrincipalKey;
+use crate::budget::Budget;
 use crate::mux::Mux;
 use crate::sync::lock;
 
 pub(crate) use registry::{CapError, SessionRegistry, Slot, new_session_id};
-pub(crate) use replay::Standalone;
+pub(crate) use replay::{Standalone, StreamEvent};
 pub(crate) use share::SessionShare;
 
 /// The transport side of a session.
@@ -69,6 +70,15 @@ impl Session {
         match &self.kind {
             Kind::Streamable { share, .. } => share.as_ref(),
             Kind::Legacy => None,
+        }
+    }
+
+    /// What waits for this session's clients is charged to (`sessions.max_pending_bytes`):
+    /// its GET stream's budget, which is its child's when it has the child to itself.
+    pub(crate) fn budget(&self) -> &Budget {
+        match &self.kind {
+            Kind::Streamable { standalone, .. } => standalone.budget(),
+            Kind::Legacy => self.mux.budget(),
         }
     }
 

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::common::mcp;
 use crate::common::process::ProxyProcess;
 use crate::common::procfs::wait_gone;
 use crate::common::sse::SseClient;
 use crate::common::wait::wait_for_count;
-use crate::common::{base_config, claims, example_server, example_server_section, hs_token};
+use crate::common::{base_config, claims, example_server, example_server_section, hs_token, http};
 
 fn token(url: &str, sub: &str) -> String {
     hs_token(&claims(url, sub, json!({})))
@@ -252,5 +253,196 @@ async fn posts_to_a_child_that_stops_reading_are_bounded_in_bytes() {
             .tool_text(json!(1), "echo", json!({"message":"fine"}))
             .await,
         "fine"
+    );
+}
+
+/// The proxy's peak RSS (KiB) while `work` runs, sampled every 10 ms.
+async fn peak_rss_during<T>(proxy: &ProxyProcess, work: impl Future<Output = T>) -> (T, u64) {
+    let mut work = std::pin::pin!(work);
+    let mut peak = proxy.rss_kib();
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            out = &mut work => return (out, peak.max(proxy.rss_kib())),
+            _ = tick.tick() => peak = peak.max(proxy.rss_kib()),
+        }
+    }
+}
+
+/// 64 notifications of 1 MiB: eight times `sessions.max_pending_bytes` (8 MiB by default).
+fn flood_args() -> serde_json::Value {
+    json!({"count": 64, "bytes": 1 << 20})
+}
+
+/// Memory bounded in bytes toward clients (`sessions.max_pending_bytes`, 8 MiB): a legacy SSE
+/// client that stops reading while its child writes 64 MiB of notifications (64 lines, as many
+/// as the stream's message bound) costs the proxy at most ~16 MiB; the child waits for the
+/// client, and once it has waited the stall time (10 s) its session ends; another session is
+/// unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_client_that_stops_reading_holds_bounded_bytes() {
+    let (proxy, slow, mut other) = proxy_with_two_sessions("slow", "other").await;
+    let rss_before = proxy.rss_kib();
+    let started = std::time::Instant::now();
+    // From here on `slow` never reads its stream.
+    let flood = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"flood","arguments":flood_args()}});
+    assert_eq!(slow.post(&flood).await, 202);
+    let children = || proxy.descendants().len();
+    let (left, peak) =
+        peak_rss_during(&proxy, wait_for_count(children, 1, Duration::from_secs(40))).await;
+    let ended = started.elapsed();
+    let grown_kib = peak.saturating_sub(rss_before);
+    eprintln!(
+        "legacy SSE, 64 MiB for a client that does not read: proxy RSS grew by at most \
+         {grown_kib} KiB; the session's child was gone after {ended:.1?}"
+    );
+    assert_eq!(
+        left, 1,
+        "the unread session's child still runs after {ended:?}"
+    );
+    assert!(
+        grown_kib <= 16 * 1024,
+        "proxy RSS grew by {grown_kib} KiB with 64 MiB waiting for a client that does not read"
+    );
+    assert!(
+        ended < Duration::from_secs(25),
+        "ended after {ended:?}: the stall time is 10 s"
+    );
+    assert_eq!(
+        proxy
+            .events("the client has not read its stream for 10s; ending the session")
+            .len(),
+        1
+    );
+    assert_eq!(
+        other
+            .tool_text(json!(1), "echo", json!({"message":"fine"}))
+            .await,
+        "fine"
+    );
+}
+
+/// A session-era POST whose SSE stream is not read: once its session's bytes are used up it
+/// loses its route — what waited for it is dropped, the stream ends without the answer — while
+/// the proxy stays small and the session's next request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_post_stream_loses_its_route_without_the_proxy_growing() {
+    let proxy = ProxyProcess::with_config(&base_config(&example_server_section()), &[]).await;
+    let url = format!("{}/mcp", proxy.url);
+    let token = token(&proxy.url, "s");
+    let session = mcp::Session::open(&url, &token, "2025-11-25").await;
+    let rss_before = proxy.rss_kib();
+    let flood = json!({"jsonrpc":"2.0","id":"flood","method":"tools/call","params":{
+        "name":"flood","arguments":flood_args(),"_meta":{"progressToken":"f"}}});
+    let client = http();
+    let (unread, peak) = peak_rss_during(&proxy, async {
+        let unread = client
+            .post(&url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-session-id", &session.id)
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(flood.to_string())
+            .send()
+            .await
+            .expect("POST flood");
+        // The child answers in order: by the time this is answered, the flood has been routed.
+        let echo = session
+            .call_tool(json!(2), "echo", json!({"message": "after"}))
+            .await;
+        assert_eq!(
+            echo.last()["result"]["content"][0]["text"],
+            "after",
+            "{echo:?}"
+        );
+        unread
+    })
+    .await;
+    let grown_kib = peak.saturating_sub(rss_before);
+    assert_eq!(unread.status(), 200);
+    // Read now: what had left the proxy before it ended the stream, then the end, no answer.
+    let body = tokio::time::timeout(Duration::from_secs(20), unread.text())
+        .await
+        .expect("the ended stream closes")
+        .expect("body");
+    let events = mcp::sse_data(&body);
+    let progress = events
+        .iter()
+        .filter(|d| d.contains("notifications/progress"))
+        .count();
+    eprintln!(
+        "session-era POST, 64 MiB for a stream that is not read: proxy RSS grew by at most \
+         {grown_kib} KiB; {progress} of 64 notifications had left before the route ended"
+    );
+    assert!(
+        grown_kib <= 16 * 1024,
+        "proxy RSS grew by {grown_kib} KiB with 64 MiB for a stream that is not read"
+    );
+    assert!(progress < 64, "the stream was never ended");
+    assert_eq!(
+        proxy
+            .events("a response stream is not being read; ending it")
+            .len(),
+        1
+    );
+    assert!(
+        !events.iter().any(|d| d.contains(r#""id":"flood""#)),
+        "an ended stream carries no answer"
+    );
+}
+
+/// The GET stream's replay buffer is bounded in bytes (`sessions.replay_buffer_bytes`, 1 MiB):
+/// 64 MiB of notifications for a session with no GET stream open cost the proxy little, and a
+/// GET stream opened afterwards gets only the newest (the 256-event bound would keep them all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_buffer_keeps_bounded_bytes() {
+    let proxy = ProxyProcess::with_config(&base_config(&example_server_section()), &[]).await;
+    let url = format!("{}/mcp", proxy.url);
+    let token = token(&proxy.url, "r");
+    let session = mcp::Session::open(&url, &token, "2025-11-25").await;
+    let rss_before = proxy.rss_kib();
+    let (answer, peak) =
+        peak_rss_during(&proxy, session.call_tool(json!(1), "flood", flood_args())).await;
+    assert_eq!(
+        answer.last()["result"]["content"][0]["text"],
+        "sent 64",
+        "{:?}",
+        answer.status
+    );
+    let grown_kib = peak.saturating_sub(rss_before);
+    let mut get = http()
+        .get(&url)
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session.id)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("GET /mcp");
+    assert_eq!(get.status(), 200);
+    let first_id = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = String::new();
+        loop {
+            while let Some(pos) = buf.find("\n\n") {
+                let block: String = buf.drain(..pos + 2).collect();
+                if let Some(id) = block.lines().find_map(|l| l.strip_prefix("id:")) {
+                    return id.trim().to_owned();
+                }
+            }
+            let chunk = get.chunk().await.expect("read").expect("an event");
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the replay in time");
+    eprintln!(
+        "replay buffer, 64 MiB for a session without a GET stream: proxy RSS grew by at most \
+         {grown_kib} KiB; the replay starts at event {first_id}"
+    );
+    assert_eq!(first_id, "64", "only the newest 1 MiB event is kept");
+    assert!(
+        grown_kib <= 16 * 1024,
+        "proxy RSS grew by {grown_kib} KiB with 64 MiB for the replay buffer"
     );
 }

@@ -13,6 +13,8 @@ use super::super::{Caller, admit, pool_error, stream_expiry};
 use super::accepts_sse;
 use super::respond::{Exchange, respond, times_out};
 use crate::bridge::{self, Bridged, StreamEnd};
+use crate::budget::Budget;
+use crate::config::ChildScope;
 use crate::error::{Error, accepted, json_answer};
 use crate::protocol::jsonrpc::{ClientMessage, Kind, Message};
 use crate::protocol::{INVALID_REQUEST, METHOD_HEADER, NAME_HEADER, PROTOCOL_HEADER};
@@ -60,9 +62,11 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
         .map_err(|e| pool_error(state, route, e))?;
     // The era bridge: a legacy child gets a handshake first and some requests are answered by
     // the proxy itself (src/bridge).
+    let max_pending_bytes = state.config.sessions.max_pending_bytes;
     let end = StreamEnd {
         shutdown: state.shutdown.clone(),
         expiry: stream_expiry(state, principal),
+        budget: Budget::new(max_pending_bytes),
     };
     let rewritten =
         match bridge::prepare(&route.server.era, &child.bridge, &child.mux, message, end).await? {
@@ -85,6 +89,13 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
             }
             Bridged::Forward(rewritten) => rewritten,
         };
+    // No session: what waits for this principal's streams is charged to its child's budget;
+    // on a child everyone shares, each request has a budget of its own, so that one client
+    // that stops reading cannot take the room of the others.
+    let budget = match route.server.config.child_scope {
+        ChildScope::Shared => Budget::new(max_pending_bytes),
+        ChildScope::Session | ChildScope::Principal => child.mux.budget().clone(),
+    };
     let exchange = Exchange {
         mux: &child.mux,
         message: rewritten.as_ref().unwrap_or(message),
@@ -93,6 +104,7 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
         timeout: times_out(message),
         finish,
         audit,
+        budget,
     };
     respond(state, exchange).await
 }

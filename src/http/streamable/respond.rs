@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use axum::response::Response;
 use futures::Stream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::super::AppState;
 use super::super::sse::{message, sse_response};
+use crate::budget::Budget;
 use crate::child::ChildError;
 use crate::error::{Error, accepted, json_answer};
-use crate::mux::{Dispatch, Finish, Item, Mux, ROUTE_QUEUE, RouteError, Ticket};
+use crate::mux::{Dispatch, Finish, Item, ItemRx, Mux, ROUTE_QUEUE, RouteError, Ticket, queue};
 use crate::protocol::INVALID_REQUEST;
 use crate::protocol::jsonrpc::ClientMessage;
 
@@ -32,6 +32,9 @@ pub(super) struct Exchange<'a> {
     pub(super) finish: Option<Arc<dyn Finish>>,
     /// Who sent it, for the audit log.
     pub(super) audit: Option<Arc<crate::audit::Context>>,
+    /// What the answers waiting for the client are charged to (`sessions.max_pending_bytes`):
+    /// the session's budget, or, in the modern era, the child's.
+    pub(super) budget: Budget,
 }
 
 /// Whether a body's requests get `request_timeout_secs`: all but `subscriptions/listen`,
@@ -42,7 +45,7 @@ pub(super) fn times_out(message: &ClientMessage) -> bool {
 
 pub(super) async fn respond(state: &AppState, exchange: Exchange<'_>) -> Result<Response, Error> {
     let modern = exchange.owner.is_none();
-    let (tx, mut rx) = mpsc::channel(ROUTE_QUEUE);
+    let (tx, mut rx) = queue(ROUTE_QUEUE, exchange.budget);
     let dispatch = Dispatch {
         owner: exchange.owner,
         tx,
@@ -107,19 +110,16 @@ pub(super) async fn respond(state: &AppState, exchange: Exchange<'_>) -> Result<
 
 /// The next item for a request; `None` when its route is gone or the proxy shuts down (answers
 /// already queued go out first).
-pub(super) async fn next_item(
-    rx: &mut mpsc::Receiver<Item>,
-    shutdown: &CancellationToken,
-) -> Option<Item> {
+pub(super) async fn next_item(rx: &mut ItemRx, shutdown: &CancellationToken) -> Option<Item> {
     tokio::select! {
         item = rx.recv() => item,
-        _ = shutdown.cancelled() => rx.try_recv().ok(),
+        _ = shutdown.cancelled() => rx.try_recv(),
     }
 }
 
 struct RequestStream {
     first: Option<Item>,
-    rx: mpsc::Receiver<Item>,
+    rx: ItemRx,
     ticket: Ticket,
     shutdown: CancellationToken,
     done: bool,
@@ -131,7 +131,7 @@ struct RequestStream {
 /// cancelled at the child).
 fn request_stream(
     first: Item,
-    rx: mpsc::Receiver<Item>,
+    rx: ItemRx,
     ticket: Ticket,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>> + Send + 'static

@@ -12,7 +12,6 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::super::sse::sse_response;
@@ -21,14 +20,15 @@ use super::super::{
 };
 use super::respond::{Exchange, next_item, respond, times_out};
 use super::{accepts_sse, header_str};
+use crate::budget::Budget;
 use crate::config::ChildScope;
 use crate::error::{Error, accepted, json_answer};
-use crate::mux::{Dispatch, Item, ROUTE_QUEUE};
+use crate::mux::{Dispatch, Item, ROUTE_QUEUE, queue};
 use crate::protocol::jsonrpc::ClientMessage;
 use crate::protocol::{
     BATCH_VERSION, DEFAULT_SESSION_VERSION, INVALID_REQUEST, SESSION_HEADER, SESSION_VERSIONS,
 };
-use crate::session::{Kind, Session, Standalone};
+use crate::session::{Kind, Session, Standalone, StreamEvent};
 
 fn with_session_header(mut response: Response, id: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(id) {
@@ -55,7 +55,11 @@ pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Re
         span,
         mux,
     } = new_session(c, None)?;
-    let standalone = Arc::new(Standalone::new());
+    // The session has the child to itself: its streams charge the child's budget.
+    let standalone = Arc::new(Standalone::new(
+        mux.budget().clone(),
+        state.config.sessions.replay_buffer_bytes,
+    ));
     mux.set_unrouted(standalone.clone());
     let kind = Kind::Streamable {
         standalone,
@@ -74,6 +78,7 @@ pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Re
         timeout: times_out(message),
         finish,
         audit: c.audit("session", Some(&session.id)),
+        budget: session.budget().clone(),
     };
     let response = respond(state, exchange).await?;
     Ok(with_session_header(response, &session.id))
@@ -96,7 +101,13 @@ async fn initialize_shared(c: &Caller, message: &ClientMessage) -> Result<Respon
     let id = crate::session::new_session_id();
     let span =
         tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name());
-    let standalone = Arc::new(Standalone::new());
+    // A budget of the session's own: a client of the shared child that stops reading must not
+    // take the room of the other sessions' streams.
+    let sessions_config = &state.config.sessions;
+    let standalone = Arc::new(Standalone::new(
+        Budget::new(sessions_config.max_pending_bytes),
+        sessions_config.replay_buffer_bytes,
+    ));
     share.broadcast.add(&standalone);
     let kind = Kind::Streamable {
         standalone,
@@ -110,7 +121,7 @@ async fn initialize_shared(c: &Caller, message: &ClientMessage) -> Result<Respon
     let client_id = message.first_request_id();
     let mut init = share.init.lock().await;
     if init.is_none() {
-        let (tx, mut rx) = mpsc::channel(ROUTE_QUEUE);
+        let (tx, mut rx) = queue(ROUTE_QUEUE, session.budget().clone());
         let dispatch = Dispatch {
             owner: Some(session.tag),
             tx,
@@ -217,6 +228,7 @@ pub(super) async fn post(
         timeout: times_out(message),
         finish,
         audit,
+        budget: session.budget().clone(),
     };
     respond(state, exchange).await
 }
@@ -242,7 +254,7 @@ pub(crate) fn last_event_id(headers: &HeaderMap) -> Option<u64> {
 }
 
 fn standalone_stream(
-    rx: mpsc::Receiver<(u64, Arc<str>)>,
+    rx: crate::budget::queue::Receiver<StreamEvent>,
     session: Arc<Session>,
     shutdown: CancellationToken,
     expiry: Option<Duration>,
