@@ -32,9 +32,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    // Before "listening": from then on a SIGHUP (logrotate, a reload) may come, and without a
+    // handler its default action would end the process.
+    start_hangup_listener(&state);
     tracing::info!(addr = %listener.local_addr()?, public_url = %state.public_url, "listening");
     start_key_loading(&state);
-    start_hangup_listener(&state);
     start_idle_reaper(&state);
     start_warm_pools(&state);
     let app = crate::http::router::router(state.clone());

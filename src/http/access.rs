@@ -37,36 +37,28 @@ where
     let trust_forwarded = state.config.http.trust_forwarded_headers;
     let request_id = request_id(&request, trust_forwarded);
     // What a refusal's audit line needs, taken before the request moves on.
+    // What a refusal's audit line needs, taken before the request moves on; only cheap
+    // handles (the URI and header values are shared buffers), the line's strings are built
+    // only for a refusal.
     let refusal = state
         .audit
         .as_ref()
         .filter(|_| transport != "other")
-        .map(|audit| {
-            let context = crate::audit::Context {
-                audit: audit.clone(),
-                request_id: request_id.clone(),
-                client: super::limits::address_of(
-                    request.headers(),
-                    request.extensions(),
-                    trust_forwarded,
-                ),
-                iss: None,
-                sub: None,
-                server: server_of(state, request.uri().path()).into(),
-                transport: if transport == "sse" {
-                    "sse"
-                } else {
-                    "streamable"
-                },
-                era: era_of(&request, transport),
-                session: session_from_request(&request).map(Into::into),
-            };
-            let request_bytes = request
+        .map(|audit| Pending {
+            audit: audit.clone(),
+            client: super::limits::address_of(
+                request.headers(),
+                request.extensions(),
+                trust_forwarded,
+            ),
+            uri: request.uri().clone(),
+            era: era_of(&request, transport),
+            session: request.headers().get(SESSION_HEADER).cloned(),
+            request_bytes: request
                 .headers()
                 .get(axum::http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok())
-                .unwrap_or(0);
-            (Arc::new(context), request_bytes)
+                .unwrap_or(0),
         });
     request
         .extensions_mut()
@@ -92,21 +84,43 @@ where
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
-    if let Some((context, request_bytes)) = refusal
+    if let Some(pending) = refusal
         && status >= 400
     {
         let reason = response
             .extensions()
             .get::<Reason>()
             .map_or("http_error", |r| r.0);
-        context.audit.refusal(crate::audit::Refusal {
-            context: context.clone(),
+        let session = pending
+            .session
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| legacy_session(pending.uri.query()))
+            .filter(|s| plausible_session_id(s))
+            .map(Into::into);
+        let context = crate::audit::Context {
+            audit: pending.audit.clone(),
+            request_id: request_id.clone(),
+            client: pending.client,
+            iss: None,
+            sub: None,
+            server: server_of(state, pending.uri.path()).into(),
+            transport: if transport == "sse" {
+                "sse"
+            } else {
+                "streamable"
+            },
+            era: pending.era,
+            session,
+        };
+        pending.audit.refusal(crate::audit::Refusal {
+            context: Arc::new(context),
             method: None,
             target: None,
             status,
             reason,
             elapsed,
-            request_bytes,
+            request_bytes: pending.request_bytes,
             response_bytes: response.body().size_hint().exact().unwrap_or(0) as usize,
         });
     }
@@ -132,6 +146,24 @@ where
         );
     }
     response
+}
+
+/// What an MCP request's refusal line would need, kept while the request is served.
+struct Pending {
+    audit: Arc<crate::audit::Audit>,
+    client: Option<std::net::IpAddr>,
+    uri: axum::http::Uri,
+    era: &'static str,
+    session: Option<HeaderValue>,
+    request_bytes: usize,
+}
+
+/// The `sessionId` (or `session_id`) of a legacy POST's query.
+fn legacy_session(query: Option<&str>) -> Option<&str> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        matches!(k, "sessionId" | "session_id").then_some(v)
+    })
 }
 
 /// The request's id: a trusted incoming `X-Request-Id` (printable, at most 128 bytes) when
