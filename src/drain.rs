@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::edge::tls::Tls;
 use crate::error::StartError;
 use crate::http::AppState;
-use crate::warm::WarmPool;
+use crate::reload::{self, Reloader};
 
 pub const STOP_BOUND: Duration = Duration::from_secs(10);
 
@@ -32,15 +32,34 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    serve_with(state, listener, shutdown, None).await
+}
+
+/// As [`serve`]; with a [`Reloader`], SIGHUP also reloads the config file.
+pub(crate) async fn serve_with(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reloader: Option<Reloader>,
+) -> Result<(), StartError> {
     // Before "listening": from then on a SIGHUP (logrotate, a reload) may come, and without a
     // handler its default action would end the process.
-    start_hangup_listener(&state);
-    tracing::info!(addr = %listener.local_addr()?, public_url = %state.public_url, "listening");
-    start_key_loading(&state);
+    start_hangup_listener(&state, reloader);
+    let live = state.live();
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        public_url = %state.public_url,
+        config_generation = live.generation,
+        config_sha256 = %live.sha256,
+        "listening"
+    );
+    reload::start_key_loading(&live);
     start_idle_reaper(&state);
-    start_warm_pools(&state);
+    for server in live.servers.values() {
+        reload::fill_warm_pool(server);
+    }
     let app = crate::http::router::router(state.clone());
-    let tls = Tls::load(&state.config.listen, state.metrics.edge())?;
+    let tls = Tls::load(&live.config.listen, state.metrics.edge())?;
     if let Some(tls) = &tls {
         tls.clone().watch(state.shutdown.clone());
     }
@@ -48,7 +67,7 @@ pub async fn serve(
     let server = crate::edge::serve(
         listener,
         app,
-        crate::edge::Settings::new(&state.config),
+        crate::edge::Settings::new(&live.config),
         tls,
         state.metrics.edge(),
         close_listener.clone(),
@@ -65,7 +84,7 @@ pub async fn serve(
             };
         }
     }
-    let grace = Duration::from_secs(state.config.http.shutdown_grace_secs);
+    let grace = Duration::from_secs(state.live().config.http.shutdown_grace_secs);
     let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(
         sessions = state.sessions.len(),
@@ -96,7 +115,7 @@ pub async fn serve(
         state.sessions.remove(&session.id);
     }
     state.pool.stop_all();
-    for server in state.servers.values() {
+    for server in state.live().servers.values() {
         if let Some(warm) = server.warm.get() {
             warm.clear();
         }
@@ -122,52 +141,29 @@ pub async fn serve(
     Ok(())
 }
 
-/// Creates the warm pool of every server that has `warm_pool > 0` (filled by `serve`).
-pub(crate) fn create_warm_pools(state: &AppState) {
-    for server in state.servers.values() {
-        if server.config.warm_pool == 0 {
-            continue;
-        }
-        let Ok(spec) = server.child_spec(None) else {
-            continue;
-        };
-        server.warm.get_or_init(|| {
-            WarmPool::new(
-                &server.name,
-                server.config.warm_pool,
-                spec,
-                state.tracker.clone(),
-                state.shutdown.clone(),
-            )
-        });
-    }
-}
-
-/// Spawns the `warm_pool` children of every server that has one.
-fn start_warm_pools(state: &Arc<AppState>) {
-    for server in state.servers.values() {
-        if let Some(pool) = server.warm.get() {
-            pool.refill();
-        }
-    }
-}
-
-/// SIGHUP never stops the proxy (its default action would): it reopens the audit log and
-/// checks the TLS files (their own listeners act on it); this one says so in the log.
-fn start_hangup_listener(state: &Arc<AppState>) {
+/// SIGHUP never stops the proxy (its default action would): it reloads the config file (with
+/// a [`Reloader`]), reopens the audit log and checks the TLS files (their own listeners act
+/// on those two).
+fn start_hangup_listener(state: &Arc<AppState>, reloader: Option<Reloader>) {
     let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
     else {
         tracing::warn!("cannot listen for SIGHUP");
         return;
     };
-    let stop = state.shutdown.clone();
+    let state = state.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                Some(()) = hangup.recv() => tracing::info!(
-                    "SIGHUP: the audit log is reopened and the TLS files checked (the config file is read only at start)"
-                ),
-                () = stop.cancelled() => return,
+                Some(()) = hangup.recv() => match &reloader {
+                    Some(reloader) => {
+                        tracing::info!("SIGHUP: reloading the config; the audit log is reopened and the TLS files checked");
+                        reloader.reload(&state).await;
+                    }
+                    None => tracing::info!(
+                        "SIGHUP: the audit log is reopened and the TLS files checked (no config file to reload)"
+                    ),
+                },
+                () = state.shutdown.cancelled() => return,
             }
         }
     });
@@ -176,8 +172,9 @@ fn start_hangup_listener(state: &Arc<AppState>) {
 /// Ends sessions and pool children idle for longer than `sessions.idle_timeout_secs` — also
 /// legacy sessions whose stream is open but silent (a stream a client forgot holds a child).
 fn start_idle_reaper(state: &Arc<AppState>) {
-    let idle = Duration::from_secs(state.config.sessions.idle_timeout_secs);
-    let every = (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
+    let idle_now =
+        |state: &AppState| Duration::from_secs(state.live().config.sessions.idle_timeout_secs);
+    let every = (idle_now(state) / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
     let state = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -187,6 +184,8 @@ fn start_idle_reaper(state: &Arc<AppState>) {
                 _ = state.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            // A reload may change the timeout (the tick stays as it was at start).
+            let idle = idle_now(&state);
             for session in state.sessions.all() {
                 if !session.is_busy()
                     && session.idle_for() >= idle
@@ -201,14 +200,6 @@ fn start_idle_reaper(state: &Arc<AppState>) {
             }
         }
     });
-}
-
-/// Starts one task per JWKS issuer that loads its keys (retrying until they load; readiness
-/// waits for every issuer) and then keeps them fresh until shutdown.
-fn start_key_loading(state: &Arc<AppState>) {
-    for cache in state.auth.jwks_caches() {
-        tokio::spawn(cache.maintain(state.shutdown.clone()));
-    }
 }
 
 #[cfg(test)]

@@ -102,6 +102,10 @@ pub(crate) enum Error {
     NotReady(&'static str),
     #[error("no such protected resource")]
     NoSuchResource,
+    /// `/servers/NAME/…` of a server that is not configured, or (for a new session) one a
+    /// reload removed.
+    #[error("no such server")]
+    NoSuchServer,
     /// The body did not arrive within `limits.body_read_timeout_secs`: 408, and the connection
     /// closes (what is left of the body is not read).
     #[error("request body timed out")]
@@ -205,6 +209,7 @@ impl Error {
             Error::Handshake => "handshake",
             Error::NotReady(_) => "not_ready",
             Error::NoSuchResource => "no_such_resource",
+            Error::NoSuchServer => "no_such_server",
             Error::BodyTimeout => "body_timeout",
             Error::BodyTooLarge => "body_too_large",
             Error::Forbidden(_) => "forbidden",
@@ -263,6 +268,7 @@ impl Error {
                 "POST",
             ),
             Error::NoSession => plain(StatusCode::NOT_FOUND, "session not found"),
+            Error::NoSuchServer => plain(StatusCode::NOT_FOUND, "no such server"),
             Error::Cap(message) => with(
                 plain(StatusCode::SERVICE_UNAVAILABLE, message),
                 header::RETRY_AFTER,
@@ -428,6 +434,7 @@ mod tests {
     fn every_refusal_has_its_status() {
         let cases: Vec<(Error, u16)> = vec![
             (Error::NoSession, 404),
+            (Error::NoSuchServer, 404),
             (Error::Cap("max"), 503),
             (Error::Draining, 503),
             (

@@ -34,6 +34,7 @@ mod mux;
 mod policy;
 mod pool;
 mod protocol;
+mod reload;
 mod server;
 mod session;
 mod sync;
@@ -51,11 +52,10 @@ pub use error::StartError;
 pub use http::AppState;
 pub use metrics::JwksStats;
 pub use pool::CRASH_LOOP_LIMIT;
+pub use reload::{LogLevelHook, Reloader};
 
-use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::server::ServerRuntime;
 use crate::session::SessionRegistry;
 
 /// Installs the JWT crypto backend as the process default (exactly one must be active, or
@@ -76,48 +76,31 @@ pub fn build_state(
     local_addr: std::net::SocketAddr,
     env: &[(String, String)],
 ) -> Result<Arc<AppState>, StartError> {
+    build_state_from(config, local_addr, env, String::new())
+}
+
+/// As [`build_state`], for a config read from a file whose SHA-256 prefix is `sha256`
+/// (`/readyz` and the reload log name it).
+fn build_state_from(
+    config: Config,
+    local_addr: std::net::SocketAddr,
+    env: &[(String, String)],
+    sha256: String,
+) -> Result<Arc<AppState>, StartError> {
     install_crypto_provider();
     let public_url = match &config.http.public_url {
         Some(url) => config::parse_public_url(url)?,
         None => config.default_public_url(local_addr),
     };
-    let authenticator = Authenticator::new(&config, &public_url, env)
-        .map_err(|e| StartError::Auth(e.to_string()))?;
-    // The child must not inherit the proxy's secrets or settings.
-    let mut env_remove: Vec<String> = env
-        .iter()
-        .map(|(k, _)| k)
-        .filter(|k| k.starts_with(config::ENV_PREFIX))
-        .cloned()
-        .collect();
-    env_remove.extend(
-        config
-            .auth
-            .issuers
-            .iter()
-            .filter_map(|i| i.secret_env.clone()),
-    );
     let metrics = Metrics::new(config.servers.keys().map(String::as_str));
-    let servers = config
-        .servers
-        .iter()
-        .map(|(name, server)| {
-            let handles = metrics.server(name).cloned().unwrap_or_default();
-            let runtime = ServerRuntime::new(
-                name,
-                server.clone(),
-                env_remove.clone(),
-                &config.sessions,
-                handles,
-            );
-            (name.clone(), Arc::new(runtime))
-        })
-        .collect();
+    let mut live = reload::build_live(config, &public_url, env, &metrics, None, 1, sha256)?;
+    let config = live.config.clone();
     let sessions = SessionRegistry::new(
         config.sessions.max_sessions,
         config.sessions.max_sessions_per_principal,
     );
     let shutdown = CancellationToken::new();
+    live.keys_stop = shutdown.child_token();
     let (lines, dropped) = metrics.audit();
     let audit =
         audit::Audit::start(&config.audit, lines, dropped, shutdown.clone()).map_err(|e| {
@@ -127,10 +110,9 @@ pub fn build_state(
             })
         })?;
     let state = AppState {
+        live: arc_swap::ArcSwap::from_pointee(live),
         public_url,
-        auth: Arc::new(authenticator),
         sessions: Arc::new(sessions),
-        servers,
         tracker: TaskTracker::new(),
         shutdown,
         draining: CancellationToken::new(),
@@ -138,10 +120,10 @@ pub fn build_state(
         audit,
         spawned: Default::default(),
         pool: Default::default(),
-        limits: http::limits::Limits::new(&config),
-        config: Arc::new(config),
     };
-    drain::create_warm_pools(&state);
+    for server in state.live().servers.values() {
+        reload::create_warm_pool(&state, server);
+    }
     Ok(Arc::new(state))
 }
 
@@ -155,6 +137,19 @@ pub async fn run(
     let env: Vec<(String, String)> = std::env::vars().collect();
     let state = build_state(config, listener.local_addr()?, &env)?;
     serve(state, listener, shutdown).await
+}
+
+/// As [`run`], for a config read from a file: SIGHUP reloads it (see [`Reloader`]).
+pub async fn run_reloadable(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reloader: Reloader,
+) -> Result<(), StartError> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let sha256 = reloader.file_sha256();
+    let state = build_state_from(config, listener.local_addr()?, &env, sha256)?;
+    drain::serve_with(state, listener, shutdown, Some(reloader)).await
 }
 
 /// What the micro-benches (`benches/hot_path.rs`) measure, through the production code (not an

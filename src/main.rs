@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mcp_auth_proxy::config::{Config, LogFormat as ConfigLogFormat};
+use mcp_auth_proxy::{LogLevelHook, Reloader};
 
 /// Exit code for a configuration error (sysexits.h EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -77,7 +78,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Some(listen) = cli.listen {
+    if let Some(listen) = cli.listen.clone() {
         config.listen.addr = listen;
     }
     if let Err(e) = mcp_auth_proxy::check_tls(&config.listen) {
@@ -88,7 +89,7 @@ fn main() -> ExitCode {
         ConfigLogFormat::Text => LogFormat::Text,
         ConfigLogFormat::Json => LogFormat::Json,
     });
-    init_logging(format, &config.log.level);
+    let log_level = init_logging(format, &config.log.level);
     match cli.command {
         Some(Command::Check) => cli::check(&config),
         Some(Command::Token {
@@ -98,23 +99,51 @@ fn main() -> ExitCode {
             issuer,
             aud,
         }) => cli::token(&config, &sub, scope, ttl, issuer, aud),
-        None => serve(config),
+        None => {
+            let reloader = Reloader::new(path)
+                .listen_override(cli.listen)
+                .on_log_level(log_level);
+            serve(config, reloader)
+        }
     }
 }
 
-fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+/// Installs the log subscriber; returns how a reload sets `log.level` (`RUST_LOG`, when set,
+/// overrides the file at start and on every reload).
+fn init_logging(format: LogFormat, level: &str) -> LogLevelHook {
+    use tracing_subscriber::EnvFilter;
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let env_wins = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
     use std::io::IsTerminal;
     // Colours only for a person at a terminal, never in files or log collectors.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let set: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync> = match format {
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        }
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        }
+    };
+    Box::new(move |level: &str| {
+        if env_wins {
+            return Err("RUST_LOG is set and overrides log.level".into());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        set(filter)?;
+        tracing::info!(level, "log.level applied");
+        Ok(())
+    })
 }
 
 /// Raises the soft limit on open files to the hard limit: each session holds a client socket
@@ -163,7 +192,7 @@ fn runtime_builder(workers: usize) -> tokio::runtime::Builder {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, reloader: Reloader) -> ExitCode {
     raise_fd_limit();
     let mut builder = runtime_builder(worker_threads());
     builder.enable_all();
@@ -189,7 +218,7 @@ fn serve(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        match mcp_auth_proxy::run(config, listener, shutdown_signal()).await {
+        match mcp_auth_proxy::run_reloadable(config, listener, shutdown_signal(), reloader).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("mcp-auth-proxy: {e}");

@@ -24,6 +24,8 @@ use crate::sync::lock;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
     server: String,
+    /// The [`ServerRuntime::id`]: children of a definition a reload replaced are not reused.
+    runtime: u64,
     /// `None` for a shared child.
     owner: Option<PrincipalKey>,
     /// Serves session-era (initialize-based) sessions rather than modern requests.
@@ -131,6 +133,7 @@ impl ChildPool {
         let shared = server.config.child_scope == ChildScope::Shared;
         let key = PoolKey {
             server: server.name.clone(),
+            runtime: server.id,
             owner: (!shared).then(|| principal.key()),
             sessions: for_sessions,
         };
@@ -228,6 +231,17 @@ impl ChildPool {
         before - map.len()
     }
 
+    /// Forgets the children of a runtime a reload replaced or removed: new requests get a child
+    /// of the new definition, while each old one finishes what it serves and stops when its
+    /// last user lets go (a request in flight, a session on a shared child).
+    pub(crate) fn retire(&self, runtime: u64) -> usize {
+        lock(&self.crashes).retain(|k, _| k.runtime != runtime);
+        let mut map = lock(&self.map);
+        let before = map.len();
+        map.retain(|k, _| k.runtime != runtime);
+        before - map.len()
+    }
+
     /// Stops every child now, also one still answering requests (whose callers then get the
     /// child-exit error): the end of a drain's grace.
     pub(crate) fn stop_all(&self) {
@@ -259,6 +273,7 @@ mod tests {
         let pool = ChildPool::default();
         let key = PoolKey {
             server: "s".into(),
+            runtime: 1,
             owner: None,
             sessions: false,
         };

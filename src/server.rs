@@ -18,6 +18,9 @@ const MAX_CLAIM_ENV_BYTES: usize = 4096;
 /// A configured server and what is needed to spawn its children.
 pub(crate) struct ServerRuntime {
     pub(crate) name: String,
+    /// Unique per runtime: a reload that changes the server builds a new one, and the pool
+    /// keys its children by it (a child of the old definition is never handed out again).
+    pub(crate) id: u64,
     pub(crate) config: ServerConfig,
     pub(crate) policy: ToolPolicy,
     /// Children spawned ahead (`warm_pool`), when configured.
@@ -49,8 +52,10 @@ impl ServerRuntime {
         sessions: &SessionsConfig,
         metrics: ServerMetrics,
     ) -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Self {
             name: name.to_owned(),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             policy: ToolPolicy::new(&config.tool_rules),
             warm: OnceLock::new(),
             era: EraCache::new(config.era),
@@ -60,6 +65,20 @@ impl ServerRuntime {
             max_pending_bytes: sessions.max_pending_bytes,
             metrics,
         }
+    }
+
+    /// Whether this runtime spawns its children as one built from these settings would (a
+    /// reload keeps an unchanged server's runtime: its pool children, warm pool, era).
+    pub(crate) fn same_definition(
+        &self,
+        config: &ServerConfig,
+        env_remove: &[String],
+        sessions: &SessionsConfig,
+    ) -> bool {
+        self.config == *config
+            && self.env_remove == env_remove
+            && self.max_queued_bytes == sessions.max_queued_bytes
+            && self.max_pending_bytes == sessions.max_pending_bytes
     }
 
     /// The spawn recipe for a child serving `principal`: the server's `env`, then

@@ -55,7 +55,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),
@@ -63,7 +63,7 @@ impl ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -84,7 +84,7 @@ pub struct Config {
     pub audit: AuditConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// The URL clients use to reach the proxy; default `http://<listen.addr>`.
@@ -111,7 +111,7 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Accepted `aud` values; empty means the proxy's own resource URLs (no token passthrough).
@@ -134,7 +134,7 @@ impl Default for AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerConfig {
     pub issuer: String,
@@ -160,7 +160,7 @@ fn default_jwks_min_refetch_secs() -> u64 {
     DEFAULT_JWKS_MIN_REFETCH_SECS
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionsConfig {
     pub max_sessions: usize,
@@ -220,7 +220,7 @@ pub enum Era {
     Modern,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub command: String,
@@ -258,7 +258,7 @@ fn default_request_timeout_secs() -> u64 {
     DEFAULT_REQUEST_TIMEOUT_SECS
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ToolRule {
     pub tools: Vec<String>,
@@ -281,8 +281,14 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let config = Self::parse(&text, &env)?;
-        config.validate(&env)?;
+        Self::from_text(&text, &env)
+    }
+
+    /// Parses TOML text plus environment overrides and validates, as [`Config::load`] does
+    /// with the file's text.
+    pub fn from_text(text: &str, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let config = Self::parse(text, env)?;
+        config.validate(env)?;
         Ok(config)
     }
 

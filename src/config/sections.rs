@@ -12,7 +12,7 @@ use super::{
 };
 
 /// `[audit]`: one JSON line per MCP request and per refused request.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuditConfig {
     /// A file (opened for appending, reopened on SIGHUP), `stderr`, or empty: off.
@@ -87,7 +87,7 @@ pub struct RateLimits {
 }
 
 /// Log output: one line per event on stderr.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `text` or `json` (`--log-format`/`MCP_PROXY_LOG_FORMAT` override it).
@@ -113,7 +113,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenConfig {
     pub addr: String,

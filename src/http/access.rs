@@ -34,7 +34,7 @@ where
     let mut request = request;
     let method = method_label(request.method());
     let transport = transport_of(request.uri().path());
-    let trust_forwarded = state.config.http.trust_forwarded_headers;
+    let trust_forwarded = state.live.load().config.http.trust_forwarded_headers;
     let request_id = request_id(&request, trust_forwarded);
     // What a refusal's audit line needs, taken before the request moves on.
     // What a refusal's audit line needs, taken before the request moves on; only cheap
@@ -104,7 +104,7 @@ where
             client: pending.client,
             iss: None,
             sub: None,
-            server: server_of(state, pending.uri.path()).into(),
+            server: server_of(&state.live.load().config, pending.uri.path()).into(),
             transport: if transport == "sse" {
                 "sse"
             } else {
@@ -186,10 +186,10 @@ fn request_id(request: &Request, trust_forwarded: bool) -> Arc<str> {
 }
 
 /// The server a path belongs to: `/servers/NAME/…`, else the root server.
-fn server_of<'a>(state: &'a AppState, path: &'a str) -> &'a str {
+fn server_of<'a>(config: &'a crate::config::Config, path: &'a str) -> &'a str {
     match path.strip_prefix("/servers/") {
         Some(rest) => rest.split('/').next().unwrap_or_default(),
-        None => state.config.root_server().unwrap_or_default(),
+        None => config.root_server().unwrap_or_default(),
     }
 }
 

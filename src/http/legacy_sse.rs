@@ -30,9 +30,9 @@ use crate::session::{Kind, Session, SessionRegistry};
 
 /// `GET /sse`: authenticate, spawn a child for a new session, stream its output.
 pub(crate) async fn open(c: Caller) -> Result<Response, Error> {
-    admit(&c.state)?;
+    admit(&c)?;
     // The session's one stream carries everything its child says: its budget is the session's.
-    let budget = Budget::new(c.state.config.sessions.max_pending_bytes);
+    let budget = Budget::new(c.live.config.sessions.max_pending_bytes);
     let (stream_tx, stream_rx) = queue(STREAM_QUEUE, budget);
     let NewSession {
         slot,
@@ -50,7 +50,7 @@ pub(crate) async fn open(c: Caller) -> Result<Response, Error> {
     // path prefix and proxy in between (spec 2024-11-05 §HTTP with SSE: "endpoint" event).
     let endpoint = format!(
         "{}{}/message?sessionId={}",
-        state.public_url_for(headers),
+        state.public_url_for(&c.live, headers),
         route.base,
         session.id
     );
@@ -63,10 +63,10 @@ pub(crate) async fn open(c: Caller) -> Result<Response, Error> {
             span,
         },
         shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
-        expiry: stream_expiry(state, principal).map(|d| Box::pin(tokio::time::sleep(d))),
+        expiry: stream_expiry(&c.live, principal).map(|d| Box::pin(tokio::time::sleep(d))),
         done: false,
     };
-    let mut response = sse_response(stream, state.config.http.sse_keepalive_secs);
+    let mut response = sse_response(stream, c.live.config.http.sse_keepalive_secs);
     if let Ok(v) = HeaderValue::from_str(&session.id) {
         response.headers_mut().insert(SESSION_HEADER, v);
     }

@@ -22,6 +22,7 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 
 pub use state::AppState;
+pub(crate) use state::Live;
 
 use crate::auth::Principal;
 use crate::auth::metadata::metadata_url;
@@ -37,6 +38,8 @@ use crate::session::{CapError, Slot};
 pub(crate) struct ServerRoute {
     pub(crate) server: Arc<ServerRuntime>,
     pub(crate) base: Arc<str>,
+    /// A server a reload removed: its open sessions are served, new ones refused (404).
+    pub(crate) retired: bool,
 }
 
 impl ServerRoute {
@@ -50,6 +53,8 @@ impl ServerRoute {
 /// a refusal is logged, counted and answered with its challenge before the handler runs.
 pub(crate) struct Caller {
     pub(crate) state: Arc<AppState>,
+    /// The config generation this request is served by, from start to end.
+    pub(crate) live: Arc<Live>,
     pub(crate) route: ServerRoute,
     pub(crate) principal: Principal,
     pub(crate) headers: HeaderMap,
@@ -111,11 +116,8 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        let route = parts
-            .extensions
-            .get::<ServerRoute>()
-            .cloned()
-            .ok_or(Error::NoSession)?;
+        let live = state.live();
+        let route = live.route(parts.uri.path()).ok_or(Error::NoSuchServer)?;
         // The resource a challenge points at: `/mcp`, or `/sse` for both legacy endpoints.
         let endpoint = if parts.uri.path().ends_with("/mcp") {
             "/mcp"
@@ -123,15 +125,20 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             "/sse"
         };
         // Limits before authentication: an address over its rate costs no token check.
-        let address = limits::client_address(parts, state.config.http.trust_forwarded_headers);
-        state
-            .limits
+        let address = limits::client_address(parts, live.config.http.trust_forwarded_headers);
+        live.limits
             .check_ip(route.name(), address)
             .map_err(|l| rate_limited(state, l))?;
-        let principal =
-            authenticate(state, &route, endpoint, &parts.headers, parts.uri.query()).await?;
-        state
-            .limits
+        let principal = authenticate(
+            state,
+            &live,
+            &route,
+            endpoint,
+            &parts.headers,
+            parts.uri.query(),
+        )
+        .await?;
+        live.limits
             .check_principal(route.name(), &principal)
             .map_err(|l| rate_limited(state, l))?;
         let request_id = parts
@@ -140,6 +147,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .map_or_else(|| Arc::from(""), |r| r.0.clone());
         Ok(Caller {
             state: state.clone(),
+            live,
             route,
             principal,
             headers: parts.headers.clone(),
@@ -151,21 +159,22 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 
 async fn authenticate(
     state: &AppState,
+    live: &Live,
     route: &ServerRoute,
     endpoint: &str,
     headers: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Principal, Error> {
-    let result = state.auth.authorize(route.name(), headers, query).await;
+    let result = live.auth.authorize(route.name(), headers, query).await;
     result.map_err(|e| {
         tracing::info!(reason = e.reason(), detail = %e, server = %route.name(), "request refused");
         state.metrics.auth_failure(e.reason());
         // Built only for a refusal: a granted request does not pay for the URL.
         let resource_metadata = metadata_url(
-            &state.public_url_for(headers),
+            &state.public_url_for(live, headers),
             &format!("{}{endpoint}", route.base),
         );
-        let scope = state.auth.required_scope(route.name());
+        let scope = live.auth.required_scope(route.name());
         Error::Auth(Box::new(e.challenge(resource_metadata, scope)))
     })
 }
@@ -184,11 +193,15 @@ fn rate_limited(state: &AppState, limited: limits::Limited) -> Error {
 }
 
 /// New work (a new session, or a sessionless request) is refused while draining: the load
-/// balancer retries it elsewhere (DESIGN §5).
-pub(crate) fn admit(state: &AppState) -> Result<(), Error> {
-    if state.is_draining() {
-        state.metrics.refused_draining();
+/// balancer retries it elsewhere (DESIGN §5); and on a server a reload removed (404, as for
+/// one never configured).
+pub(crate) fn admit(c: &Caller) -> Result<(), Error> {
+    if c.state.is_draining() {
+        c.state.metrics.refused_draining();
         return Err(Error::Draining);
+    }
+    if c.route.retired {
+        return Err(Error::NoSuchServer);
     }
     Ok(())
 }
@@ -275,8 +288,8 @@ pub(crate) fn new_session(c: &Caller, stream: Option<ItemTx>) -> Result<NewSessi
 
 /// When a stream of this caller must end: their token's `exp`, when
 /// `auth.close_streams_on_expiry` is on.
-pub(crate) fn stream_expiry(state: &AppState, principal: &Principal) -> Option<Duration> {
-    state.config.auth.close_streams_on_expiry.then(|| {
+pub(crate) fn stream_expiry(live: &Live, principal: &Principal) -> Option<Duration> {
+    live.config.auth.close_streams_on_expiry.then(|| {
         Duration::from_secs(
             principal
                 .exp

@@ -8,12 +8,12 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router, middleware};
+use axum::{Json, Router, middleware};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use super::origin::{self, OriginPolicy};
-use super::{AppState, ServerRoute, access, legacy_sse, streamable};
+use super::origin;
+use super::{AppState, access, legacy_sse, streamable};
 use crate::auth::metadata::{self, WELL_KNOWN};
 use crate::error::Error;
 
@@ -25,19 +25,16 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route(WELL_KNOWN, get(resource_metadata_root))
         .route(&format!("{WELL_KNOWN}/{{*rest}}"), get(resource_metadata));
-    if let Some(root) = state.config.root_server()
-        && let Some(server) = state.servers.get(root)
-    {
-        app = app.merge(server_routes(server, ""));
-    }
-    for (name, server) in &state.servers {
-        app = app.merge(server_routes(server, &format!("/servers/{name}")));
-    }
+    // Which server a request is for is decided per request from the live config
+    // ([`super::Live::route`]), so that a reload may add and remove servers.
+    app = app
+        .merge(server_routes(""))
+        .merge(server_routes("/servers/{server}"));
+    let max_body_bytes = state.live().config.http.max_body_bytes;
     let edge = Edge {
         state: state.clone(),
-        origins: Arc::new(OriginPolicy::new(&state.config.http, &state.public_url)),
     };
-    app.layer(RequestBodyLimitLayer::new(state.config.http.max_body_bytes))
+    app.layer(RequestBodyLimitLayer::new(max_body_bytes))
         // axum's own 2 MB limit would shadow max_body_bytes (DEPENDENCIES.md, axum traps).
         .layer(DefaultBodyLimit::disable())
         .layer(SetSensitiveRequestHeadersLayer::new([
@@ -52,7 +49,6 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 #[derive(Clone)]
 struct Edge {
     state: Arc<AppState>,
-    origins: Arc<OriginPolicy>,
 }
 
 /// The outermost layer: every request is logged and measured, even one refused by Origin or
@@ -64,17 +60,14 @@ async fn edge_layer(
     request: axum::extract::Request,
     next: middleware::Next,
 ) -> Response {
+    let origins = edge.state.live.load().origins.clone();
     access::log_and_measure(&edge.state, request, |request| {
-        origin::guard(&edge.origins, request, next)
+        origin::guard(&origins, request, next)
     })
     .await
 }
 
-fn server_routes(server: &Arc<crate::server::ServerRuntime>, base: &str) -> Router<Arc<AppState>> {
-    let route = ServerRoute {
-        server: server.clone(),
-        base: base.into(),
-    };
+fn server_routes(base: &str) -> Router<Arc<AppState>> {
     Router::new()
         .route(&format!("{base}/sse"), get(legacy_sse::open))
         .route(&format!("{base}/message"), post(legacy_sse::message))
@@ -84,20 +77,28 @@ fn server_routes(server: &Arc<crate::server::ServerRuntime>, base: &str) -> Rout
                 .get(streamable::get)
                 .delete(streamable::delete),
         )
-        .layer(Extension(route))
 }
 
 async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready, or why not; the body names the config generation and the file's SHA-256 (first 12
+/// hex digits), so an operator can tell which config an instance runs.
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let live = state.live.load();
     if state.is_draining() {
         Error::NotReady("draining").into_response()
-    } else if !state.auth.keys_loaded() {
+    } else if !live.auth.keys_loaded() {
         Error::NotReady("keys not loaded").into_response()
+    } else if live.sha256.is_empty() {
+        format!("ready\nconfig_generation {}\n", live.generation).into_response()
     } else {
-        "ready".into_response()
+        format!(
+            "ready\nconfig_generation {}\nconfig_sha256 {}\n",
+            live.generation, live.sha256
+        )
+        .into_response()
     }
 }
 
@@ -107,7 +108,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let body = state.metrics.render(
         sessions.iter().map(|s| (s.server.as_str(), 1)),
         state.is_draining(),
-        &state.auth.jwks_stats(),
+        &state.live.load().auth.jwks_stats(),
     );
     (
         [(
@@ -137,12 +138,13 @@ async fn resource_metadata(
 /// RFC 9728 §3.2: the document for one of our endpoints; 404 for anything else (a document
 /// must describe a resource that exists, with `resource` exactly its URL).
 fn metadata_document(state: &AppState, headers: &HeaderMap, rest: &str) -> Response {
+    let live = state.live();
     let endpoint = metadata::endpoint_for(&state.public_url, rest);
-    let servers = state.auth.authorization_servers();
-    match metadata::document(&state.config, &state.public_url, &servers, &endpoint) {
+    let servers = live.auth.authorization_servers();
+    match metadata::document(&live.config, &state.public_url, &servers, &endpoint) {
         Some(mut doc) => {
             // The address the client used (trusted X-Forwarded-*), as in the challenge.
-            doc.resource = format!("{}{endpoint}", state.public_url_for(headers));
+            doc.resource = format!("{}{endpoint}", state.public_url_for(&live, headers));
             Json(doc).into_response()
         }
         None => Error::NoSuchResource.into_response(),

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -14,16 +15,63 @@ use crate::pool::ChildPool;
 use crate::server::ServerRuntime;
 use crate::session::SessionRegistry;
 
-/// What every handler shares: the config, the authenticator, the sessions and pool children,
-/// each server's runtime, the metrics, and the shutdown and drain signals. Built by
+/// What a config reload replaces as one (SIGHUP, `crate::reload`): the config and everything
+/// built from it. A request loads it once ([`AppState::live`]) and sees one generation
+/// throughout, whatever reload happens meanwhile.
+#[derive(Clone)]
+pub(crate) struct Live {
+    /// 1 at start, one more per applied reload.
+    pub(crate) generation: u64,
+    /// The first 12 hex digits of the config file's SHA-256 (empty for a config not read
+    /// from a file, as in in-process tests).
+    pub(crate) sha256: String,
+    pub(crate) config: Arc<Config>,
+    pub(crate) auth: Arc<Authenticator>,
+    /// The configured servers; a request names one by its path.
+    pub(crate) servers: HashMap<String, Arc<ServerRuntime>>,
+    /// Servers a reload removed whose sessions may still finish (within
+    /// `shutdown_grace_secs`): requests of those sessions are served, new ones get 404.
+    pub(crate) retired: HashMap<String, Arc<ServerRuntime>>,
+    /// The rate limiters (`[limits]`); kept across a reload that leaves the rates as they are.
+    pub(crate) limits: Arc<super::limits::Limits>,
+    pub(crate) origins: Arc<super::origin::OriginPolicy>,
+    /// Cancelled when this generation is replaced: its JWKS caches stop refreshing.
+    pub(crate) keys_stop: CancellationToken,
+}
+
+impl Live {
+    /// The server a request path names: `/servers/NAME/…`, else the root server; `None` for
+    /// a name that is not configured (404). A server removed by a reload still serves the
+    /// requests of its open sessions ([`super::ServerRoute::retired`]).
+    pub(crate) fn route(&self, path: &str) -> Option<super::ServerRoute> {
+        let (name, base) = match path.strip_prefix("/servers/") {
+            Some(rest) => {
+                let name = rest.split('/').next().unwrap_or_default();
+                (name, &path[..path.len() - rest.len() + name.len()])
+            }
+            None => (self.config.root_server()?, ""),
+        };
+        let (server, retired) = match self.servers.get(name) {
+            Some(s) => (s, false),
+            None => (self.retired.get(name)?, true),
+        };
+        Some(super::ServerRoute {
+            server: server.clone(),
+            base: base.into(),
+            retired,
+        })
+    }
+}
+
+/// What every handler shares: the live config and what is built from it, the sessions and
+/// pool children, the metrics, and the shutdown and drain signals. Built by
 /// [`crate::build_state`], served by [`crate::serve`].
 pub struct AppState {
-    pub(crate) config: Arc<Config>,
+    /// The config generation in use (replaced whole by a reload).
+    pub(crate) live: ArcSwap<Live>,
     /// `http.public_url`, or `http://<bound address>`; no trailing slash.
     pub(crate) public_url: String,
-    pub(crate) auth: Arc<Authenticator>,
     pub(crate) sessions: Arc<SessionRegistry>,
-    pub(crate) servers: HashMap<String, Arc<ServerRuntime>>,
     /// Every child actor runs on this tracker, so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
     /// Cancelled when the proxy shuts down: every stream ends.
@@ -38,11 +86,14 @@ pub struct AppState {
     pub(crate) pool: Arc<ChildPool>,
     /// Children spawned since start (tests assert that refused requests spawn nothing).
     pub(crate) spawned: AtomicU64,
-    /// The rate limiters (`[limits]`).
-    pub(crate) limits: super::limits::Limits,
 }
 
 impl AppState {
+    /// The config generation in use, for the whole of one request.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
     /// True once draining has started (new sessions are refused).
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.is_cancelled()
@@ -50,8 +101,12 @@ impl AppState {
 
     /// The public base URL for this request: `public_url`, with the scheme and host taken
     /// from `X-Forwarded-Proto`/`X-Forwarded-Host` when `trust_forwarded_headers` is on.
-    pub(crate) fn public_url_for(&self, headers: &http::HeaderMap) -> std::borrow::Cow<'_, str> {
-        if !self.config.http.trust_forwarded_headers {
+    pub(crate) fn public_url_for(
+        &self,
+        live: &Live,
+        headers: &http::HeaderMap,
+    ) -> std::borrow::Cow<'_, str> {
+        if !live.config.http.trust_forwarded_headers {
             return std::borrow::Cow::Borrowed(&self.public_url);
         }
         super::forwarded::public_url(&self.public_url, headers)
@@ -117,12 +172,16 @@ impl AppState {
 
     /// `server/discover` probes sent for `server`'s children.
     pub fn era_probes(&self, server: &str) -> u64 {
-        self.servers.get(server).map_or(0, |s| s.era.probes())
+        self.live()
+            .servers
+            .get(server)
+            .map_or(0, |s| s.era.probes())
     }
 
     /// Pids of `server`'s warm children ready now.
     pub fn warm_pids(&self, server: &str) -> Vec<u32> {
-        self.servers
+        self.live()
+            .servers
             .get(server)
             .and_then(|s| s.warm.get())
             .map(|w| w.pids())
@@ -145,11 +204,11 @@ impl AppState {
 
     /// Each JWKS issuer's cache counters, sorted by issuer.
     pub fn jwks_stats(&self) -> Vec<(String, crate::metrics::JwksStats)> {
-        self.auth.jwks_stats()
+        self.live().auth.jwks_stats()
     }
 
     /// Whether every JWKS issuer has its keys.
     pub fn keys_loaded(&self) -> bool {
-        self.auth.keys_loaded()
+        self.live().auth.keys_loaded()
     }
 }

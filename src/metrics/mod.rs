@@ -18,11 +18,12 @@ use prometheus_client::registry::{Registry, Unit};
 mod child;
 mod edge;
 mod jwks;
+mod server;
 
-use child::exit_reason_label;
 pub(crate) use child::{ChildMetrics, ExitReason};
 pub(crate) use edge::{EdgeMetrics, Refusal};
 pub use jwks::JwksStats;
+use server::ServerFamilies;
 
 /// The `Content-Type` of `/metrics`.
 pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -106,7 +107,11 @@ pub(crate) struct Metrics {
     edge: EdgeMetrics,
     audit_lines: Counter,
     audit_dropped: Counter,
-    servers: HashMap<String, ServerMetrics>,
+    reloads: Family<ResultLabels, Counter>,
+    generation: Gauge,
+    families: ServerFamilies,
+    /// Every server configured since start (a reload may add some).
+    servers: std::sync::Mutex<HashMap<String, ServerMetrics>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -239,44 +244,30 @@ impl Metrics {
             audit_dropped.clone(),
         );
 
-        let mut per_server = HashMap::new();
-        for name in servers {
-            let server = || name.to_owned();
-            let exit = |reason: ExitReason| {
-                exits.get_or_create_owned(&ExitLabels {
-                    server: server(),
-                    reason: exit_reason_label(reason),
-                })
-            };
-            let relay = |family: &Family<DirectionLabels, Counter>, direction| {
-                family.get_or_create_owned(&DirectionLabels {
-                    server: server(),
-                    direction,
-                })
-            };
-            let metrics = ServerMetrics {
-                child: ChildMetrics {
-                    children_active: children_active
-                        .get_or_create_owned(&ServerLabels { server: server() }),
-                    spawned: spawns.get_or_create_owned(&SpawnLabels {
-                        server: server(),
-                        result: "ok",
-                    }),
-                    spawn_failed: spawns.get_or_create_owned(&SpawnLabels {
-                        server: server(),
-                        result: "error",
-                    }),
-                    exit_stopped: exit(ExitReason::Stopped),
-                    exit_exited: exit(ExitReason::Exited),
-                    exit_consumer_gone: exit(ExitReason::ConsumerGone),
-                    bytes_to_child: relay(&relayed_bytes, "to_child"),
-                    bytes_from_child: relay(&relayed_bytes, "from_child"),
-                    messages_to_child: relay(&relayed_messages, "to_child"),
-                    messages_from_child: relay(&relayed_messages, "from_child"),
-                },
-            };
-            per_server.insert(name.to_owned(), metrics);
-        }
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads on SIGHUP: ok (applied) or error (the old config kept)",
+            reloads.clone(),
+        );
+        let generation = Gauge::default();
+        registry.register(
+            "config_generation",
+            "The generation of the config in use: 1 at start, one more per applied reload",
+            generation.clone(),
+        );
+        generation.set(1);
+        let families = ServerFamilies {
+            children_active,
+            spawns,
+            exits,
+            relayed_bytes,
+            relayed_messages,
+        };
+        let per_server = servers
+            .into_iter()
+            .map(|name| (name.to_owned(), families.handles(name)))
+            .collect();
         Self {
             registry,
             sessions_active,
@@ -289,7 +280,10 @@ impl Metrics {
             edge,
             audit_lines,
             audit_dropped,
-            servers: per_server,
+            reloads,
+            generation,
+            families,
+            servers: std::sync::Mutex::new(per_server),
         }
     }
 
@@ -303,9 +297,21 @@ impl Metrics {
         self.edge.clone()
     }
 
-    /// The handles of a configured server (`None` only for a name not in the config).
-    pub(crate) fn server(&self, name: &str) -> Option<&ServerMetrics> {
-        self.servers.get(name)
+    /// The handles of a server, registered on first use (a reload may add servers).
+    pub(crate) fn server(&self, name: &str) -> ServerMetrics {
+        crate::sync::lock(&self.servers)
+            .entry(name.to_owned())
+            .or_insert_with(|| self.families.handles(name))
+            .clone()
+    }
+
+    /// A config reload: applied (`generation` is the new one) or refused (`None`).
+    pub(crate) fn config_reloaded(&self, generation: Option<u64>) {
+        let result = if generation.is_some() { "ok" } else { "error" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+        if let Some(generation) = generation {
+            self.generation.set(generation as i64);
+        }
     }
 
     /// One finished HTTP request (its response head is out).
@@ -364,7 +370,8 @@ impl Metrics {
         draining: bool,
         jwks: &[(String, JwksStats)],
     ) -> String {
-        let mut counts: HashMap<&str, usize> = self.servers.keys().map(|k| (&**k, 0)).collect();
+        let known = crate::sync::lock(&self.servers);
+        let mut counts: HashMap<&str, usize> = known.keys().map(|k| (&**k, 0)).collect();
         for (server, n) in sessions {
             *counts.entry(server).or_insert(0) += n;
         }
@@ -375,6 +382,7 @@ impl Metrics {
                 })
                 .set(n as i64);
         }
+        drop(known);
         self.draining.set(i64::from(draining));
         let mut out = String::with_capacity(8 * 1024);
         if let Err(e) =
@@ -401,7 +409,7 @@ mod tests {
     #[test]
     fn names_follow_prometheus_conventions_and_values_move() {
         let m = Metrics::new(["default", "other"]);
-        let s = m.server("default").expect("server");
+        let s = m.server("default");
         s.child.spawned();
         s.child.relayed_to_child(10);
         s.child.relayed_from_child(25);

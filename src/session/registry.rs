@@ -2,7 +2,7 @@
 //! of DESIGN §3 enforced before anything is spawned.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{Kind, Session, lock};
@@ -58,8 +58,9 @@ impl Drop for Slot {
 pub(crate) struct SessionRegistry {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     counts: Arc<Mutex<Counts>>,
-    max_sessions: usize,
-    max_per_principal: usize,
+    /// The caps; a reload may change them (sessions over a lowered cap go on).
+    max_sessions: AtomicUsize,
+    max_per_principal: AtomicUsize,
     /// Woken whenever a session is removed (drain waits for the registry to empty).
     removed: tokio::sync::Notify,
 }
@@ -75,20 +76,27 @@ impl SessionRegistry {
         Self {
             sessions: Mutex::new(HashMap::new()),
             counts: Arc::new(Mutex::new(Counts::default())),
-            max_sessions,
-            max_per_principal,
+            max_sessions: AtomicUsize::new(max_sessions),
+            max_per_principal: AtomicUsize::new(max_per_principal),
             removed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Sets the caps for the sessions reserved from now on (a config reload).
+    pub(crate) fn set_caps(&self, max_sessions: usize, max_per_principal: usize) {
+        self.max_sessions.store(max_sessions, Ordering::Relaxed);
+        self.max_per_principal
+            .store(max_per_principal, Ordering::Relaxed);
     }
 
     /// Takes a slot for a new session of `owner`, or says which cap is reached.
     pub(crate) fn reserve(&self, owner: &PrincipalKey) -> Result<Slot, CapError> {
         let mut counts = lock(&self.counts);
-        if counts.total >= self.max_sessions {
+        if counts.total >= self.max_sessions.load(Ordering::Relaxed) {
             return Err(CapError::Global);
         }
         let mine = counts.per_principal.get(owner).copied().unwrap_or(0);
-        if mine >= self.max_per_principal {
+        if mine >= self.max_per_principal.load(Ordering::Relaxed) {
             return Err(CapError::PerPrincipal);
         }
         counts.total += 1;

@@ -131,8 +131,11 @@ async fn sighup_never_stops_the_proxy() {
     .expect("SIGHUP");
     crate::common::wait::eventually(Duration::from_secs(10), "SIGHUP logged", async || {
         !proxy
-            .events("SIGHUP: the audit log is reopened and the TLS files checked (the config file is read only at start)")
+            .events(
+                "SIGHUP: reloading the config; the audit log is reopened and the TLS files checked",
+            )
             .is_empty()
+            && !proxy.events("config reloaded").is_empty()
     })
     .await;
     let r = crate::common::http()

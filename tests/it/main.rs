@@ -26,6 +26,7 @@ mod nginx_lb;
 mod oidc;
 mod ops;
 mod rate_limits;
+mod reload;
 mod soak;
 mod streamable;
 mod tls;

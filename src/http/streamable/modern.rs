@@ -50,7 +50,7 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
         // notifications have no meaning without a session.
         return Ok(accepted(""));
     }
-    admit(state)?;
+    admit(c)?;
     let audit = c.audit("modern", None);
     let finish = match c.gate(&audit, message) {
         Ok(finish) => finish,
@@ -62,10 +62,10 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
         .map_err(|e| pool_error(state, route, e))?;
     // The era bridge: a legacy child gets a handshake first and some requests are answered by
     // the proxy itself (src/bridge).
-    let max_pending_bytes = state.config.sessions.max_pending_bytes;
+    let max_pending_bytes = c.live.config.sessions.max_pending_bytes;
     let end = StreamEnd {
         shutdown: state.shutdown.clone(),
-        expiry: stream_expiry(state, principal),
+        expiry: stream_expiry(&c.live, principal),
         budget: Budget::new(max_pending_bytes),
     };
     let rewritten =
@@ -85,7 +85,7 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
             }
             Bridged::Listen(stream) => {
                 let events = stream.map(|line| Ok(event(line)));
-                return Ok(sse_response(events, state.config.http.sse_keepalive_secs));
+                return Ok(sse_response(events, c.live.config.http.sse_keepalive_secs));
             }
             Bridged::Forward(rewritten) => rewritten,
         };
@@ -106,7 +106,7 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
         audit,
         budget,
     };
-    respond(state, exchange).await
+    respond(c, exchange).await
 }
 
 /// Decodes a header value that may use the `=?base64?…?=` sentinel (spec 2026-07-28

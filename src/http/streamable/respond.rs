@@ -9,7 +9,7 @@ use axum::response::Response;
 use futures::Stream;
 use tokio_util::sync::CancellationToken;
 
-use super::super::AppState;
+use super::super::Caller;
 use super::super::sse::{message, sse_response};
 use crate::budget::Budget;
 use crate::child::ChildError;
@@ -43,7 +43,8 @@ pub(super) fn times_out(message: &ClientMessage) -> bool {
     message.first_method() != Some("subscriptions/listen")
 }
 
-pub(super) async fn respond(state: &AppState, exchange: Exchange<'_>) -> Result<Response, Error> {
+pub(super) async fn respond(c: &Caller, exchange: Exchange<'_>) -> Result<Response, Error> {
+    let state = &*c.state;
     let modern = exchange.owner.is_none();
     let (tx, mut rx) = queue(ROUTE_QUEUE, exchange.budget);
     let dispatch = Dispatch {
@@ -105,7 +106,7 @@ pub(super) async fn respond(state: &AppState, exchange: Exchange<'_>) -> Result<
         return Ok(json_answer(body, false));
     }
     let stream = request_stream(first, rx, ticket, state.shutdown.clone());
-    Ok(sse_response(stream, state.config.http.sse_keepalive_secs))
+    Ok(sse_response(stream, c.live.config.http.sse_keepalive_secs))
 }
 
 /// The next item for a request; `None` when its route is gone or the proxy shuts down (answers

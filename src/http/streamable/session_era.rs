@@ -40,7 +40,7 @@ fn with_session_header(mut response: Response, id: &str) -> Response {
 /// `initialize` without a session: a new session and child.
 pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Response, Error> {
     let (state, route, headers) = (&c.state, &c.route, &c.headers);
-    admit(state)?;
+    admit(c)?;
     // No tool is called by `initialize`: the gate only sets up a filter, nothing to audit.
     let finish = match c.gate(&None, message) {
         Ok(finish) => finish,
@@ -58,7 +58,7 @@ pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Re
     // The session has the child to itself: its streams charge the child's budget.
     let standalone = Arc::new(Standalone::new(
         mux.budget().clone(),
-        state.config.sessions.replay_buffer_bytes,
+        c.live.config.sessions.replay_buffer_bytes,
     ));
     mux.set_unrouted(standalone.clone());
     let kind = Kind::Streamable {
@@ -80,7 +80,7 @@ pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Re
         audit: c.audit("session", Some(&session.id)),
         budget: session.budget().clone(),
     };
-    let response = respond(state, exchange).await?;
+    let response = respond(c, exchange).await?;
     Ok(with_session_header(response, &session.id))
 }
 
@@ -103,7 +103,7 @@ async fn initialize_shared(c: &Caller, message: &ClientMessage) -> Result<Respon
         tracing::info_span!("session", id = %id, sub = %principal.sub, server = %route.name());
     // A budget of the session's own: a client of the shared child that stops reading must not
     // take the room of the other sessions' streams.
-    let sessions_config = &state.config.sessions;
+    let sessions_config = &c.live.config.sessions;
     let standalone = Arc::new(Standalone::new(
         Budget::new(sessions_config.max_pending_bytes),
         sessions_config.replay_buffer_bytes,
@@ -230,7 +230,7 @@ pub(super) async fn post(
         audit,
         budget: session.budget().clone(),
     };
-    respond(state, exchange).await
+    respond(c, exchange).await
 }
 
 /// `GET /mcp`: the session's standalone stream; without a session, 405 (modern era has no GET).
@@ -242,9 +242,9 @@ pub(crate) async fn get(c: Caller) -> Result<Response, Error> {
     };
     let rx = standalone.connect(last_event_id(headers));
     session.touch();
-    let expiry = stream_expiry(state, principal);
+    let expiry = stream_expiry(&c.live, principal);
     let stream = standalone_stream(rx, session.clone(), state.shutdown.clone(), expiry);
-    Ok(sse_response(stream, state.config.http.sse_keepalive_secs))
+    Ok(sse_response(stream, c.live.config.http.sse_keepalive_secs))
 }
 
 /// The event id a reconnecting client resumes after (spec 2025-11-25 Transports §Resumability
