@@ -219,7 +219,7 @@ pub fn use_config(config: &Config) {
     let who = Principal {
         iss: "fuzz".into(),
         sub: "fuzz".into(),
-        scopes: Vec::new(),
+        scopes: Default::default(),
         exp: 0,
         claims: Default::default(),
     };

@@ -23,7 +23,7 @@ use crate::sync::lock;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
-    server: String,
+    server: Arc<str>,
     /// The [`ServerRuntime::id`]: children of a definition a reload replaced are not reused.
     runtime: u64,
     /// `None` for a shared child.

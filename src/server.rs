@@ -17,7 +17,8 @@ const MAX_CLAIM_ENV_BYTES: usize = 4096;
 
 /// A configured server and what is needed to spawn its children.
 pub(crate) struct ServerRuntime {
-    pub(crate) name: String,
+    /// Shared with every audit line of the server's requests.
+    pub(crate) name: Arc<str>,
     /// Unique per runtime: a reload that changes the server builds a new one, and the pool
     /// keys its children by it (a child of the old definition is never handed out again).
     pub(crate) id: u64,
@@ -54,7 +55,7 @@ impl ServerRuntime {
     ) -> Self {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Self {
-            name: name.to_owned(),
+            name: name.into(),
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             policy: ToolPolicy::new(&config.tool_rules),
             warm: OnceLock::new(),

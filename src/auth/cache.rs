@@ -168,7 +168,7 @@ mod tests {
         Principal {
             iss: "i".into(),
             sub: sub.into(),
-            scopes: vec![],
+            scopes: Default::default(),
             exp,
             claims: Default::default(),
         }

@@ -172,9 +172,9 @@ fn principal_from_claims(claims: Map<String, Value>, leeway: u64) -> Result<Prin
         .get("iss")
         .and_then(Value::as_str)
         .ok_or_else(|| AuthError::MissingClaim("iss".into()))?
-        .to_owned();
+        .into();
     let sub = match claims.get("sub").and_then(Value::as_str) {
-        Some(s) if !s.is_empty() => s.to_owned(),
+        Some(s) if !s.is_empty() => s.into(),
         _ => return Err(AuthError::MissingClaim("sub".into())),
     };
     let exp = numeric_date(&claims, "exp")?.ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
@@ -206,7 +206,7 @@ fn principal_from_claims(claims: Map<String, Value>, leeway: u64) -> Result<Prin
     Ok(Principal {
         iss,
         sub,
-        scopes,
+        scopes: scopes.into(),
         exp,
         claims: std::sync::Arc::new(claims),
     })
@@ -270,8 +270,8 @@ mod tests {
             .validate_cached(&token(json!({})))
             .await
             .expect("valid");
-        assert_eq!((p.iss.as_str(), p.sub.as_str()), ("dev", "alice"));
-        assert_eq!(p.scopes, vec!["a", "b"]);
+        assert_eq!((&*p.iss, &*p.sub), ("dev", "alice"));
+        assert_eq!(*p.scopes, ["a", "b"]);
     }
 
     #[tokio::test]
@@ -368,7 +368,7 @@ mod tests {
                 .validate_cached(&token(claims.clone()))
                 .await
                 .expect("valid");
-            assert_eq!(p.scopes, want, "{claims}");
+            assert_eq!(p.scopes.to_vec(), want, "{claims}");
         }
     }
 }

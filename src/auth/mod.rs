@@ -22,9 +22,11 @@ pub use jwt::Authenticator;
 /// Who made a request: the token's `(iss, sub)`, its scopes and its claims.
 #[derive(Clone)]
 pub struct Principal {
-    pub iss: String,
-    pub sub: String,
-    pub scopes: Vec<String>,
+    /// Shared, as the scopes: a principal is cloned out of the token cache on every request
+    /// and its identity into keys, spans and audit lines — each a reference count, not a copy.
+    pub iss: std::sync::Arc<str>,
+    pub sub: std::sync::Arc<str>,
+    pub scopes: std::sync::Arc<[String]>,
     /// `exp` as seconds since the epoch.
     pub exp: u64,
     /// Shared: a principal is cloned out of the token cache on every request, the claims
@@ -69,8 +71,8 @@ impl fmt::Debug for Principal {
 /// The owner of a session: issuer and subject together (a `sub` is only unique per issuer).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PrincipalKey {
-    pub iss: String,
-    pub sub: String,
+    pub iss: std::sync::Arc<str>,
+    pub sub: std::sync::Arc<str>,
 }
 
 /// Why a request was not authenticated. The client sees only the category; detail goes to the log.

@@ -140,7 +140,7 @@ impl AppState {
         self.sessions
             .all()
             .iter()
-            .map(|s| (s.owner.sub.clone(), s.mux.child().pid()))
+            .map(|s| (s.owner.sub.to_string(), s.mux.child().pid()))
             .collect()
     }
 
