@@ -173,7 +173,7 @@ impl Context {
 /// A request refused by the proxy, for [`Audit::refusal`].
 pub(crate) struct Refusal {
     pub(crate) context: Arc<Context>,
-    pub(crate) method: Option<Box<str>>,
+    pub(crate) method: Option<Method>,
     pub(crate) target: Option<Box<str>>,
     pub(crate) status: u16,
     pub(crate) reason: &'static str,
@@ -203,7 +203,7 @@ pub(crate) enum Outcome {
 pub(crate) struct Pending {
     audit: Arc<Audit>,
     context: Arc<Context>,
-    method: Option<Box<str>>,
+    method: Option<Method>,
     target: Option<Box<str>>,
     arguments: Option<Box<RawValue>>,
     started_at: SystemTime,
@@ -227,7 +227,7 @@ impl Pending {
         Self {
             audit,
             context,
-            method: method.map(Box::from),
+            method: method.map(method_name),
             target: target.map(Box::from),
             arguments,
             started_at: SystemTime::now(),
@@ -313,10 +313,37 @@ fn arguments_of(request: &str) -> Option<Box<RawValue>> {
         .arguments
 }
 
+/// A JSON-RPC method name: the MCP ones without an allocation, any other copied.
+type Method = std::borrow::Cow<'static, str>;
+
+fn method_name(name: &str) -> Method {
+    const KNOWN: &[&str] = &[
+        "tools/call",
+        "tools/list",
+        "resources/read",
+        "resources/list",
+        "resources/templates/list",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/get",
+        "prompts/list",
+        "completion/complete",
+        "logging/setLevel",
+        "initialize",
+        "ping",
+        "server/discover",
+        "subscriptions/listen",
+    ];
+    match KNOWN.iter().find(|k| **k == name) {
+        Some(known) => Method::Borrowed(known),
+        None => Method::Owned(name.to_owned()),
+    }
+}
+
 struct Record {
     time: SystemTime,
     context: Arc<Context>,
-    method: Option<Box<str>>,
+    method: Option<Method>,
     target: Option<Box<str>>,
     outcome: Outcome,
     duration_ms: f64,
