@@ -150,7 +150,9 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             live,
             route,
             principal,
-            headers: parts.headers.clone(),
+            // Taken, not copied (a copy is ~3,700 instructions): nothing after this extractor
+            // reads the request's headers but through the caller.
+            headers: std::mem::take(&mut parts.headers),
             request_id,
             client: address,
         })
