@@ -245,7 +245,10 @@ mod tests {
         let (a, b) = (request_id(&request(), false), request_id(&request(), false));
         for id in [&a, &b] {
             assert_eq!(id.len(), 24, "{id}");
-            assert!(id.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            assert!(
+                id.bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
         }
         assert_eq!(a[..8], b[..8], "one prefix per process");
         let counter = |id: &str| u64::from_str_radix(&id[8..], 16).expect("hex");

@@ -333,3 +333,46 @@ async fn a_changed_server_gives_new_children_the_new_definition_and_open_session
     );
     proxy.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_log_level_applies_at_once() {
+    let with_level = |level: &str| {
+        base_config(&format!(
+            "[log]\nlevel = \"{level}\"\n{}",
+            example_server_section()
+        ))
+    };
+    let file = ConfigFile::new(&with_level("info"));
+    let env = [("TEST_SECRET", crate::common::SECRET), ("RUST_LOG", "")];
+    let proxy = ProxyProcess::start(&file.path, &env).await;
+    let access_lines = || {
+        proxy
+            .events("request")
+            .iter()
+            .filter(|e| e["fields"]["path"] == "/healthz")
+            .count()
+    };
+    let (status, _) = get_text(&format!("{}/healthz", proxy.url)).await;
+    assert_eq!(status, 200);
+    eventually(
+        Duration::from_secs(10),
+        "no access line at info",
+        async || access_lines() == 1,
+    )
+    .await;
+    file.rewrite(&with_level("info,access=off"));
+    reload(&proxy, "config reloaded", 1).await;
+    assert_eq!(proxy.events("log.level applied").len(), 1);
+    let (status, _) = get_text(&format!("{}/healthz", proxy.url)).await;
+    assert_eq!(status, 200);
+    // A later event proves the log reader has seen everything before it.
+    sighup(&proxy);
+    eventually(
+        Duration::from_secs(10),
+        "no second reload line",
+        async || proxy.events("config reloaded").len() == 2,
+    )
+    .await;
+    assert_eq!(access_lines(), 1, "access lines are off after the reload");
+    proxy.kill().await;
+}

@@ -63,6 +63,10 @@ impl ProxyProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        // `("RUST_LOG", "")`: no RUST_LOG at all, so the config's `log.level` decides.
+        if env.iter().any(|(k, v)| *k == "RUST_LOG" && v.is_empty()) {
+            cmd.env_remove("RUST_LOG");
+        }
         let mut child = cmd.spawn().expect("spawn proxy");
         let pid = child.id().expect("pid");
         let stderr = child.stderr.take().expect("stderr");
