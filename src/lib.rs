@@ -37,6 +37,7 @@ mod protocol;
 mod server;
 mod session;
 mod sync;
+pub mod telemetry;
 mod warm;
 
 use std::future::Future;

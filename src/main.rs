@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mcp_auth_proxy::config::{Config, LogFormat as ConfigLogFormat};
+use mcp_auth_proxy::config::{Config, LogFormat as ConfigLogFormat, TelemetryConfig};
+use mcp_auth_proxy::telemetry::Telemetry;
 
 /// Exit code for a configuration error (sysexits.h EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -88,8 +89,16 @@ fn main() -> ExitCode {
         ConfigLogFormat::Text => LogFormat::Text,
         ConfigLogFormat::Json => LogFormat::Json,
     });
-    init_logging(format, &config.log.level);
-    match cli.command {
+    // Spans are exported only by a proxy that serves (not by `check` or `token`).
+    let telemetry = cli.command.is_none().then_some(&config.telemetry);
+    let exporter = match init_logging(format, &config.log.level, telemetry) {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("mcp-auth-proxy: {}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let code = match cli.command {
         Some(Command::Check) => cli::check(&config),
         Some(Command::Token {
             sub,
@@ -99,22 +108,56 @@ fn main() -> ExitCode {
             aud,
         }) => cli::token(&config, &sub, scope, ttl, issuer, aud),
         None => serve(config),
+    };
+    // After the runtime is gone: the exporter's client blocks.
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
     }
+    code
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+fn init_logging(
+    format: LogFormat,
+    level: &str,
+    telemetry: Option<&TelemetryConfig>,
+) -> Result<Option<Telemetry>, String> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    use std::io::IsTerminal;
     // Colours only for a person at a terminal, never in files or log collectors.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+    let ansi = std::io::stderr().is_terminal();
+    let traces = match telemetry {
+        Some(config) => mcp_auth_proxy::telemetry::layer(config)?,
+        None => None,
+    };
+    let Some((traces, exporter)) = traces else {
+        // Without telemetry the subscriber is exactly what it always was (a global filter).
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr);
+        match format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+        return Ok(None);
+    };
+    // With it, the log level filters the log layer only: spans are exported whatever it is.
+    let logs = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(traces)
+        .init();
+    Ok(Some(exporter))
 }
 
 /// Raises the soft limit on open files to the hard limit: each session holds a client socket

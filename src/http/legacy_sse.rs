@@ -193,6 +193,7 @@ pub(crate) async fn message(
         timeout: true,
         finish,
         audit,
+        trace: c.trace("legacy", Some(&session.id)),
     };
     match session.mux.send(&message, dispatch).await {
         Ok(ticket) => {

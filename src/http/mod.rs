@@ -57,6 +57,8 @@ pub(crate) struct Caller {
     pub(crate) request_id: Arc<str>,
     /// The client's address (the trusted forwarded one, else the peer).
     pub(crate) client: Option<std::net::IpAddr>,
+    /// The request's span (`[telemetry]` on), set by the access layer.
+    pub(crate) span: Option<crate::telemetry::HttpSpan>,
 }
 
 impl Caller {
@@ -78,6 +80,29 @@ impl Caller {
             transport: if era == "legacy" { "sse" } else { "streamable" },
             era,
             session: session.map(Into::into),
+        }))
+    }
+
+    /// What the spans of this request's JSON-RPC requests share; `None` when telemetry is off
+    /// (nothing is built then). `era` as for [`Caller::audit`].
+    pub(crate) fn trace(
+        &self,
+        era: &'static str,
+        session: Option<&str>,
+    ) -> Option<Arc<crate::telemetry::Context>> {
+        let parent = self.span.clone()?;
+        let protocol_version = self
+            .headers
+            .get(crate::protocol::PROTOCOL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(Into::into);
+        Some(Arc::new(crate::telemetry::Context {
+            parent,
+            server: self.route.name().into(),
+            sub: self.principal.sub.as_str().into(),
+            session: session.map(Into::into),
+            protocol_version,
+            modern: era == "modern",
         }))
     }
 
@@ -145,6 +170,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             headers: parts.headers.clone(),
             request_id,
             client: address,
+            span: parts
+                .extensions
+                .get::<crate::telemetry::HttpSpan>()
+                .cloned(),
         })
     }
 }

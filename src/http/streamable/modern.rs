@@ -104,6 +104,7 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
         timeout: times_out(message),
         finish,
         audit,
+        trace: c.trace("modern", None),
         budget,
     };
     respond(state, exchange).await

@@ -78,6 +78,7 @@ pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Re
         timeout: times_out(message),
         finish,
         audit: c.audit("session", Some(&session.id)),
+        trace: c.trace("session", Some(&session.id)),
         budget: session.budget().clone(),
     };
     let response = respond(state, exchange).await?;
@@ -129,6 +130,7 @@ async fn initialize_shared(c: &Caller, message: &ClientMessage) -> Result<Respon
             timeout: true,
             finish: None,
             audit: c.audit("session", Some(&session.id)),
+            trace: c.trace("session", Some(&session.id)),
         };
         let _ticket = mux
             .send(message, dispatch)
@@ -228,6 +230,7 @@ pub(super) async fn post(
         timeout: times_out(message),
         finish,
         audit,
+        trace: c.trace("session", Some(&session.id)),
         budget: session.budget().clone(),
     };
     respond(state, exchange).await
