@@ -8,7 +8,7 @@ use super::ConfigError;
 /// The service name spans are exported under, unless `telemetry.service_name` says otherwise.
 pub const DEFAULT_SERVICE_NAME: &str = "mcp-auth-proxy";
 /// The path of the traces signal under an OTLP/HTTP collector's base URL.
-pub const OTLP_TRACES_PATH: &str = "/v1/traces";
+const OTLP_TRACES_PATH: &str = "/v1/traces";
 
 /// `[telemetry]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]

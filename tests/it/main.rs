@@ -28,6 +28,7 @@ mod ops;
 mod rate_limits;
 mod soak;
 mod streamable;
+mod telemetry;
 mod tls;
 mod token_expiry;
 mod tool_rules;
