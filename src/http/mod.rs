@@ -106,20 +106,28 @@ impl Caller {
         }))
     }
 
-    /// The tool gate (`policy::gate`), with a refusal written to the audit log as `denied`.
+    /// The tool gate (`policy::gate`), with a refusal written to the audit log as `denied`
+    /// and, with telemetry on, a span that ends with the refusal's error.
     pub(crate) fn gate(
         &self,
         audit: &Option<Arc<crate::audit::Context>>,
+        trace: &Option<Arc<crate::telemetry::Context>>,
         message: &ClientMessage,
     ) -> Result<Option<Arc<dyn crate::mux::Finish>>, String> {
         let gated = crate::policy::gate(&self.route.server.policy, message, &self.principal.scopes);
-        if let (Err(answer), Some(audit), Some(first)) = (&gated, audit, message.first()) {
-            audit.denied(
-                first.method.as_deref(),
-                first.name.as_deref(),
-                message.text(first),
-                answer,
-            );
+        if let (Err(answer), Some(first)) = (&gated, message.first()) {
+            if let Some(audit) = audit {
+                audit.denied(
+                    first.method.as_deref(),
+                    first.name.as_deref(),
+                    message.text(first),
+                    answer,
+                );
+            }
+            if let Some(trace) = trace {
+                let id = message.id(first).unwrap_or("null");
+                trace.answered_by_proxy(first, id, message.text(first), answer);
+            }
         }
         gated
     }

@@ -360,7 +360,7 @@ impl Mux {
                         let (trace, line) = match &dispatch.trace {
                             Some(context) => {
                                 let (span, line) = context.request(item, &original, line);
-                                (Some(span), line)
+                                (Some(Box::new(span)), line)
                             }
                             None => (None, line),
                         };

@@ -24,7 +24,8 @@ pub(super) struct Route {
     /// Its audit line, written when the answer comes (dropped unanswered: `cancelled`).
     pub(super) audit: Option<crate::audit::Pending>,
     /// Its span, ended when the answer comes (dropped unanswered: cancelled).
-    pub(super) trace: Option<crate::telemetry::McpSpan>,
+    /// Boxed: off (`None`) it costs a route one word.
+    pub(super) trace: Option<Box<crate::telemetry::McpSpan>>,
 }
 
 #[derive(Default)]

@@ -178,6 +178,22 @@ impl Context {
     }
 }
 
+impl Context {
+    /// A request the proxy answered itself (a tool rule's refusal, the era bridge's answer):
+    /// its span ends at once with `answer`.
+    /// `text` is the request as the client sent it (its `_meta` may hold the trace context).
+    pub(crate) fn answered_by_proxy(
+        &self,
+        item: &Message,
+        original_id: &str,
+        text: &str,
+        answer: &str,
+    ) {
+        let (span, _) = self.request(item, original_id, text.to_owned());
+        span.answered(answer, false);
+    }
+}
+
 /// `jsonrpc.request.id`: a string id unquoted, a number as written.
 fn request_id(raw: &str) -> String {
     if raw.starts_with('"') {

@@ -28,6 +28,9 @@ shutdown_grace_secs = 1
 
 [servers.default]
 command = "{}"
+[[servers.default.tool_rules]]
+tools = ["secret_*"]
+require_scopes = ["mcp:admin"]
 "#,
         example_server()
     ))
@@ -161,6 +164,9 @@ async fn modern_requests_continue_the_incoming_trace_and_hand_the_child_the_prox
     // 3. An error answer, in a new trace (no context at all).
     let c = modern_call(&proxy.url, &token, json!(3), "no_such_tool", &[], json!({})).await;
     let code = c.last()["error"]["code"].as_i64().expect("an error answer");
+    // 4. Refused by a tool rule: the child never sees it, the span records the refusal.
+    let d = modern_call(&proxy.url, &token, json!(4), "secret_plans", &[], json!({})).await;
+    let denied_code = d.last()["error"]["code"].as_i64().expect("a refusal");
 
     let spans = stop_and_collect(proxy, &collector).await;
     assert!(spans.iter().all(|s| s.service == "proxy-under-test"));
@@ -233,6 +239,15 @@ async fn modern_requests_continue_the_incoming_trace_and_hand_the_child_the_prox
         root.span.parent_span_id.is_empty(),
         "a new trace starts at the proxy"
     );
+    assert!(failed.events().contains(&"mcp.child.answer".to_owned()));
+
+    // Request 4: answered by the proxy, so no child answer.
+    let denied = find(&spans, "MCP span of request 4", |s| {
+        s.name() == "tools/call secret_plans"
+    });
+    assert_eq!(denied.attr("rpc.jsonrpc.error_code"), denied_code);
+    assert_eq!(denied.status(), 2);
+    assert!(denied.events().is_empty(), "{:?}", denied.events());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,7 @@ pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Re
     let (state, route, headers) = (&c.state, &c.route, &c.headers);
     admit(state)?;
     // No tool is called by `initialize`: the gate only sets up a filter, nothing to audit.
-    let finish = match c.gate(&None, message) {
+    let finish = match c.gate(&None, &None, message) {
         Ok(finish) => finish,
         Err(denied) => return Ok(json_answer(denied, false)),
     };
@@ -218,7 +218,8 @@ pub(super) async fn post(
     }
     session.touch();
     let audit = c.audit("session", Some(&session.id));
-    let finish = match c.gate(&audit, message) {
+    let trace = c.trace("session", Some(&session.id));
+    let finish = match c.gate(&audit, &trace, message) {
         Ok(finish) => finish,
         Err(denied) => return Ok(json_answer(denied, false)),
     };
@@ -230,7 +231,7 @@ pub(super) async fn post(
         timeout: times_out(message),
         finish,
         audit,
-        trace: c.trace("session", Some(&session.id)),
+        trace,
         budget: session.budget().clone(),
     };
     respond(state, exchange).await
