@@ -234,6 +234,9 @@ impl McpSpan {
         }
         if let Some(code) = jsonrpc::error_code(line) {
             self.span.set_attribute("rpc.jsonrpc.error_code", code);
+            // The newer RPC conventions' name for the same code, as a string.
+            self.span
+                .set_attribute("rpc.response.status_code", code.to_string());
             self.span.set_attribute("error.type", code.to_string());
             self.span
                 .set_status(Status::error(format!("JSON-RPC error {code}")));
