@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::common::mcp::{self, MODERN, Session};
 use crate::common::otlp::{Collector, Received};
 use crate::common::process::ProxyProcess;
+use crate::common::sse::SseClient;
 use crate::common::{base_config, claims, example_server, hs_token};
 
 const EXIT: Duration = Duration::from_secs(30);
@@ -317,4 +318,51 @@ async fn off_the_child_gets_the_clients_meta_untouched() {
     let b = modern_call(&proxy.url, &token, json!(2), "meta", &[], json!({})).await;
     assert!(child_meta(&b).get("traceparent").is_none());
     proxy.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_sse_posts_are_traced_under_the_post_and_the_stream_has_a_span_of_its_own() {
+    let collector = Collector::start().await;
+    let proxy = ProxyProcess::with_config(&config(&telemetry(&collector, 1.0)), &[]).await;
+    let token = hs_token(&claims(&proxy.url, "dave", json!({})));
+    let mut sse = SseClient::connect(&format!("{}/sse", proxy.url), &token).await;
+    sse.initialize().await;
+    let header = format!("00-{TRACE}-{PARENT}-01");
+    let status = crate::common::http()
+        .post(&sse.endpoint)
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .header("traceparent", &header)
+        .body(
+            json!({"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"meta","arguments":{}}})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("POST /message")
+        .status();
+    assert_eq!(status, 202);
+    let answer = sse.response_to(&json!(5)).await;
+    let text = answer["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a tool result: {answer}"));
+    let seen: Value = serde_json::from_str(text).expect("JSON");
+    let (trace, child_parent) = ids(&seen["traceparent"]);
+    assert_eq!(trace, TRACE, "{seen}");
+    let session = sse.session_id.clone();
+    drop(sse);
+
+    let spans = stop_and_collect(proxy, &collector).await;
+    let post = find(&spans, "the POST's span", |s| s.parent_id() == PARENT);
+    assert_eq!(post.name(), "POST /message");
+    assert_eq!(post.attr("http.response.status_code"), 202);
+    let call = find(&spans, "the call's span", |s| {
+        s.parent_id() == post.span_id()
+    });
+    assert_eq!(call.span_id(), child_parent);
+    assert_eq!(call.name(), "tools/call meta");
+    assert_eq!(call.attr("mcp.session.id"), session.as_str());
+    assert_eq!(call.attr("enduser.id"), "dave");
+    // The stream is a request of its own: a span from GET /sse until it closed.
+    find(&spans, "the stream's span", |s| s.name() == "GET /sse");
 }
