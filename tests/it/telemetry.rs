@@ -366,3 +366,48 @@ async fn legacy_sse_posts_are_traced_under_the_post_and_the_stream_has_a_span_of
     // The stream is a request of its own: a span from GET /sse until it closed.
     find(&spans, "the stream's span", |s| s.name() == "GET /sse");
 }
+
+#[test]
+fn check_shows_the_exporter_and_refuses_a_bad_ratio_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("proxy.toml");
+    let run = |text: &str| {
+        std::fs::write(&path, text).expect("write config");
+        std::process::Command::new(crate::common::proxy_binary())
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("TEST_SECRET", crate::common::SECRET)
+            .output()
+            .expect("run check")
+    };
+    let on = "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.5\n";
+    let out = run(&config(on));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("telemetry: OTLP/HTTP traces to http://127.0.0.1:4318/v1/traces"),
+        "{stdout}"
+    );
+    let out = run(&config("[telemetry]\nsample_ratio = 2.0\n"));
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("telemetry.sample_ratio"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The environment override is checked the same way.
+    std::fs::write(&path, config("")).expect("write config");
+    let out = std::process::Command::new(crate::common::proxy_binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("TEST_SECRET", crate::common::SECRET)
+        .env("MCP_PROXY__TELEMETRY__OTLP_ENDPOINT", "not a url")
+        .output()
+        .expect("run check");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("telemetry.otlp_endpoint"));
+}
