@@ -122,6 +122,16 @@ impl Context {
             Some(t) => format!("{method} {}", bounded(t)),
             None => method.to_owned(),
         };
+        let (tool, prompt) = match (method, target) {
+            ("tools/call", Some(tool)) => (Some(bounded(tool)), None),
+            ("prompts/get", Some(prompt)) => (None, Some(bounded(prompt))),
+            _ => (None, None),
+        };
+        let version = item
+            .protocol_version
+            .as_deref()
+            .or(self.protocol_version.as_deref());
+        // Every attribute at creation: each later `set_attribute` is a look-up of its own.
         let span = tracing::info_span!(
             target: TARGET,
             parent: &self.parent.span,
@@ -129,34 +139,17 @@ impl Context {
             otel.name = name,
             otel.kind = "client",
             mcp.method.name = method,
+            gen_ai.tool.name = tool,
+            gen_ai.operation.name = tool.map(|_| "execute_tool"),
+            gen_ai.prompt.name = prompt,
+            mcp.resource.uri = item.uri.as_deref().map(bounded),
+            mcp.session.id = self.session.as_deref(),
+            mcp.protocol.version = version.map(bounded),
             mcp.server.name = &*self.server,
             enduser.id = &*self.sub,
             network.transport = "pipe",
-            jsonrpc.request.id = request_id(original_id),
+            jsonrpc.request.id = &*request_id(original_id),
         );
-        match (method, target) {
-            ("tools/call", Some(tool)) => {
-                span.set_attribute("gen_ai.tool.name", bounded(tool).to_owned());
-                span.set_attribute("gen_ai.operation.name", "execute_tool");
-            }
-            ("prompts/get", Some(prompt)) => {
-                span.set_attribute("gen_ai.prompt.name", bounded(prompt).to_owned());
-            }
-            _ => {}
-        }
-        if let Some(uri) = item.uri.as_deref() {
-            span.set_attribute("mcp.resource.uri", bounded(uri).to_owned());
-        }
-        if let Some(session) = &self.session {
-            span.set_attribute("mcp.session.id", session.to_string());
-        }
-        let version = item
-            .protocol_version
-            .as_deref()
-            .or(self.protocol_version.as_deref());
-        if let Some(version) = version {
-            span.set_attribute("mcp.protocol.version", bounded(version).to_owned());
-        }
         let cx = span.context();
         let own = cx.span().span_context().clone();
         let line = match own.is_valid() {
@@ -195,11 +188,11 @@ impl Context {
 }
 
 /// `jsonrpc.request.id`: a string id unquoted, a number as written.
-fn request_id(raw: &str) -> String {
+fn request_id(raw: &str) -> std::borrow::Cow<'_, str> {
     if raw.starts_with('"') {
-        serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned())
+        serde_json::from_str::<String>(raw).map_or(raw.into(), Into::into)
     } else {
-        raw.to_owned()
+        raw.into()
     }
 }
 
