@@ -153,6 +153,12 @@ fn init_logging(
         LogFormat::Text => logs.boxed(),
         LogFormat::Json => logs.json().boxed(),
     };
+    // The log layer never prints the exported spans (they are never entered); without this
+    // directive it would still format their fields at every span's creation.
+    let filter = match format!("{}=off", mcp_auth_proxy::telemetry::TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     tracing_subscriber::registry()
         .with(logs.with_filter(filter))
         .with(traces)
