@@ -137,6 +137,7 @@ pub fn build_state(
         draining: CancellationToken::new(),
         metrics: Arc::new(metrics),
         audit,
+        telemetry: config.telemetry.enabled(),
         spawned: Default::default(),
         pool: Default::default(),
         limits: http::limits::Limits::new(&config),

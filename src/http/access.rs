@@ -65,7 +65,7 @@ where
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
     // The request's span, only with `[telemetry]` on (off, nothing is built).
-    let span = (state.config.telemetry.enabled() && transport != "other").then(|| {
+    let span = (state.telemetry && transport != "other").then(|| {
         let span = HttpSpan::start(method, request.uri().path(), request.headers());
         request.extensions_mut().insert(span.clone());
         span
