@@ -47,6 +47,14 @@ pub(crate) fn check(config: &Config) -> ExitCode {
             issuer.algorithms.join(", ")
         );
     }
+    if config.telemetry.enabled() {
+        println!(
+            "telemetry: OTLP/HTTP traces to {} as {} (sample ratio {}, parent-based)",
+            config.telemetry.traces_url(),
+            config.telemetry.service_name,
+            config.telemetry.sample_ratio
+        );
+    }
     let root = config.root_server();
     for (name, server) in &config.servers {
         let mut routes = format!("/servers/{name}/{{sse,message,mcp}}");

@@ -255,6 +255,7 @@ mod tests {
             timeout: true,
             finish: None,
             audit: None,
+            trace: None,
         };
         let _ticket = busy.mux.send(&call, dispatch).await.expect("sent");
         start_idle_reaper(&state);

@@ -38,6 +38,7 @@ mod reload;
 mod server;
 mod session;
 mod sync;
+pub mod telemetry;
 mod warm;
 
 use std::future::Future;
@@ -118,6 +119,7 @@ fn build_state_from(
         draining: CancellationToken::new(),
         metrics: Arc::new(metrics),
         audit,
+        telemetry: config.telemetry.enabled(),
         spawned: Default::default(),
         pool: Default::default(),
     };

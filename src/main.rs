@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mcp_auth_proxy::config::{Config, LogFormat as ConfigLogFormat};
+use mcp_auth_proxy::config::{Config, LogFormat as ConfigLogFormat, TelemetryConfig};
+use mcp_auth_proxy::telemetry::Telemetry;
 use mcp_auth_proxy::{LogLevelHook, Reloader};
 
 /// Exit code for a configuration error (sysexits.h EX_USAGE).
@@ -89,8 +90,16 @@ fn main() -> ExitCode {
         ConfigLogFormat::Text => LogFormat::Text,
         ConfigLogFormat::Json => LogFormat::Json,
     });
-    let log_level = init_logging(format, &config.log.level);
-    match cli.command {
+    // Spans are exported only by a proxy that serves (not by `check` or `token`).
+    let telemetry = cli.command.is_none().then_some(&config.telemetry);
+    let (exporter, log_level) = match init_logging(format, &config.log.level, telemetry) {
+        Ok(logging) => logging,
+        Err(e) => {
+            eprintln!("mcp-auth-proxy: {}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let code = match cli.command {
         Some(Command::Check) => cli::check(&config),
         Some(Command::Token {
             sub,
@@ -105,37 +114,81 @@ fn main() -> ExitCode {
                 .on_log_level(log_level);
             serve(config, reloader)
         }
+    };
+    // After the runtime is gone: the exporter's client blocks.
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
     }
+    code
 }
 
-/// Installs the log subscriber; returns how a reload sets `log.level` (`RUST_LOG`, when set,
-/// overrides the file at start and on every reload).
-fn init_logging(format: LogFormat, level: &str) -> LogLevelHook {
+/// Installs the log subscriber (and, when `telemetry` is on, the span exporter); returns the
+/// exporter and how a reload sets `log.level` (`RUST_LOG`, when set, overrides the file at
+/// start and on every reload).
+fn init_logging(
+    format: LogFormat,
+    level: &str,
+    telemetry: Option<&TelemetryConfig>,
+) -> Result<(Option<Telemetry>, LogLevelHook), String> {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let from_env = EnvFilter::try_from_default_env().ok();
     let env_wins = from_env.is_some();
     let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
-    use std::io::IsTerminal;
     // Colours only for a person at a terminal, never in files or log collectors.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    let set: Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync> = match format {
-        LogFormat::Text => {
-            let builder = builder.with_filter_reloading();
-            let handle = builder.reload_handle();
-            builder.init();
-            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+    let ansi = std::io::stderr().is_terminal();
+    let traces = match telemetry {
+        Some(config) => mcp_auth_proxy::telemetry::layer(config)?,
+        None => None,
+    };
+    type Set = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+    let (set, exporter): (Set, _) = match traces {
+        None => {
+            // Without telemetry the subscriber is what it always was (a global filter).
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr);
+            let set: Set = match format {
+                LogFormat::Text => {
+                    let builder = builder.with_filter_reloading();
+                    let handle = builder.reload_handle();
+                    builder.init();
+                    Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+                }
+                LogFormat::Json => {
+                    let builder = builder.json().with_filter_reloading();
+                    let handle = builder.reload_handle();
+                    builder.init();
+                    Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+                }
+            };
+            (set, None)
         }
-        LogFormat::Json => {
-            let builder = builder.json().with_filter_reloading();
-            let handle = builder.reload_handle();
-            builder.init();
-            Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+        Some((traces, exporter)) => {
+            // With it, the log level filters the log layer only: spans are exported whatever
+            // it is.
+            let logs = tracing_subscriber::fmt::layer()
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr);
+            let logs = match format {
+                LogFormat::Text => logs.boxed(),
+                LogFormat::Json => logs.json().boxed(),
+            };
+            let (filter, handle) = tracing_subscriber::reload::Layer::new(without_spans(filter));
+            tracing_subscriber::registry()
+                .with(logs.with_filter(filter))
+                .with(traces)
+                .init();
+            let set: Set =
+                Box::new(move |f| handle.reload(without_spans(f)).map_err(|e| e.to_string()));
+            (set, Some(exporter))
         }
     };
-    Box::new(move |level: &str| {
+    let hook: LogLevelHook = Box::new(move |level: &str| {
         if env_wins {
             return Err("RUST_LOG is set and overrides log.level".into());
         }
@@ -143,7 +196,17 @@ fn init_logging(format: LogFormat, level: &str) -> LogLevelHook {
         set(filter)?;
         tracing::info!(level, "log.level applied");
         Ok(())
-    })
+    });
+    Ok((exporter, hook))
+}
+
+/// The log layer never prints the exported spans (they are never entered); without this
+/// directive it would still format their fields at every span's creation.
+fn without_spans(filter: tracing_subscriber::EnvFilter) -> tracing_subscriber::EnvFilter {
+    match format!("{}=off", mcp_auth_proxy::telemetry::TARGET).parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit: each session holds a client socket

@@ -10,7 +10,7 @@
 //!   open sessions keep their child; a removed one refuses new sessions (404) and its open
 //!   sessions end within `shutdown_grace_secs`.
 //! - What is bound at start (the listener, TLS paths, connection limits, `public_url`,
-//!   `max_body_bytes`, the audit log, the log format) keeps its old value, and the log line
+//!   `max_body_bytes`, the audit log, the log format, `[telemetry]`) keeps its old value, and the log line
 //!   names each such key that changed: it needs a restart.
 
 use std::collections::HashMap;
@@ -259,6 +259,9 @@ fn keep_start_settings(config: &mut Config, running: &Config) -> Vec<&'static st
     keep!(audit.path, "audit.path");
     keep!(audit.include_arguments, "audit.include_arguments");
     keep!(log.format, "log.format");
+    keep!(telemetry.otlp_endpoint, "telemetry.otlp_endpoint");
+    keep!(telemetry.service_name, "telemetry.service_name");
+    keep!(telemetry.sample_ratio, "telemetry.sample_ratio");
     changed
 }
 

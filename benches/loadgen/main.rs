@@ -13,9 +13,11 @@
 //! Only loopback is ever contacted; every loop is bounded by a deadline.
 
 mod http;
+mod otlp_sink;
 mod procs;
 mod report;
 mod scenarios;
+mod targets;
 mod tls;
 mod transport;
 
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use clap::Parser;
 
-use procs::{Proxy, ServerCmd, Supergateway};
+use procs::{Features, Proxy, ServerCmd, Supergateway};
 use report::{Report, Row};
 use transport::{FIRST_CALL_ID, MARKER, Session, Target, answer_matches};
 
@@ -57,7 +59,8 @@ pub(crate) struct Args {
     /// Comma-separated targets: direct, proxy-sse, proxy-streamable, proxy-modern,
     /// supergateway, http-floor (GET /healthz on the proxy: HTTP alone, no auth, no child),
     /// tls-sse, tls-streamable, tls-modern (a second proxy, with TLS on its listener),
-    /// audit-sse, audit-streamable, audit-modern (a third, with the audit log on).
+    /// audit-sse, audit-streamable, audit-modern (a third, with the audit log on),
+    /// otel-sse, otel-streamable, otel-modern (a fourth, with telemetry on, exporting to a sink).
     #[arg(
         long,
         default_value = "direct,proxy-sse,proxy-streamable,proxy-modern,supergateway,http-floor"
@@ -208,28 +211,44 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
     } else {
         None
     };
-    // The same proxy with the audit log on, for the audit-* rows.
-    let audit_proxy = if wanted.iter().any(|t| t.starts_with("audit-")) {
-        let p = Proxy::start_full(
-            &proxy_bin,
-            &ServerCmd {
-                command: server.clone(),
-                args: vec![],
-                warm_pool: 0,
+    // The same proxy with the audit log on (audit-* rows), and with telemetry on, every trace
+    // sampled and exported to a sink of the loadgen's own (otel-* rows).
+    let wants = |prefix: &str| wanted.iter().any(|t| t.starts_with(prefix));
+    let sink = wants("otel-").then(otlp_sink::Sink::start).transpose()?;
+    let mut featured: Vec<(&str, Proxy, Arc<str>)> = Vec::new();
+    for (prefix, features) in [
+        (
+            "audit-",
+            Features {
+                audit: true,
+                otlp_endpoint: None,
             },
-            &args.proxy_log,
-            None,
-            true,
-        )
-        .await?;
-        eprintln!("audit proxy pid {} on {}", p.pid, p.addr);
-        Some(p)
-    } else {
-        None
-    };
-    let audit_token: Option<Arc<str>> = match &audit_proxy {
-        Some(p) => Some(p.token("bench", Duration::from_secs(6 * 3600))?.into()),
-        None => None,
+        ),
+        (
+            "otel-",
+            Features {
+                audit: false,
+                otlp_endpoint: sink.as_ref().map(|s| s.url.clone()),
+            },
+        ),
+    ] {
+        if !wants(prefix) {
+            continue;
+        }
+        let cmd = ServerCmd {
+            command: server.clone(),
+            args: vec![],
+            warm_pool: 0,
+        };
+        let p = Proxy::start_full(&proxy_bin, &cmd, &args.proxy_log, None, &features).await?;
+        eprintln!("{prefix}proxy pid {} on {}", p.pid, p.addr);
+        let token = p.token("bench", Duration::from_secs(6 * 3600))?.into();
+        featured.push((prefix, p, token));
+    }
+    let featured_proxy = |name: &str| {
+        featured
+            .iter()
+            .find(|(prefix, ..)| name.starts_with(prefix))
     };
     let tls_token: Option<Arc<str>> = match &tls_proxy {
         Some((p, _)) => Some(p.token("bench", Duration::from_secs(6 * 3600))?.into()),
@@ -242,52 +261,23 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
                 program: server.clone(),
                 args: vec![],
             },
-            "proxy-sse" => Target::LegacySse {
-                addr: proxy.addr.clone(),
-                path: "/sse".into(),
-                token: Some(token.clone()),
-            },
-            "proxy-streamable" => Target::Streamable {
-                addr: proxy.addr.clone(),
-                path: "/mcp".into(),
-                token: Some(token.clone()),
-            },
-            "proxy-modern" => Target::Modern {
-                addr: proxy.addr.clone(),
-                path: "/mcp".into(),
-                token: Some(token.clone()),
-            },
+            "proxy-sse" | "proxy-streamable" | "proxy-modern" => {
+                targets::mcp(name, proxy.addr.clone(), Some(token.clone()))
+            }
             "tls-sse" | "tls-streamable" | "tls-modern" | "audit-sse" | "audit-streamable"
-            | "audit-modern" => {
+            | "audit-modern" | "otel-sse" | "otel-streamable" | "otel-modern" => {
                 let (p, token) = if name.starts_with("tls-") {
                     let (Some((p, _)), Some(token)) = (&tls_proxy, &tls_token) else {
                         continue;
                     };
                     (p, token)
                 } else {
-                    let (Some(p), Some(token)) = (&audit_proxy, &audit_token) else {
+                    let Some((_, p, token)) = featured_proxy(name) else {
                         continue;
                     };
                     (p, token)
                 };
-                let (addr, token) = (p.addr.clone(), Some(token.clone()));
-                match name.split_once('-').map_or("", |(_, t)| t) {
-                    "sse" => Target::LegacySse {
-                        addr,
-                        path: "/sse".into(),
-                        token,
-                    },
-                    "streamable" => Target::Streamable {
-                        addr,
-                        path: "/mcp".into(),
-                        token,
-                    },
-                    _ => Target::Modern {
-                        addr,
-                        path: "/mcp".into(),
-                        token,
-                    },
-                }
+                targets::mcp(name, p.addr.clone(), Some(token.clone()))
             }
             "http-floor" => Target::HttpFloor {
                 addr: proxy.addr.clone(),
@@ -324,10 +314,9 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
                 }
                 eprintln!("{scenario} {name} ...");
                 // The proxy the row measures.
-                let measured = match (&tls_proxy, &audit_proxy) {
-                    (Some((p, _)), _) if name.starts_with("tls-") => p,
-                    (_, Some(p)) if name.starts_with("audit-") => p,
-                    _ => &proxy,
+                let measured = match &tls_proxy {
+                    Some((p, _)) if name.starts_with("tls-") => p,
+                    _ => featured_proxy(name).map_or(&proxy, |(_, p, _)| p),
                 };
                 let cpu_pid = match *name {
                     "direct" => None,
@@ -401,8 +390,16 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
     if let Some((p, _files)) = tls_proxy {
         p.stop().await;
     }
-    if let Some(p) = audit_proxy {
+    for (_, p, _) in featured {
         p.stop().await;
+    }
+    if let Some(sink) = &sink {
+        // After the stop: the proxy exports what is queued on SIGTERM.
+        let (exports, spans) = sink.counts();
+        report.notes.push(format!(
+            "otel-*: [telemetry] on, sample_ratio 1.0, the batch exporter posting to the \
+             loadgen's OTLP/HTTP sink: {spans} spans received in {exports} exports"
+        ));
     }
     proxy.stop().await;
     report.notes.push(

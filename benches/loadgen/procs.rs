@@ -21,6 +21,15 @@ pub(crate) struct Proxy {
     _dir: tempfile::TempDir,
 }
 
+/// The optional sections of the generated config.
+#[derive(Default)]
+pub(crate) struct Features {
+    /// The audit log on (a file in the proxy's temp folder).
+    pub(crate) audit: bool,
+    /// `[telemetry]` on, exporting here, every trace sampled.
+    pub(crate) otlp_endpoint: Option<String>,
+}
+
 /// What the generated config's `[servers.default]` runs.
 pub(crate) struct ServerCmd {
     pub(crate) command: String,
@@ -51,20 +60,19 @@ impl Proxy {
         log_level: &str,
         tls: Option<&crate::tls::Files>,
     ) -> Result<Proxy> {
-        Self::start_full(bin, server, log_level, tls, false).await
+        Self::start_full(bin, server, log_level, tls, &Features::default()).await
     }
 
-    /// As [`Proxy::start_with`]; with `audit`, the audit log is on (a file in the proxy's temp
-    /// folder).
+    /// As [`Proxy::start_with`], with the optional sections `features` turns on.
     pub(crate) async fn start_full(
         bin: &Path,
         server: &ServerCmd,
         log_level: &str,
         tls: Option<&crate::tls::Files>,
-        audit: bool,
+        features: &Features,
     ) -> Result<Proxy> {
         let dir = tempfile::tempdir()?;
-        let audit_section = if audit {
+        let mut audit_section = if features.audit {
             format!(
                 "[audit]\npath = {}\n",
                 toml_str(&dir.path().join("audit.jsonl").to_string_lossy())
@@ -72,6 +80,12 @@ impl Proxy {
         } else {
             String::new()
         };
+        if let Some(endpoint) = &features.otlp_endpoint {
+            audit_section.push_str(&format!(
+                "[telemetry]\notlp_endpoint = {}\nsample_ratio = 1.0\n",
+                toml_str(endpoint)
+            ));
+        }
         let port = free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let tls_keys = tls

@@ -87,6 +87,12 @@ pub(crate) fn tool_list() -> Value {
             &["name"],
         ),
         tool(
+            "meta",
+            "Returns the request's params._meta as it arrived (JSON text)",
+            none(),
+            &[]
+        ),
+        tool(
             "cancelled",
             "Returns the requestIds of the notifications/cancelled received so far (JSON array)",
             none(),

@@ -1,5 +1,5 @@
 //! The example server's ordinary tools: `tools/call` argument handling and `echo`, `add`,
-//! `sleep`, `progress`, `whoami`, `env` and `cancelled` (the fault tools live in `faults`).
+//! `sleep`, `progress`, `whoami`, `env`, `meta` and `cancelled` (the fault tools live in `faults`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +49,14 @@ impl Server {
                 text_result(std::env::var("MCP_USER").unwrap_or_else(|_| "anonymous".into()))
             }
             "env" => env_var(&args),
+            // What a proxy put in `_meta` (the trace context of issue 14's telemetry).
+            "meta" => text_result(
+                params
+                    .get("_meta")
+                    .cloned()
+                    .unwrap_or_else(|| json!({}))
+                    .to_string(),
+            ),
             "cancelled" => {
                 text_result(Value::Array(lock(&self.shared.cancelled).clone()).to_string())
             }

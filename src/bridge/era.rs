@@ -127,6 +127,7 @@ async fn send(mux: &Arc<Mux>, body: &str, tx: ItemTx) -> Result<crate::mux::Tick
         timeout: false,
         finish: None,
         audit: None,
+        trace: None,
     };
     Ok(mux.send(&message, dispatch).await?)
 }

@@ -11,9 +11,11 @@ use serde::Deserialize;
 
 mod env;
 mod sections;
+mod telemetry;
 mod validate;
 
 pub use sections::{AuditConfig, LimitsConfig, ListenConfig, LogConfig, LogFormat, RateLimits};
+pub use telemetry::{DEFAULT_SERVICE_NAME, TelemetryConfig};
 pub use validate::parse_public_url;
 
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:8080";
@@ -82,6 +84,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

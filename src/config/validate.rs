@@ -53,6 +53,7 @@ impl Config {
         self.validate_sessions()?;
         self.validate_listen()?;
         self.validate_edge_limits()?;
+        self.telemetry.validate()?;
         validate_limits("limits", &self.limits.rates())?;
         for (name, server) in &self.servers {
             if let Some(limits) = &server.limits {
@@ -359,7 +360,7 @@ fn is_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn parse_http_url(url: &str) -> Result<Url, String> {
+pub(super) fn parse_http_url(url: &str) -> Result<Url, String> {
     let parsed = Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(format!("`{url}` must be an http(s) URL"));

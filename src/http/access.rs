@@ -16,6 +16,7 @@ use super::{AppState, RequestId};
 use crate::error::Reason;
 use crate::metrics::{method_label, transport_of};
 use crate::protocol::SESSION_HEADER;
+use crate::telemetry::HttpSpan;
 
 /// Longest session id echoed into the log (ours are 32 hex digits).
 const MAX_LOGGED_SESSION_ID: usize = 64;
@@ -63,6 +64,12 @@ where
     request
         .extensions_mut()
         .insert(RequestId(request_id.clone()));
+    // The request's span, only with `[telemetry]` on (off, nothing is built).
+    let span = (state.telemetry && transport != "other").then(|| {
+        let span = HttpSpan::start(method, request.uri().path(), request.headers());
+        request.extensions_mut().insert(span.clone());
+        span
+    });
     // The log line's strings are only built when the access log is on (benchmarks and
     // RUST_LOG=warn deployments skip the allocations).
     let logging = tracing::enabled!(target: "access", tracing::Level::INFO);
@@ -145,7 +152,40 @@ where
             "request"
         );
     }
-    response
+    match span {
+        // The span lasts as long as the response body (an SSE stream's as long as the stream).
+        Some(span) => {
+            span.status(status);
+            response.map(|body| axum::body::Body::new(SpannedBody { body, _span: span }))
+        }
+        None => response,
+    }
+}
+
+/// A response body that holds its request's span until the body ends.
+struct SpannedBody {
+    body: axum::body::Body,
+    _span: HttpSpan,
+}
+
+impl http_body::Body for SpannedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// What an MCP request's refusal line would need, kept while the request is served.

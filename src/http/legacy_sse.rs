@@ -173,7 +173,8 @@ pub(crate) async fn message(
     })?;
     session.touch();
     let audit = c.audit("legacy", Some(&session.id));
-    let finish = match c.gate(&audit, &message) {
+    let trace = c.trace("legacy", Some(&session.id));
+    let finish = match c.gate(&audit, &trace, &message) {
         Ok(finish) => finish,
         Err(denied) => {
             return if session.mux.inject(denied) {
@@ -193,6 +194,7 @@ pub(crate) async fn message(
         timeout: true,
         finish,
         audit,
+        trace,
     };
     match session.mux.send(&message, dispatch).await {
         Ok(ticket) => {

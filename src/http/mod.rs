@@ -62,6 +62,8 @@ pub(crate) struct Caller {
     pub(crate) request_id: Arc<str>,
     /// The client's address (the trusted forwarded one, else the peer).
     pub(crate) client: Option<std::net::IpAddr>,
+    /// The request's span (`[telemetry]` on), set by the access layer.
+    pub(crate) span: Option<crate::telemetry::HttpSpan>,
 }
 
 impl Caller {
@@ -86,20 +88,51 @@ impl Caller {
         }))
     }
 
-    /// The tool gate (`policy::gate`), with a refusal written to the audit log as `denied`.
+    /// What the spans of this request's JSON-RPC requests share; `None` when telemetry is off
+    /// (nothing is built then). `era` as for [`Caller::audit`].
+    pub(crate) fn trace(
+        &self,
+        era: &'static str,
+        session: Option<&str>,
+    ) -> Option<Arc<crate::telemetry::Context>> {
+        let parent = self.span.clone()?;
+        let protocol_version = self
+            .headers
+            .get(crate::protocol::PROTOCOL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(Into::into);
+        Some(Arc::new(crate::telemetry::Context {
+            parent,
+            server: self.route.name().into(),
+            sub: self.principal.sub.clone(),
+            session: session.map(Into::into),
+            protocol_version,
+            modern: era == "modern",
+        }))
+    }
+
+    /// The tool gate (`policy::gate`), with a refusal written to the audit log as `denied`
+    /// and, with telemetry on, a span that ends with the refusal's error.
     pub(crate) fn gate(
         &self,
         audit: &Option<Arc<crate::audit::Context>>,
+        trace: &Option<Arc<crate::telemetry::Context>>,
         message: &ClientMessage,
     ) -> Result<Option<Arc<dyn crate::mux::Finish>>, String> {
         let gated = crate::policy::gate(&self.route.server.policy, message, &self.principal.scopes);
-        if let (Err(answer), Some(audit), Some(first)) = (&gated, audit, message.first()) {
-            audit.denied(
-                first.method.as_deref(),
-                first.name.as_deref(),
-                message.text(first),
-                answer,
-            );
+        if let (Err(answer), Some(first)) = (&gated, message.first()) {
+            if let Some(audit) = audit {
+                audit.denied(
+                    first.method.as_deref(),
+                    first.name.as_deref(),
+                    message.text(first),
+                    answer,
+                );
+            }
+            if let Some(trace) = trace {
+                let id = message.id(first).unwrap_or("null");
+                trace.answered_by_proxy(first, id, message.text(first), answer);
+            }
         }
         gated
     }
@@ -155,6 +188,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             headers: std::mem::take(&mut parts.headers),
             request_id,
             client: address,
+            span: parts
+                .extensions
+                .get::<crate::telemetry::HttpSpan>()
+                .cloned(),
         })
     }
 }

@@ -82,6 +82,9 @@ pub struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     /// The audit log (`[audit]`); `None` when off.
     pub(crate) audit: Option<Arc<crate::audit::Audit>>,
+    /// Whether requests get spans (`[telemetry] otlp_endpoint` set at start, when the binary
+    /// installs the exporter; a config read later does not change it).
+    pub(crate) telemetry: bool,
     /// Children serving the modern era (per principal, or shared).
     pub(crate) pool: Arc<ChildPool>,
     /// Children spawned since start (tests assert that refused requests spawn nothing).

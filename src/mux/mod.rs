@@ -142,6 +142,9 @@ pub(crate) struct Dispatch {
     /// Who sent it, for the audit log: each request's line is written when its answer comes
     /// (`None`: the audit log is off, or the proxy's own request).
     pub(crate) audit: Option<Arc<crate::audit::Context>>,
+    /// What its requests' spans share (`None`: telemetry is off, or the proxy's own request).
+    /// With it, each request reaches the child with its span in `params._meta.traceparent`.
+    pub(crate) trace: Option<Arc<crate::telemetry::Context>>,
 }
 
 /// A request in flight. Dropping it before the response arrived forgets the route and, when
@@ -354,6 +357,13 @@ impl Mux {
                         let proxy_id = st.next_id;
                         let rewrite::ToChild { line, progress } =
                             rewrite::request_to_child(message, item, proxy_id);
+                        let (trace, line) = match &dispatch.trace {
+                            Some(context) => {
+                                let (span, line) = context.request(item, &original, line);
+                                (Some(Box::new(span)), line)
+                            }
+                            None => (None, line),
+                        };
                         let progress = progress.map(|(token, original_token)| {
                             st.progress
                                 .insert(token.clone(), (proxy_id, original_token));
@@ -380,6 +390,7 @@ impl Mux {
                                 deadline,
                                 finish: dispatch.finish.clone(),
                                 audit,
+                                trace,
                             },
                         );
                         ticket.ids.push(proxy_id);

@@ -23,6 +23,9 @@ pub(super) struct Route {
     pub(super) finish: Option<Arc<dyn Finish>>,
     /// Its audit line, written when the answer comes (dropped unanswered: `cancelled`).
     pub(super) audit: Option<crate::audit::Pending>,
+    /// Its span, ended when the answer comes (dropped unanswered: cancelled).
+    /// Boxed: off (`None`) it costs a route one word.
+    pub(super) trace: Option<Box<crate::telemetry::McpSpan>>,
 }
 
 #[derive(Default)]

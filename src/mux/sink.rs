@@ -49,6 +49,9 @@ impl LineSink for Sink {
             if let Some(audit) = route.audit.take() {
                 audit.answered(&line);
             }
+            if let Some(span) = route.trace.take() {
+                span.answered(&line, false);
+            }
             let item = Item::Final(line);
             if stream.is_some() {
                 let _ = tokio::time::timeout(CLOSE_SEND_TIMEOUT, route.tx.send_anyway(item)).await;
@@ -117,6 +120,9 @@ impl Sink {
         }
         if let Some(audit) = route.audit.take() {
             audit.answered(&restored);
+        }
+        if let Some(span) = route.trace.take() {
+            span.answered(&restored, true);
         }
         Routed::To(proxy_id, route.tx, Item::Final(restored))
     }

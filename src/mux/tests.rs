@@ -65,6 +65,7 @@ fn dispatch(owner: Option<u64>, tx: &ItemTx, timeout: bool) -> Dispatch {
         timeout,
         finish: None,
         audit: None,
+        trace: None,
     }
 }
 

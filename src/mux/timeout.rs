@@ -36,6 +36,9 @@ impl Mux {
             if let Some(audit) = route.audit.take() {
                 audit.answered(&line);
             }
+            if let Some(span) = route.trace.take() {
+                span.answered(&line, false);
+            }
             let item = Item::Final(line);
             if self.shared.backpressure {
                 let _ =

@@ -29,6 +29,7 @@ mod rate_limits;
 mod reload;
 mod soak;
 mod streamable;
+mod telemetry;
 mod tls;
 mod token_expiry;
 mod tool_rules;

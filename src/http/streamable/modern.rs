@@ -52,7 +52,8 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
     }
     admit(c)?;
     let audit = c.audit("modern", None);
-    let finish = match c.gate(&audit, message) {
+    let trace = c.trace("modern", None);
+    let finish = match c.gate(&audit, &trace, message) {
         Ok(finish) => finish,
         Err(denied) => return Ok(json_answer(denied, false)),
     };
@@ -81,6 +82,10 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
                         )
                         .answered(&line);
                 }
+                if let Some(trace) = &trace {
+                    let id = message.first_request_id();
+                    trace.answered_by_proxy(first, id, message.text(first), &line);
+                }
                 return Ok(json_answer(line, true));
             }
             Bridged::Listen(stream) => {
@@ -104,6 +109,7 @@ pub(super) async fn post(c: &Caller, message: &ClientMessage) -> Result<Response
         timeout: times_out(message),
         finish,
         audit,
+        trace,
         budget,
     };
     respond(c, exchange).await

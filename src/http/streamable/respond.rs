@@ -32,6 +32,8 @@ pub(super) struct Exchange<'a> {
     pub(super) finish: Option<Arc<dyn Finish>>,
     /// Who sent it, for the audit log.
     pub(super) audit: Option<Arc<crate::audit::Context>>,
+    /// What its spans share (`[telemetry]` on).
+    pub(super) trace: Option<Arc<crate::telemetry::Context>>,
     /// What the answers waiting for the client are charged to (`sessions.max_pending_bytes`):
     /// the session's budget, or, in the modern era, the child's.
     pub(super) budget: Budget,
@@ -54,6 +56,7 @@ pub(super) async fn respond(c: &Caller, exchange: Exchange<'_>) -> Result<Respon
         timeout: exchange.timeout,
         finish: exchange.finish,
         audit: exchange.audit,
+        trace: exchange.trace,
     };
     let mut ticket = exchange
         .mux

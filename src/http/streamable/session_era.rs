@@ -42,7 +42,7 @@ pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Re
     let (state, route, headers) = (&c.state, &c.route, &c.headers);
     admit(c)?;
     // No tool is called by `initialize`: the gate only sets up a filter, nothing to audit.
-    let finish = match c.gate(&None, message) {
+    let finish = match c.gate(&None, &None, message) {
         Ok(finish) => finish,
         Err(denied) => return Ok(json_answer(denied, false)),
     };
@@ -78,6 +78,7 @@ pub(super) async fn initialize(c: &Caller, message: &ClientMessage) -> Result<Re
         timeout: times_out(message),
         finish,
         audit: c.audit("session", Some(&session.id)),
+        trace: c.trace("session", Some(&session.id)),
         budget: session.budget().clone(),
     };
     let response = respond(c, exchange).await?;
@@ -129,6 +130,7 @@ async fn initialize_shared(c: &Caller, message: &ClientMessage) -> Result<Respon
             timeout: true,
             finish: None,
             audit: c.audit("session", Some(&session.id)),
+            trace: c.trace("session", Some(&session.id)),
         };
         let _ticket = mux
             .send(message, dispatch)
@@ -216,7 +218,8 @@ pub(super) async fn post(
     }
     session.touch();
     let audit = c.audit("session", Some(&session.id));
-    let finish = match c.gate(&audit, message) {
+    let trace = c.trace("session", Some(&session.id));
+    let finish = match c.gate(&audit, &trace, message) {
         Ok(finish) => finish,
         Err(denied) => return Ok(json_answer(denied, false)),
     };
@@ -228,6 +231,7 @@ pub(super) async fn post(
         timeout: times_out(message),
         finish,
         audit,
+        trace,
         budget: session.budget().clone(),
     };
     respond(c, exchange).await

@@ -6,6 +6,7 @@
 pub mod keys;
 pub mod lb;
 pub mod mcp;
+pub mod otlp;
 pub mod process;
 pub mod procfs;
 pub mod sse;
