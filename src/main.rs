@@ -84,13 +84,24 @@ fn main() -> ExitCode {
         eprintln!("mcp-auth-proxy: {}: {e}", path.display());
         return ExitCode::from(EXIT_CONFIG);
     }
+    // A sandbox this host cannot apply refuses to start: never a child with less containment.
+    let sandboxes = match mcp_auth_proxy::check_sandboxes(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            if matches!(cli.command, Some(Command::Check)) {
+                cli::print_host();
+            }
+            eprintln!("mcp-auth-proxy: {}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let format = cli.log_format.unwrap_or(match config.log.format {
         ConfigLogFormat::Text => LogFormat::Text,
         ConfigLogFormat::Json => LogFormat::Json,
     });
     init_logging(format, &config.log.level);
     match cli.command {
-        Some(Command::Check) => cli::check(&config),
+        Some(Command::Check) => cli::check(&config, &sandboxes),
         Some(Command::Token {
             sub,
             scope,

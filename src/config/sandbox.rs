@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::{ChildScope, ConfigError, ServerConfig};
 
 /// The smallest memory limit accepted: below it no runtime starts and the error would be a
 /// mystery OOM instead of a config error.
@@ -191,6 +191,35 @@ impl SandboxConfig {
         }
         Ok(())
     }
+}
+
+/// A server's sandbox: its own checks, then how it combines with the server's other keys.
+pub(super) fn validate_sandbox(
+    name: &str,
+    server: &ServerConfig,
+    sandbox: &SandboxConfig,
+) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("servers.{name}.{k}");
+    sandbox.validate(&format!("servers.{name}"))?;
+    if server.cwd.is_some() && sandbox.cwd.is_some() {
+        return Err(ConfigError::new(
+            key("sandbox.cwd"),
+            "set either servers.NAME.cwd or sandbox.cwd, not both",
+        ));
+    }
+    if sandbox.per_principal() && server.warm_pool > 0 {
+        return Err(ConfigError::new(
+            key("warm_pool"),
+            "a warm child is spawned before its caller is known: it cannot have a per-caller sandbox.cwd ({sub}/{iss})",
+        ));
+    }
+    if sandbox.per_principal() && server.child_scope == ChildScope::Shared {
+        return Err(ConfigError::new(
+            key("sandbox.cwd"),
+            "a shared child serves everyone: its cwd cannot name one caller ({sub}/{iss})",
+        ));
+    }
+    Ok(())
 }
 
 /// What may follow `{cwd}`/`{tmp}`: nothing, or `/relative/path` without `..`.

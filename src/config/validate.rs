@@ -3,8 +3,7 @@
 use url::Url;
 
 use super::{
-    ChildScope, Config, ConfigError, MIN_HMAC_SECRET_BYTES, RateLimits, SandboxConfig,
-    ServerConfig, is_hmac, parse_algorithm,
+    ChildScope, Config, ConfigError, MIN_HMAC_SECRET_BYTES, RateLimits, is_hmac, parse_algorithm,
 };
 
 impl Config {
@@ -269,7 +268,7 @@ impl Config {
                 return Err(ConfigError::new(key("request_timeout_secs"), "must be > 0"));
             }
             if let Some(sandbox) = &server.sandbox {
-                validate_sandbox(name, server, sandbox)?;
+                super::sandbox::validate_sandbox(name, server, sandbox)?;
             }
             for (i, rule) in server.tool_rules.iter().enumerate() {
                 if rule.tools.is_empty() {
@@ -339,35 +338,6 @@ impl Config {
         }
         Ok(())
     }
-}
-
-/// A server's sandbox: its own checks, then how it combines with the server's other keys.
-fn validate_sandbox(
-    name: &str,
-    server: &ServerConfig,
-    sandbox: &SandboxConfig,
-) -> Result<(), ConfigError> {
-    let key = |k: &str| format!("servers.{name}.{k}");
-    sandbox.validate(&format!("servers.{name}"))?;
-    if server.cwd.is_some() && sandbox.cwd.is_some() {
-        return Err(ConfigError::new(
-            key("sandbox.cwd"),
-            "set either servers.NAME.cwd or sandbox.cwd, not both",
-        ));
-    }
-    if sandbox.per_principal() && server.warm_pool > 0 {
-        return Err(ConfigError::new(
-            key("warm_pool"),
-            "a warm child is spawned before its caller is known: it cannot have a per-caller sandbox.cwd ({sub}/{iss})",
-        ));
-    }
-    if sandbox.per_principal() && server.child_scope == ChildScope::Shared {
-        return Err(ConfigError::new(
-            key("sandbox.cwd"),
-            "a shared child serves everyone: its cwd cannot name one caller ({sub}/{iss})",
-        ));
-    }
-    Ok(())
 }
 
 /// Rates are finite and not negative (0: off).

@@ -269,6 +269,8 @@ impl Metrics {
                     exit_stopped: exit(ExitReason::Stopped),
                     exit_exited: exit(ExitReason::Exited),
                     exit_consumer_gone: exit(ExitReason::ConsumerGone),
+                    exit_oom: exit(ExitReason::Oom),
+                    exit_pids: exit(ExitReason::Pids),
                     bytes_to_child: relay(&relayed_bytes, "to_child"),
                     bytes_from_child: relay(&relayed_bytes, "from_child"),
                     messages_to_child: relay(&relayed_messages, "to_child"),
