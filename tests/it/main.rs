@@ -26,6 +26,8 @@ mod nginx_lb;
 mod oidc;
 mod ops;
 mod rate_limits;
+mod sandbox;
+mod sandbox_limits;
 mod soak;
 mod streamable;
 mod tls;
