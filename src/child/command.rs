@@ -32,6 +32,14 @@ pub(super) fn command(spec: &ChildSpec, sandbox: Option<&mut Prepared>) -> tokio
     }
     let mut plan = None;
     if let Some(sandbox) = sandbox {
+        let unset = |k: &String| !spec.env.iter().any(|(set, _)| set == k);
+        cmd.envs(
+            sandbox
+                .default_env
+                .iter()
+                .filter(|(k, _)| unset(k))
+                .map(|(k, v)| (k, v)),
+        );
         cmd.envs(sandbox.env.iter().map(|(k, v)| (k, v)));
         if let Some(cwd) = &sandbox.cwd {
             cmd.current_dir(cwd);

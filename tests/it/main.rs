@@ -27,6 +27,7 @@ mod oidc;
 mod ops;
 mod rate_limits;
 mod sandbox;
+mod sandbox_interop;
 mod sandbox_limits;
 mod soak;
 mod streamable;

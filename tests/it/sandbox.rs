@@ -138,6 +138,11 @@ async fn a_contained_child_runs_as_its_user_in_its_own_directories() {
         assert_eq!(outcome, Some("EACCES"), "{what}: {args} → {r}");
     }
     assert!(!Path::new("/etc/mcp-sandbox-test").exists());
+    // HOME is the user's (where tools look for caches), not the proxy's.
+    let home = alice
+        .call_tool(json!(4), "env", json!({"name": "HOME"}))
+        .await;
+    assert_eq!(home.last()["result"]["content"][0]["text"], "/nonexistent");
 
     // The child's cgroup (when it has one) and TMPDIR go with the session.
     let r = http()

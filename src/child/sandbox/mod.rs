@@ -90,7 +90,11 @@ impl Step {
 pub(crate) struct Prepared {
     /// Taken by the command builder into the pre-exec hook.
     pub(crate) plan: Option<ExecPlan>,
+    /// Set in the child's environment over the server's `env` (TMPDIR).
     pub(crate) env: Vec<(String, String)>,
+    /// Set unless the server's `env` sets them: HOME, USER and LOGNAME of `user` (as login
+    /// and systemd's `User=` do), so tools look for their caches there, not in the proxy's.
+    pub(crate) default_env: Vec<(String, String)>,
     pub(crate) cwd: Option<PathBuf>,
     fds: Vec<OwnedFd>,
     report_rx: std::io::PipeReader,
@@ -173,8 +177,15 @@ fn remove_tmp(tmp: &Path) {
 /// Prepares the sandbox of one child in the parent. Any failure refuses the child.
 pub(crate) fn prepare(spec: &SandboxSpec, id: &str) -> Result<Prepared, SandboxError> {
     let c = &spec.config;
+    let mut default_env = Vec::new();
     let ids = match &c.user {
-        Some(name) => Some(resolve_user(name)?),
+        Some(name) => {
+            let (ids, home) = resolve_user(name)?;
+            default_env.push(("HOME".to_owned(), home));
+            default_env.push(("USER".to_owned(), name.clone()));
+            default_env.push(("LOGNAME".to_owned(), name.clone()));
+            Some(ids)
+        }
         None => None,
     };
     let owner = ids.as_ref().map(|(u, g, _)| (*u, *g));
@@ -227,6 +238,7 @@ pub(crate) fn prepare(spec: &SandboxSpec, id: &str) -> Result<Prepared, SandboxE
     Ok(Prepared {
         plan,
         env,
+        default_env,
         cwd: spec.cwd.clone(),
         fds,
         report_rx,
@@ -244,8 +256,10 @@ fn expand_path(path: &str, cwd: Option<&Path>, tmp: Option<&Path>) -> PathBuf {
     PathBuf::from(path)
 }
 
-/// The user's uid, primary gid and all its groups (as `initgroups` would set them).
-fn resolve_user(name: &str) -> Result<(u32, u32, Vec<u32>), SandboxError> {
+/// The user's uid, primary gid and all its groups (as `initgroups` would set them), and its
+/// home directory.
+#[allow(clippy::type_complexity)]
+fn resolve_user(name: &str) -> Result<((u32, u32, Vec<u32>), String), SandboxError> {
     let user = nix::unistd::User::from_name(name)
         .map_err(|e| fail(format!("looking up user `{name}`"), e))?
         .ok_or_else(|| SandboxError(format!("no user `{name}` on this host")))?;
@@ -253,9 +267,12 @@ fn resolve_user(name: &str) -> Result<(u32, u32, Vec<u32>), SandboxError> {
     let groups = nix::unistd::getgrouplist(&cname, user.gid)
         .map_err(|e| fail(format!("listing the groups of `{name}`"), e))?;
     Ok((
-        user.uid.as_raw(),
-        user.gid.as_raw(),
-        groups.into_iter().map(|g| g.as_raw()).collect(),
+        (
+            user.uid.as_raw(),
+            user.gid.as_raw(),
+            groups.into_iter().map(|g| g.as_raw()).collect(),
+        ),
+        user.dir.display().to_string(),
     ))
 }
 
