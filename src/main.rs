@@ -85,8 +85,10 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_CONFIG);
     }
     // A sandbox this host cannot apply refuses to start: never a child with less containment.
+    // (`token` spawns nothing: it does not care.)
     let sandboxes = match mcp_auth_proxy::check_sandboxes(&config) {
         Ok(s) => s,
+        Err(_) if matches!(cli.command, Some(Command::Token { .. })) => Vec::new(),
         Err(e) => {
             if matches!(cli.command, Some(Command::Check)) {
                 cli::print_host();

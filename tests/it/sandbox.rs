@@ -251,6 +251,30 @@ async fn an_impossible_sandbox_refuses_the_session_and_check_exits_64() {
     );
     assert_eq!(proxy.state.session_pids(), Vec::<u32>::new());
 
+    // A sandbox the host can apply: check says what it will do, and what the host supports.
+    let path = dir.path().join("good.toml");
+    let good = base_config(&server("default", dir.path(), ""));
+    std::fs::write(&path, good).expect("write");
+    let out = std::process::Command::new(crate::common::proxy_binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("TEST_SECRET", crate::common::SECRET)
+        .output()
+        .expect("run check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for line in [
+        "host: Landlock ABI",
+        "host: cgroups",
+        "host: user namespaces",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
+    assert!(
+        stdout.contains("server default: sandbox can be applied: user nobody"),
+        "{stdout}"
+    );
+
     for (sandbox, key) in [
         ("user = \"no-such-user-here\"".to_owned(), "sandbox.user"),
         (extra, "sandbox.read_only_paths[1]"),
