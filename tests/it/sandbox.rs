@@ -138,6 +138,16 @@ async fn a_contained_child_runs_as_its_user_in_its_own_directories() {
         assert_eq!(outcome, Some("EACCES"), "{what}: {args} → {r}");
     }
     assert!(!Path::new("/etc/mcp-sandbox-test").exists());
+    // Another child's environment (claims, credentials) stays its own: each child is its own
+    // Landlock domain, and /proc/PID/environ needs ptrace access across domains.
+    let bob_pid = proxy.state.session_pid(&bob.id).expect("bob's child");
+    let r = probe(
+        &alice,
+        5,
+        json!({"read": format!("/proc/{bob_pid}/environ")}),
+    )
+    .await;
+    assert_eq!(r["read"], "EACCES", "{r}");
     // HOME is the user's (where tools look for caches), not the proxy's.
     let home = alice
         .call_tool(json!(4), "env", json!({"name": "HOME"}))
@@ -162,6 +172,38 @@ async fn a_contained_child_runs_as_its_user_in_its_own_directories() {
         alice_dir.join("notes.txt").exists(),
         "cwd outlives the session"
     );
+}
+
+/// A warm child is contained like any other (its cwd names no caller).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_child_is_contained_too() {
+    skip_unless_supported!(false);
+    let dir = work_dir();
+    let section = server("default", dir.path(), "")
+        .replace("/{sub}\"", "/pool\"")
+        .replace(
+            "\n\n[servers.default.sandbox]",
+            "\nwarm_pool = 1\n\n[servers.default.sandbox]",
+        );
+    let proxy = Proxy::with_config(&base_config(&section), &[]).await;
+    let warm = async || !proxy.state.warm_pids("default").is_empty();
+    eventually(Duration::from_secs(10), "the pool fills", warm).await;
+    let warm_pid = proxy.state.warm_pids("default")[0];
+    let url = format!("{}/mcp", proxy.url);
+    let s = Session::open(&url, &proxy.token("alice"), VERSION).await;
+    assert_eq!(
+        proxy.state.session_pid(&s.id),
+        Some(warm_pid),
+        "the warm child"
+    );
+    let r = probe(&s, 1, json!({"write": "/etc/mcp-sandbox-test"})).await;
+    assert_eq!(r["uid"], 65534, "{r}");
+    assert_eq!(
+        r["cwd"],
+        dir.path().join("pool").display().to_string(),
+        "{r}"
+    );
+    assert_eq!(r["write"], "EACCES", "{r}");
 }
 
 /// `../../etc` as `sub` stays one directory below cwd's parent.
