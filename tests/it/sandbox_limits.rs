@@ -116,4 +116,23 @@ async fn a_fork_bomb_stops_at_pids_max_and_the_proxy_stays_responsive() {
     // The child still answers: a fork bomb costs its own tree only.
     let again = probe(&s, 2, json!({})).await;
     assert_eq!(again["uid"], 65534);
+    // When it then exits, the limit it hit is the reported fault.
+    let a = s.call_tool(json!(3), "crash", json!({})).await;
+    assert_eq!(
+        a.last()["error"]["message"],
+        "server process exceeded its process limit",
+        "{a:?}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "exit counted as pids",
+        async || {
+            let text = proxy.metrics().await;
+            metric(
+                &text,
+                "mcp_proxy_child_exits_total{server=\"default\",reason=\"pids\"}",
+            ) == Some(1.0)
+        },
+    )
+    .await;
 }
