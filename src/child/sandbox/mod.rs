@@ -149,7 +149,8 @@ impl Running {
             cg.remove().await;
         }
         if let Some(tmp) = self.tmp.take() {
-            remove_tmp(&tmp);
+            // A child may leave many files: not on the runtime's thread.
+            let _ = tokio::task::spawn_blocking(move || remove_tmp(&tmp)).await;
         }
         reason
     }
@@ -224,6 +225,13 @@ pub(crate) fn prepare(spec: &SandboxSpec, id: &str) -> Result<Prepared, SandboxE
         running.cgroup = Some(cg);
     }
     let (report_rx, report_tx) = std::io::pipe().map_err(|e| fail("creating a pipe", e))?;
+    // Never blocks: a child forked meanwhile for another session holds the write end until
+    // its exec, and an empty pipe only means no step failed.
+    nix::fcntl::fcntl(
+        &report_rx,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| fail("preparing the report pipe", e))?;
     let report_tx = OwnedFd::from(report_tx);
     let plan = Some(ExecPlan {
         report_fd: report_tx.as_raw_fd(),
