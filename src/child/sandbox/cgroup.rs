@@ -93,55 +93,72 @@ fn detect() -> CgroupMode {
     ) else {
         return CgroupMode::Unavailable("cannot read /proc/self/{mountinfo,cgroup}".into());
     };
-    // (mount point, fs type, super options) of every cgroup mount.
-    let mounts: Vec<(String, String, String)> = mounts
+    detect_from(&mounts, &own, |dir| {
+        let controllers =
+            std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        (controllers, writable(dir))
+    })
+}
+
+/// The mode from `/proc/self/mountinfo` and `/proc/self/cgroup`; `probe` gives a cgroup
+/// directory's `cgroup.controllers` and whether the proxy may write there.
+fn detect_from(mountinfo: &str, own: &str, probe: impl Fn(&Path) -> (String, bool)) -> CgroupMode {
+    // (mount point, root of the mount in its hierarchy, fs type, super options).
+    let mounts: Vec<(&str, &str, &str, &str)> = mountinfo
         .lines()
         .filter_map(|l| {
             let (left, right) = l.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
+            let mut f = left.split(' ');
+            let root = f.nth(3)?;
+            let point = f.next()?;
             let mut r = right.split(' ');
             let fstype = r.next()?;
             let opts = r.nth(1).unwrap_or("");
             fstype
                 .starts_with("cgroup")
-                .then(|| (point.to_owned(), fstype.to_owned(), opts.to_owned()))
+                .then_some((point, root, fstype, opts))
         })
         .collect();
-    // controller list ("" for v2) → the proxy's path in that hierarchy.
-    let own: Vec<(String, String)> = own
+    // (controller list, "" for v2; the proxy's path in that hierarchy).
+    let own: Vec<(&str, &str)> = own
         .lines()
         .filter_map(|l| {
             let mut p = l.splitn(3, ':');
             let _ = p.next()?;
-            Some((p.next()?.to_owned(), p.next()?.to_owned()))
+            Some((p.next()?, p.next()?))
         })
         .collect();
-    if let Some((point, _, _)) = mounts.iter().find(|m| m.1 == "cgroup2")
+    // The proxy's cgroup as a directory: its path below the mount's root, under the mount point.
+    let dir_of = |point: &str, root: &str, path: &str| -> PathBuf {
+        let rel = path.strip_prefix(root).unwrap_or(path);
+        Path::new(point).join(rel.trim_start_matches('/'))
+    };
+    if let Some((point, root, _, _)) = mounts.iter().find(|m| m.2 == "cgroup2")
         && let Some((_, path)) = own.iter().find(|(c, _)| c.is_empty())
     {
-        let dir = Path::new(point).join(path.trim_start_matches('/'));
-        let controllers: Vec<String> = std::fs::read_to_string(dir.join("cgroup.controllers"))
-            .unwrap_or_default()
+        let dir = dir_of(point, root, path);
+        let (listed, can_write) = probe(&dir);
+        let controllers: Vec<String> = listed
             .split_whitespace()
             .filter(|c| matches!(*c, "memory" | "pids" | "cpu"))
             .map(str::to_owned)
             .collect();
         if controllers.iter().any(|c| c == "memory")
             && controllers.iter().any(|c| c == "pids")
-            && writable(&dir)
+            && can_write
         {
             return CgroupMode::V2 { dir, controllers };
         }
     }
     let v1 = |controller: &str| -> Option<PathBuf> {
-        let (point, _, _) = mounts
+        let (point, root, _, _) = mounts
             .iter()
-            .find(|m| m.1 == "cgroup" && m.2.split(',').any(|o| o == controller))?;
+            .find(|m| m.2 == "cgroup" && m.3.split(',').any(|o| o == controller))?;
         let (_, path) = own
             .iter()
             .find(|(c, _)| c.split(',').any(|c| c == controller))?;
-        let dir = Path::new(point).join(path.trim_start_matches('/'));
-        writable(&dir).then(|| dir.join(CHILDREN_DIR))
+        let dir = dir_of(point, root, path);
+        probe(&dir).1.then(|| dir.join(CHILDREN_DIR))
     };
     let (memory, pids, cpu) = (v1("memory"), v1("pids"), v1("cpu"));
     if memory.is_none() && pids.is_none() && cpu.is_none() {
@@ -370,4 +387,69 @@ fn counter(path: &Path, key: &str) -> u64 {
         .find(|(k, _)| *k == key)
         .and_then(|(_, v)| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_MOUNTS: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+38 31 0:35 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw";
+    const HYBRID_OWN: &str = "8:pids:/\n4:memory:/jobs/42\n1:cpu:/\n0::/\n";
+
+    /// This machine's layout: v2 without controllers, v1 memory/pids/cpu.
+    #[test]
+    fn a_hybrid_host_uses_v1_below_the_proxys_own_cgroups() {
+        let mode = detect_from(HYBRID_MOUNTS, HYBRID_OWN, |_| (String::new(), true));
+        let CgroupMode::V1 { memory, pids, cpu } = mode else {
+            panic!("v1 expected: {mode:?}");
+        };
+        assert_eq!(
+            memory.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/memory/jobs/42/mcp-auth-proxy"))
+        );
+        assert_eq!(
+            pids.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/pids/mcp-auth-proxy"))
+        );
+        assert!(cpu.is_some());
+    }
+
+    /// systemd `Delegate=yes`: the service's own v2 cgroup, with its controllers.
+    #[test]
+    fn a_delegated_v2_cgroup_is_preferred() {
+        let mounts = "30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate";
+        let own = "0::/system.slice/mcp-auth-proxy.service\n";
+        let want = Path::new("/sys/fs/cgroup/system.slice/mcp-auth-proxy.service");
+        let mode = detect_from(mounts, own, |d| {
+            assert_eq!(d, want);
+            ("cpuset cpu io memory pids".into(), true)
+        });
+        let CgroupMode::V2 { dir, controllers } = mode else {
+            panic!("v2 expected: {mode:?}");
+        };
+        assert_eq!(dir, want);
+        assert_eq!(controllers, ["cpu", "memory", "pids"]);
+        // Not delegated (not writable), or without the controllers: nothing to use.
+        let mode = detect_from(mounts, own, |_| ("cpu memory pids".into(), false));
+        assert!(matches!(mode, CgroupMode::Unavailable(_)), "{mode:?}");
+        let mode = detect_from(mounts, own, |_| ("cpu io".into(), true));
+        assert!(matches!(mode, CgroupMode::Unavailable(_)), "{mode:?}");
+    }
+
+    /// In a container the mount's root is the container's cgroup: paths are below it.
+    #[test]
+    fn a_mount_root_is_stripped_from_the_proxys_path() {
+        let mounts = "30 23 0:26 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw";
+        let own = "0::/kubepods/pod1/app\n";
+        let mode = detect_from(mounts, own, |_| ("memory pids".into(), true));
+        let CgroupMode::V2 { dir, .. } = mode else {
+            panic!("v2 expected: {mode:?}");
+        };
+        assert_eq!(dir, Path::new("/sys/fs/cgroup/app"));
+    }
 }
