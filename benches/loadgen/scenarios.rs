@@ -185,6 +185,7 @@ pub(crate) async fn setup(
     .await;
     row.target = "direct everything".into();
     report.rows.push(row);
+    sandboxed::everything(args, proxy_bin, &command, &cmd_args, report).await;
     for (label, warm_pool) in [("cold", 0), ("warm4", 4)] {
         let server = ServerCmd {
             command: command.clone(),
