@@ -90,11 +90,22 @@ fn enter(plan: &ExecPlan, parent: u32) -> std::io::Result<()> {
             return Err(failed(plan, Step::Rlimit));
         }
     }
-    if plan.no_new_privs && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+    // prctl is variadic and the kernel reads its arguments as unsigned longs (and insists the
+    // unused ones are 0): pass them at that width.
+    let (one, zero): (libc::c_ulong, libc::c_ulong) = (1, 0);
+    if plan.no_new_privs
+        && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, one, zero, zero, zero) } != 0
+    {
         return Err(failed(plan, Step::NoNewPrivs));
     }
     if let Some(fd) = plan.landlock_fd
-        && unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) } != 0
+        && unsafe {
+            libc::syscall(
+                libc::SYS_landlock_restrict_self,
+                libc::c_long::from(fd),
+                zero as libc::c_long,
+            )
+        } != 0
     {
         return Err(failed(plan, Step::Landlock));
     }
