@@ -136,3 +136,70 @@ async fn a_fork_bomb_stops_at_pids_max_and_the_proxy_stays_responsive() {
     )
     .await;
 }
+
+/// A proxy that died leaves its children's cgroups behind (and in them whatever of a tree
+/// escaped the process group): the next proxy's first contained child removes them, killing
+/// what is left, while a live proxy's cgroups are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_proxys_cgroups_are_swept_by_the_next() {
+    skip_unless_supported!(true);
+    // The pids hierarchy below this test's own cgroup, as the proxy finds it.
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
+    let Some(path) = own
+        .lines()
+        .find_map(|l| l.split_once(":pids:").map(|(_, p)| p.to_owned()))
+    else {
+        eprintln!("skipped: no cgroup v1 pids hierarchy here");
+        return;
+    };
+    let base = std::path::Path::new("/sys/fs/cgroup/pids")
+        .join(path.trim_start_matches('/'))
+        .join("mcp-auth-proxy");
+    std::fs::create_dir_all(&base).expect("base");
+    // A proxy that has exited: a pid that no longer exists.
+    let mut gone = std::process::Command::new("true").spawn().expect("spawn");
+    let dead = gone.id();
+    gone.wait().expect("reaped");
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let stale = base.join(format!("{dead}-{id}"));
+    let live = base.join(format!("{}-{id}", std::process::id()));
+    for d in [&stale, &live] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    // An orphan of the dead proxy's tree, still in its cgroup.
+    let mut orphan = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep");
+    std::fs::write(stale.join("cgroup.procs"), orphan.id().to_string()).expect("join");
+
+    let dir = work_dir();
+    let proxy = crate::common::process::ProxyProcess::with_config(
+        &base_config(&server("default", dir.path(), "pids_max = 64")),
+        &[],
+    )
+    .await;
+    let token = crate::common::hs_token(&crate::common::claims(&proxy.url, "alice", json!({})));
+    let s = Session::open(&format!("{}/mcp", proxy.url), &token, VERSION).await;
+    assert_eq!(probe(&s, 1, json!({})).await["uid"], 65534);
+    eventually(
+        Duration::from_secs(10),
+        "the stale cgroup is removed",
+        async || !stale.exists(),
+    )
+    .await;
+    let status = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(status) = orphan.try_wait().expect("try_wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the orphan was killed");
+    assert!(!status.success(), "{status:?}");
+    assert!(live.exists(), "a live proxy's cgroup stays");
+    std::fs::remove_dir(&live).expect("rmdir");
+    proxy.kill().await;
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::config::SandboxConfig;
 use crate::metrics::ExitReason;
 
-use super::{SandboxError, fail};
+use super::{SandboxError, fail, stale};
 
 /// Below the proxy's cgroup, the directory its children's cgroups go in (v1 hierarchies).
 const CHILDREN_DIR: &str = "mcp-auth-proxy";
@@ -209,6 +209,7 @@ impl ChildCgroup {
     /// missing refuses the child.
     pub(super) fn create(id: &str, c: &SandboxConfig) -> Result<Self, SandboxError> {
         let mode = cgroup_mode();
+        stale::sweep_once(mode);
         for (set, controller) in [
             (c.memory_max_bytes.is_some(), "memory"),
             (c.pids_max.is_some(), "pids"),
@@ -231,7 +232,7 @@ impl ChildCgroup {
         match mode {
             CgroupMode::V2 { dir, controllers } => {
                 ensure_v2(dir, controllers)?;
-                let d = make(&dir.join(format!("mcp-{id}")))?;
+                let d = make(&dir.join(format!("mcp-{}", stale::child_name(id))))?;
                 cg.dirs.push(d.clone());
                 cg.v2 = true;
                 if let Some(max) = c.memory_max_bytes {
@@ -251,7 +252,7 @@ impl ChildCgroup {
             }
             CgroupMode::V1 { memory, pids, cpu } => {
                 if let (Some(max), Some(base)) = (c.memory_max_bytes, memory) {
-                    let d = make(&base.join(id))?;
+                    let d = make(&base.join(stale::child_name(id)))?;
                     cg.dirs.push(d.clone());
                     put(&d, "memory.limit_in_bytes", max)?;
                     // Only where swap accounting exists.
@@ -261,7 +262,7 @@ impl ChildCgroup {
                 // The pids hierarchy is joined whenever there is one: it also finds every
                 // process of the tree when it ends, even one that left the process group.
                 if let Some(base) = pids {
-                    let d = make(&base.join(id))?;
+                    let d = make(&base.join(stale::child_name(id)))?;
                     cg.dirs.push(d.clone());
                     if let Some(max) = c.pids_max {
                         put(&d, "pids.max", max)?;
@@ -269,7 +270,7 @@ impl ChildCgroup {
                     cg.pids = Some(d);
                 }
                 if let (Some(pct), Some(base)) = (c.cpu_max_percent, cpu) {
-                    let d = make(&base.join(id))?;
+                    let d = make(&base.join(stale::child_name(id)))?;
                     cg.dirs.push(d.clone());
                     put(&d, "cpu.cfs_period_us", CPU_PERIOD_US)?;
                     put(&d, "cpu.cfs_quota_us", u64::from(pct) * CPU_PERIOD_US / 100)?;
@@ -330,38 +331,21 @@ impl ChildCgroup {
         }
     }
 
-    /// One attempt, without waiting.
-    pub(super) fn remove_now(self) {
-        let _ = self.try_remove();
-    }
-
     /// SIGKILLs every process still in the cgroup and removes its directories; true when all
     /// are gone.
     fn try_remove(&self) -> bool {
-        let mut done = true;
-        for d in &self.dirs {
-            if !d.exists() {
-                continue;
-            }
-            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            if std::fs::remove_dir(d).is_err() {
-                done = false;
-            }
-        }
-        done
+        stale::try_remove(&self.dirs)
     }
 }
 
 impl Drop for ChildCgroup {
     fn drop(&mut self) {
-        // A cgroup never outlives its handle by accident (only `remove` empties `dirs` late).
-        let _ = self.try_remove();
+        // A cgroup never outlives its handle by accident: a tree still dying (the handle
+        // dropped with its runtime) is waited for on a thread; a proxy that dies first leaves
+        // it to the next one's sweep.
+        if !self.try_remove() {
+            stale::remove_in_background(std::mem::take(&mut self.dirs), REMOVE_DEADLINE);
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 mod cgroup;
 mod host;
 mod landlock;
+mod stale;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -162,9 +163,8 @@ impl Drop for Running {
         if let Some(tmp) = self.tmp.take() {
             remove_tmp(&tmp);
         }
-        if let Some(cg) = self.cgroup.take() {
-            cg.remove_now();
-        }
+        // Dropping the cgroup's handle removes it.
+        drop(self.cgroup.take());
     }
 }
 
