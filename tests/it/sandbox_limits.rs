@@ -137,9 +137,9 @@ async fn a_fork_bomb_stops_at_pids_max_and_the_proxy_stays_responsive() {
     .await;
 }
 
-/// A proxy that died leaves its children's cgroups behind (and in them whatever of a tree
-/// escaped the process group): the next proxy's first contained child removes them, killing
-/// what is left, while a live proxy's cgroups are left alone.
+/// A proxy that died leaves its children's cgroups and TMPDIRs behind (and in the cgroups
+/// whatever of a tree escaped the process group): the next proxy's first contained child
+/// removes them, killing what is left, while a live proxy's cgroups are left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_proxys_cgroups_are_swept_by_the_next() {
     skip_unless_supported!(true);
@@ -163,7 +163,8 @@ async fn a_dead_proxys_cgroups_are_swept_by_the_next() {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let stale = base.join(format!("{dead}-{id}"));
     let live = base.join(format!("{}-{id}", std::process::id()));
-    for d in [&stale, &live] {
+    let stale_tmp = std::env::temp_dir().join(format!("mcp-child-{dead}-{id}"));
+    for d in [&stale, &live, &stale_tmp] {
         std::fs::create_dir(d).expect("mkdir");
     }
     // An orphan of the dead proxy's tree, still in its cgroup.
@@ -200,6 +201,10 @@ async fn a_dead_proxys_cgroups_are_swept_by_the_next() {
     .expect("the orphan was killed");
     assert!(!status.success(), "{status:?}");
     assert!(live.exists(), "a live proxy's cgroup stays");
+    assert!(
+        !stale_tmp.exists(),
+        "a dead proxy's child TMPDIR is removed"
+    );
     std::fs::remove_dir(&live).expect("rmdir");
     proxy.kill().await;
 }

@@ -197,7 +197,9 @@ pub(crate) fn prepare(spec: &SandboxSpec, id: &str) -> Result<Prepared, SandboxE
             .map_err(|e| fail(format!("creating cwd {}", cwd.display()), e))?;
     }
     if c.private_tmp {
-        let tmp = std::env::temp_dir().join(format!("mcp-child-{id}"));
+        let temp = std::env::temp_dir();
+        stale::sweep_tmp_once(&temp);
+        let tmp = temp.join(format!("{}{}", stale::TMP_PREFIX, stale::child_name(id)));
         create_private_dir(&tmp, owner, false)
             .map_err(|e| fail(format!("creating TMPDIR {}", tmp.display()), e))?;
         env.push(("TMPDIR".to_owned(), tmp.display().to_string()));

@@ -65,6 +65,32 @@ pub(super) fn sweep_once(mode: &CgroupMode) {
     });
 }
 
+/// Prefix of a private TMPDIR (`mcp-child-<pid>-<id>` in the proxy's temp directory).
+pub(super) const TMP_PREFIX: &str = "mcp-child-";
+
+/// Once per process: removes the private TMPDIRs of dead proxies from `temp` (a SIGKILLed
+/// proxy cannot remove its children's).
+pub(super) fn sweep_tmp_once(temp: &std::path::Path) {
+    static SWEPT: Once = Once::new();
+    SWEPT.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(temp) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let stale = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(TMP_PREFIX))
+                .and_then(owner_of)
+                .is_some_and(|pid| !alive(pid));
+            // Not following symlinks: only a real directory of ours is removed.
+            if stale && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+}
+
 /// SIGKILLs every process still in these cgroups and removes them; true when all are gone.
 pub(super) fn try_remove(dirs: &[PathBuf]) -> bool {
     let mut done = true;
