@@ -7,8 +7,24 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use mcp_auth_proxy::config::{Config, is_hmac, parse_algorithm};
 use serde_json::{Map, Value};
 
-/// `check`: the config is valid (it was loaded); print what it would serve.
-pub(crate) fn check(config: &Config) -> ExitCode {
+/// What this host can contain (Landlock, cgroups, user namespaces).
+pub(crate) fn print_host() {
+    let host = mcp_auth_proxy::host_support();
+    println!("host: Landlock {}", host.landlock);
+    println!("host: cgroups {}", host.cgroups);
+    println!(
+        "host: user namespaces {}",
+        if host.user_namespaces {
+            "available"
+        } else {
+            "unavailable"
+        }
+    );
+}
+
+/// `check`: the config is valid (it was loaded); print what it would serve, what the host can
+/// contain and how each sandboxed server's children will be contained.
+pub(crate) fn check(config: &Config, sandboxes: &[(String, String)]) -> ExitCode {
     println!("config OK");
     println!("listen: {}", config.listen.addr);
     let public = config
@@ -67,6 +83,10 @@ pub(crate) fn check(config: &Config) -> ExitCode {
             server.args.join(" "),
             server.child_scope
         );
+    }
+    print_host();
+    for (name, applied) in sandboxes {
+        println!("server {name}: sandbox can be applied: {applied}");
     }
     ExitCode::SUCCESS
 }

@@ -80,6 +80,10 @@ pub(crate) enum Error {
     MissingClaim,
     #[error("the MCP server could not be started")]
     SpawnFailed,
+    /// A requested restriction of `[servers.NAME.sandbox]` could not be applied: nothing was
+    /// started (fail closed). The reason names the step, never a secret.
+    #[error("the MCP server could not be started: the sandbox could not be applied: {0}")]
+    Sandbox(String),
     #[error("the MCP server process exited")]
     ChildExited,
     #[error("the MCP server is not accepting input")]
@@ -200,6 +204,7 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::MissingClaim => "missing_claim",
             Error::SpawnFailed => "spawn_failed",
+            Error::Sandbox(_) => "sandbox_failed",
             Error::ChildExited => "child_exited",
             Error::Stalled => "stalled",
             Error::Busy => "busy",
@@ -302,6 +307,12 @@ impl Error {
             Error::SpawnFailed => plain(
                 StatusCode::BAD_GATEWAY,
                 "the MCP server could not be started",
+            ),
+            Error::Sandbox(reason) => plain(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "the MCP server could not be started: the sandbox could not be applied: {reason}"
+                ),
             ),
             Error::ChildExited => plain(StatusCode::BAD_GATEWAY, "the MCP server process exited"),
             Error::Stalled => plain(
@@ -445,6 +456,7 @@ mod tests {
             ),
             (Error::MethodNotAllowed, 405),
             (Error::SpawnFailed, 502),
+            (Error::Sandbox("setting the user's uid: EPERM".into()), 502),
             (
                 Error::BadRequest {
                     code: INVALID_REQUEST,

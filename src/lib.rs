@@ -48,6 +48,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use child::sandbox::{HostSupport, host_support};
 pub use drain::{STOP_BOUND, serve};
 pub use error::StartError;
 pub use http::AppState;
@@ -69,6 +70,23 @@ pub fn install_crypto_provider() {
 /// matching the certificate, the client CA usable (`check` and start, exit 64 naming the key).
 pub fn check_tls(listen: &config::ListenConfig) -> Result<(), config::ConfigError> {
     edge::tls::check_files(listen)
+}
+
+/// Whether each server's `[servers.NAME.sandbox]` can be applied on this host (`check` and
+/// start, exit 64 naming the key): what it will do, per sandboxed server.
+pub fn check_sandboxes(config: &Config) -> Result<Vec<(String, String)>, config::ConfigError> {
+    let mut out = Vec::new();
+    for (name, server) in &config.servers {
+        if let Some(sandbox) = &server.sandbox {
+            let applied =
+                child::sandbox::server_report(sandbox).map_err(|message| config::ConfigError {
+                    key: format!("servers.{name}.sandbox"),
+                    message: format!("cannot be applied on this host: {message}"),
+                })?;
+            out.push((name.clone(), applied));
+        }
+    }
+    Ok(out)
 }
 
 /// Builds the shared state from a validated config, for a proxy reachable at `local_addr`.
@@ -137,6 +155,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let env: Vec<(String, String)> = std::env::vars().collect();
+    if config.servers.values().any(|s| s.sandbox.is_some()) {
+        let host = host_support();
+        tracing::info!(landlock = %host.landlock, cgroups = %host.cgroups, "children are contained");
+    }
     let state = build_state(config, listener.local_addr()?, &env)?;
     serve(state, listener, shutdown).await
 }

@@ -86,6 +86,19 @@ fn main() -> ExitCode {
         eprintln!("mcp-auth-proxy: {}: {e}", path.display());
         return ExitCode::from(EXIT_CONFIG);
     }
+    // A sandbox this host cannot apply refuses to start: never a child with less containment.
+    // (`token` spawns nothing: it does not care.)
+    let sandboxes = match mcp_auth_proxy::check_sandboxes(&config) {
+        Ok(s) => s,
+        Err(_) if matches!(cli.command, Some(Command::Token { .. })) => Vec::new(),
+        Err(e) => {
+            if matches!(cli.command, Some(Command::Check)) {
+                cli::print_host();
+            }
+            eprintln!("mcp-auth-proxy: {}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let format = cli.log_format.unwrap_or(match config.log.format {
         ConfigLogFormat::Text => LogFormat::Text,
         ConfigLogFormat::Json => LogFormat::Json,
@@ -100,7 +113,7 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        Some(Command::Check) => cli::check(&config),
+        Some(Command::Check) => cli::check(&config, &sandboxes),
         Some(Command::Token {
             sub,
             scope,

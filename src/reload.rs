@@ -102,6 +102,8 @@ impl Reloader {
             config.listen.addr = addr.clone();
         }
         crate::check_tls(&config.listen)?;
+        // A sandbox this host cannot apply refuses the reload, as it refuses the start.
+        crate::check_sandboxes(&config)?;
         let restart = keep_start_settings(&mut config, &old.config);
         if !restart.is_empty() {
             tracing::warn!(

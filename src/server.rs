@@ -6,8 +6,11 @@ use std::sync::{Arc, OnceLock};
 
 use crate::auth::Principal;
 use crate::bridge::EraCache;
+use std::path::PathBuf;
+
 use crate::child::ChildSpec;
-use crate::config::{ServerConfig, SessionsConfig};
+use crate::child::sandbox::SandboxSpec;
+use crate::config::{SandboxConfig, ServerConfig, SessionsConfig, expand_cwd};
 use crate::metrics::ServerMetrics;
 use crate::policy::ToolPolicy;
 use crate::warm::WarmPool;
@@ -35,6 +38,8 @@ pub(crate) struct ServerRuntime {
     metrics: ServerMetrics,
     /// The era of this server's children, configured or probed once (see [`crate::bridge`]).
     pub(crate) era: EraCache,
+    /// `[servers.NAME.sandbox]`, shared by every child's spec.
+    sandbox: Option<Arc<SandboxConfig>>,
 }
 
 /// Why a child environment could not be built from the caller's claims.
@@ -46,6 +51,38 @@ pub(crate) struct ClaimEnvError {
 }
 
 impl ServerRuntime {
+    /// The sandbox for a child serving `principal`: `cwd` with `{sub}`/`{iss}` encoded into
+    /// one path component each (a claim never names another directory).
+    fn sandbox_spec(
+        &self,
+        principal: Option<&Principal>,
+    ) -> Result<Option<SandboxSpec>, ClaimEnvError> {
+        let Some(config) = &self.sandbox else {
+            return Ok(None);
+        };
+        let cwd = match (&config.cwd, principal) {
+            (Some(template), _) if !config.per_principal() => Some(PathBuf::from(template)),
+            (Some(template), Some(p)) => Some(expand_cwd(template, &p.sub, &p.iss).map_err(
+                |_| ClaimEnvError {
+                    var: "sandbox.cwd".into(),
+                    claim: "sub/iss".into(),
+                },
+            )?),
+            // Refused by the config checks (a warm or shared child has no caller).
+            (Some(_), None) => {
+                return Err(ClaimEnvError {
+                    var: "sandbox.cwd".into(),
+                    claim: "sub/iss".into(),
+                });
+            }
+            (None, _) => None,
+        };
+        Ok(Some(SandboxSpec {
+            config: config.clone(),
+            cwd,
+        }))
+    }
+
     pub(crate) fn new(
         name: &str,
         config: ServerConfig,
@@ -60,6 +97,7 @@ impl ServerRuntime {
             policy: ToolPolicy::new(&config.tool_rules),
             warm: OnceLock::new(),
             era: EraCache::new(config.era),
+            sandbox: config.sandbox.clone().map(Arc::new),
             config,
             env_remove,
             max_queued_bytes: sessions.max_queued_bytes,
@@ -123,6 +161,7 @@ impl ServerRuntime {
             max_queued_bytes: self.max_queued_bytes,
             max_pending_bytes: self.max_pending_bytes,
             metrics: self.metrics.child.clone(),
+            sandbox: self.sandbox_spec(principal)?,
         })
     }
 }

@@ -71,6 +71,28 @@ impl Proxy {
         tls: Option<&crate::tls::Files>,
         features: &Features,
     ) -> Result<Proxy> {
+        Self::start_inner(bin, server, log_level, tls, features, "").await
+    }
+
+    /// As [`Proxy::start`], with `sandbox` (the body of `[servers.default.sandbox]`).
+    pub(crate) async fn start_sandboxed(
+        bin: &Path,
+        server: &ServerCmd,
+        log_level: &str,
+        sandbox: &str,
+    ) -> Result<Proxy> {
+        let section = format!("[servers.default.sandbox]\n{sandbox}\n");
+        Self::start_inner(bin, server, log_level, None, &Features::default(), &section).await
+    }
+
+    async fn start_inner(
+        bin: &Path,
+        server: &ServerCmd,
+        log_level: &str,
+        tls: Option<&crate::tls::Files>,
+        features: &Features,
+        sandbox_section: &str,
+    ) -> Result<Proxy> {
         let dir = tempfile::tempdir()?;
         let mut audit_section = if features.audit {
             format!(
@@ -123,6 +145,7 @@ idle_timeout_secs = 3600
 command = {command}
 args = [{args}]
 warm_pool = {warm}
+{sandbox_section}
 "#,
             command = toml_str(&server.command),
             warm = server.warm_pool,

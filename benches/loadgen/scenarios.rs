@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+#[path = "sandboxed.rs"]
+mod sandboxed;
+
 use crate::procs::{self, Proxy, ServerCmd};
 use crate::report::{Report, Row};
 use crate::transport::{FIRST_CALL_ID, Session, Target};
@@ -89,7 +92,7 @@ async fn wait_children(pid: u32, within: Duration) {
 }
 
 /// Time from connect to the first tool result, one session after another.
-async fn setup_series(target: &Target, n: usize, pause: Duration) -> Row {
+pub(crate) async fn setup_series(target: &Target, n: usize, pause: Duration) -> Row {
     let mut row = Row::new("setup", "");
     let mut samples = Vec::new();
     for i in 0..n {
@@ -157,6 +160,7 @@ pub(crate) async fn setup(
     .await;
     row.target = "proxy-sse example cold".into();
     report.rows.push(row);
+    sandboxed::setup(args, proxy_bin, server, report).await;
 
     let Some(everything) = &args.everything else {
         report
@@ -181,6 +185,7 @@ pub(crate) async fn setup(
     .await;
     row.target = "direct everything".into();
     report.rows.push(row);
+    sandboxed::everything(args, proxy_bin, &command, &cmd_args, report).await;
     for (label, warm_pool) in [("cold", 0), ("warm4", 4)] {
         let server = ServerCmd {
             command: command.clone(),

@@ -141,6 +141,19 @@ pub(crate) fn tool_list() -> Value {
             &[]
         ),
         tool(
+            "sandbox_probe",
+            "Reports uid, NoNewPrivs, TMPDIR and cwd; tries the given read, write, TCP connect, \
+             allocation and fork bomb, each answered `ok` or an errno name",
+            json!({
+                "read": string("A path to read"),
+                "write": string("A path to write"),
+                "connect": string("An address to connect to, like 127.0.0.1:80"),
+                "alloc": integer("Bytes to allocate and touch"),
+                "fork": integer("Processes to start"),
+            }),
+            &[],
+        ),
+        tool(
             "notify",
             "Sends a notification with the given method, then answers",
             json!({ "method": string("e.g. notifications/tools/list_changed") }),

@@ -42,6 +42,7 @@
 
 mod catalog;
 mod faults;
+mod probe;
 mod rpc;
 mod tools;
 

@@ -61,6 +61,7 @@ impl Server {
                 text_result(Value::Array(lock(&self.shared.cancelled).clone()).to_string())
             }
             "flood" => self.flood(&args, progress_token.as_ref()),
+            "sandbox_probe" => crate::probe::sandbox_probe(&args),
             // The fault tools, or no tool at all.
             other => self
                 .call_fault(other, &args)

@@ -86,6 +86,7 @@ impl From<BridgeError> for Error {
         match e {
             BridgeError::Child(ChildError::Stalled) => Error::Stalled,
             BridgeError::Child(ChildError::Full) => Error::QueueFull,
+            BridgeError::Child(ChildError::Sandbox(reason)) => Error::Sandbox(reason),
             BridgeError::Child(ChildError::Spawn { .. } | ChildError::Gone)
             | BridgeError::Timeout(_)
             | BridgeError::Refused(_)

@@ -31,6 +31,10 @@ pub(super) struct Actor<S> {
     pub(super) exited: CancellationToken,
     pub(super) max_line_bytes: usize,
     pub(super) metrics: ChildMetrics,
+    /// The sandbox's cgroup and TMPDIR, removed once the tree is gone.
+    pub(super) running: Option<super::sandbox::Running>,
+    /// Where the handle learns why the child ended.
+    pub(super) reason: Arc<std::sync::OnceLock<ExitReason>>,
 }
 
 impl<S: LineSink> Actor<S> {
@@ -75,9 +79,24 @@ impl<S: LineSink> Actor<S> {
             }
         };
         let status = self.terminate(status, reason).await;
-        tracing::info!(?reason, status = %DisplayStatus(status), "child gone");
+        let reason = match self.running.take() {
+            Some(running) => running.finish(reason).await,
+            None => reason,
+        };
+        match reason {
+            ExitReason::Oom => tracing::warn!(
+                status = %DisplayStatus(status),
+                "child killed: its tree exceeded sandbox.memory_max_bytes"
+            ),
+            ExitReason::Pids => tracing::warn!(
+                status = %DisplayStatus(status),
+                "child exited after its tree reached sandbox.pids_max"
+            ),
+            _ => tracing::info!(?reason, status = %DisplayStatus(status), "child gone"),
+        }
         self.metrics.exited(reason);
-        self.sink.closed().await;
+        let _ = self.reason.set(reason);
+        self.sink.closed(reason).await;
         self.exited.cancel();
     }
 

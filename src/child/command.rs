@@ -1,15 +1,16 @@
-//! The command line of a child: no shell, piped stdio, its own process group, and the crate's
-//! one `unsafe` block — the parent-death signal set between fork and exec.
+//! The command line of a child: no shell, piped stdio, its own process group, the
+//! parent-death signal and, when configured, its sandbox (both set between fork and exec,
+//! `preexec`).
 
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use nix::sys::signal::Signal;
-
 use super::ChildSpec;
+use super::sandbox::Prepared;
 
-/// The command: no shell, piped stdio, own process group, parent-death signal.
-pub(super) fn command(spec: &ChildSpec) -> tokio::process::Command {
+/// The command: no shell, piped stdio, own process group, parent-death signal, and the
+/// prepared sandbox (its cwd, TMPDIR and the steps between fork and exec).
+pub(super) fn command(spec: &ChildSpec, sandbox: Option<&mut Prepared>) -> tokio::process::Command {
     // A relative program path with a directory part is resolved against the proxy's working
     // directory, not the child's `cwd` (std leaves that case platform-defined).
     let program = if spec.command.contains('/') {
@@ -29,35 +30,28 @@ pub(super) fn command(spec: &ChildSpec) -> tokio::process::Command {
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
+    let mut plan = None;
+    if let Some(sandbox) = sandbox {
+        let unset = |k: &String| !spec.env.iter().any(|(set, _)| set == k);
+        cmd.envs(
+            sandbox
+                .default_env
+                .iter()
+                .filter(|(k, _)| unset(k))
+                .map(|(k, v)| (k, v)),
+        );
+        cmd.envs(sandbox.env.iter().map(|(k, v)| (k, v)));
+        if let Some(cwd) = &sandbox.cwd {
+            cmd.current_dir(cwd);
+        }
+        plan = sandbox.plan.take();
+    }
     {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
     }
-    set_parent_death_signal(&mut cmd);
+    super::preexec::install(&mut cmd, plan);
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
     cmd
-}
-
-/// The one `unsafe` of the crate (STYLE.md habit 12): a `pre_exec` hook that asks the kernel to
-/// SIGKILL the child when the thread that spawned it dies, so a SIGKILLed proxy leaves nothing
-/// behind. Children are spawned from the runtime's own threads (with one worker: the main
-/// thread, `main.rs`), which live as long as the process, never from `spawn_blocking`
-/// (whose threads exit when idle and would take the child with them).
-#[allow(unsafe_code)]
-fn set_parent_death_signal(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and calls only async-signal-safe
-    // functions (prctl, getppid, _exit); it allocates nothing and takes no locks.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-            // The parent may have died between fork and prctl: then nobody would signal us.
-            if nix::unistd::getppid().as_raw() as u32 != parent {
-                nix::libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
 }

@@ -2,11 +2,15 @@
 //! its own process group with a parent-death signal ([`command`]); stdin fed from a bounded
 //! queue ([`stdin`]); stdout framed into bounded lines ([`framing`]) and handed to a
 //! [`LineSink`]; stderr drained into the log; when it ends, its whole process group is stopped
-//! ([`actor`], DESIGN §1). What the lines mean is the multiplexer's business, not the child's.
+//! ([`actor`], DESIGN §1). A configured sandbox is prepared by the parent and entered between
+//! fork and exec ([`sandbox`], [`preexec`]; issue 15). What the lines mean is the
+//! multiplexer's business, not the child's.
 
 mod actor;
 mod command;
 mod framing;
+mod preexec;
+pub(crate) mod sandbox;
 mod stdin;
 
 use std::path::PathBuf;
@@ -20,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::metrics::ChildMetrics;
+use crate::metrics::{ChildMetrics, ExitReason};
 
 /// Messages waiting for the child's stdin; past this, senders wait (backpressure).
 pub(crate) const STDIN_QUEUE: usize = 256;
@@ -56,6 +60,8 @@ pub(crate) struct ChildSpec {
     pub(crate) max_pending_bytes: usize,
     /// Where spawns, the live count and exits are recorded (`Default`: recorded nowhere).
     pub(crate) metrics: ChildMetrics,
+    /// What contains the child (`[servers.NAME.sandbox]`); `None`: nothing.
+    pub(crate) sandbox: Option<sandbox::SandboxSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +71,9 @@ pub(crate) enum ChildError {
         command: String,
         source: std::io::Error,
     },
+    /// A requested restriction could not be applied: the child was not started (fail closed).
+    #[error("the sandbox could not be applied: {0}")]
+    Sandbox(String),
     #[error("the server process has exited")]
     Gone,
     #[error("the server process is not reading its input")]
@@ -79,8 +88,9 @@ pub(crate) trait LineSink: Send + Sync + 'static {
     /// One line of output (not yet known to be JSON); `false` stops the child (nobody is
     /// listening any more). May wait: that is the backpressure on the child's stdout.
     fn line(&self, line: String) -> impl Future<Output = bool> + Send;
-    /// The child and its process group are gone: fail whatever still waits for it.
-    fn closed(&self) -> impl Future<Output = ()> + Send;
+    /// The child and its process group are gone (`reason`: why): fail whatever still waits
+    /// for it.
+    fn closed(&self, reason: ExitReason) -> impl Future<Output = ()> + Send;
 }
 
 /// The sink of a warm child: its lines wait in a channel for the session that adopts it.
@@ -100,7 +110,7 @@ impl LineSink for ChannelSink {
         }
     }
 
-    async fn closed(&self) {}
+    async fn closed(&self, _: ExitReason) {}
 }
 
 /// The handle that owns a running child. Dropping it stops the child and its process group.
@@ -113,9 +123,16 @@ pub(crate) struct ChildHandle {
     max_queued_bytes: usize,
     stop: CancellationToken,
     exited: CancellationToken,
+    /// Why it ended, set before `exited` is cancelled.
+    reason: Arc<std::sync::OnceLock<ExitReason>>,
 }
 
 impl ChildHandle {
+    /// Where the child's exit reason appears (set before [`Self::exited_token`] is cancelled).
+    pub(crate) fn reason_cell(&self) -> Arc<std::sync::OnceLock<ExitReason>> {
+        self.reason.clone()
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
@@ -213,6 +230,7 @@ impl ChildHandle {
             max_queued_bytes: 8 << 20,
             stop,
             exited: CancellationToken::new(),
+            reason: Arc::default(),
         };
         (handle, read)
     }
@@ -254,10 +272,34 @@ pub(crate) fn spawn<S: LineSink>(
         command: spec.command.clone(),
         source,
     };
-    let mut child = command::command(spec).spawn().map_err(|source| {
-        spec.metrics.spawn_failed();
-        spawn_error(source)
-    })?;
+    let mut prepared = match &spec.sandbox {
+        Some(s) => Some(
+            sandbox::prepare(s, &uuid::Uuid::new_v4().simple().to_string()).map_err(|e| {
+                spec.metrics.spawn_failed();
+                ChildError::Sandbox(e.to_string())
+            })?,
+        ),
+        None => None,
+    };
+    let mut cmd = command::command(spec, prepared.as_mut());
+    let spawned = cmd.spawn();
+    // The pre-exec hook (and what it holds) goes before the parent's descriptors are closed.
+    drop(cmd);
+    let (mut child, running) = match (spawned, prepared) {
+        (Ok(child), None) => (child, None),
+        (Err(source), None) => {
+            spec.metrics.spawn_failed();
+            return Err(spawn_error(source));
+        }
+        (Ok(child), Some(p)) => (child, Some(p.started())),
+        (Err(source), Some(p)) => {
+            spec.metrics.spawn_failed();
+            return Err(match p.failed(source) {
+                sandbox::SpawnFailure::Sandbox(e) => ChildError::Sandbox(e.to_string()),
+                sandbox::SpawnFailure::Exec(source) => spawn_error(source),
+            });
+        }
+    };
     let pid = child.id().ok_or_else(|| {
         spawn_error(std::io::Error::other(
             "child exited before it could be tracked",
@@ -275,6 +317,7 @@ pub(crate) fn spawn<S: LineSink>(
     let stop = CancellationToken::new();
     let exited = CancellationToken::new();
     let queue = Arc::new(stdin::Queued::default());
+    let reason = Arc::new(std::sync::OnceLock::new());
     tracker.spawn(
         stdin::write_stdin(
             stdin,
@@ -295,6 +338,8 @@ pub(crate) fn spawn<S: LineSink>(
         exited: exited.clone(),
         max_line_bytes: spec.max_line_bytes,
         metrics: spec.metrics.clone(),
+        running,
+        reason: reason.clone(),
     };
     tracker.spawn(actor.run(stdout).instrument(span));
     Ok(ChildHandle {
@@ -304,6 +349,7 @@ pub(crate) fn spawn<S: LineSink>(
         max_queued_bytes: spec.max_queued_bytes,
         stop,
         exited,
+        reason,
     })
 }
 
@@ -319,7 +365,7 @@ mod tests {
         async fn line(&self, line: String) -> bool {
             self.0.send(Some(line)).is_ok()
         }
-        async fn closed(&self) {
+        async fn closed(&self, _: ExitReason) {
             let _ = self.0.send(None);
         }
     }
@@ -336,6 +382,7 @@ mod tests {
             max_queued_bytes: 1 << 20,
             max_pending_bytes: 1 << 20,
             metrics: ChildMetrics::default(),
+            sandbox: None,
         }
     }
 

@@ -10,10 +10,12 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
 mod env;
+mod sandbox;
 mod sections;
 mod telemetry;
 mod validate;
 
+pub use sandbox::{ComponentError, Network, SandboxConfig, encode_component, expand_cwd};
 pub use sections::{AuditConfig, LimitsConfig, ListenConfig, LogConfig, LogFormat, RateLimits};
 pub use telemetry::{DEFAULT_SERVICE_NAME, TelemetryConfig};
 pub use validate::parse_public_url;
@@ -253,6 +255,9 @@ pub struct ServerConfig {
     /// This server's rate limits, replacing `[limits]` for its endpoints.
     #[serde(default)]
     pub limits: Option<RateLimits>,
+    /// What contains this server's children (absent: nothing, as before issue 15).
+    #[serde(default)]
+    pub sandbox: Option<SandboxConfig>,
 }
 
 fn default_max_line_bytes() -> usize {

@@ -268,6 +268,9 @@ impl Config {
             if server.request_timeout_secs == 0 {
                 return Err(ConfigError::new(key("request_timeout_secs"), "must be > 0"));
             }
+            if let Some(sandbox) = &server.sandbox {
+                super::sandbox::validate_sandbox(name, server, sandbox)?;
+            }
             for (i, rule) in server.tool_rules.iter().enumerate() {
                 if rule.tools.is_empty() {
                     return Err(ConfigError::new(

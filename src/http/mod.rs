@@ -26,6 +26,7 @@ pub(crate) use state::Live;
 
 use crate::auth::Principal;
 use crate::auth::metadata::metadata_url;
+use crate::child::ChildError;
 use crate::error::Error;
 use crate::mux::{ItemTx, Mux};
 use crate::pool::PoolError;
@@ -274,6 +275,16 @@ pub(crate) fn pool_error(state: &AppState, route: &ServerRoute, e: PoolError) ->
         }
         PoolError::Spawn(e) => {
             tracing::error!(error = %e, server = %route.name(), "spawning the server failed");
+            spawn_failed(e)
+        }
+    }
+}
+
+/// What a failed spawn tells the client: a sandbox that could not be applied says which step.
+fn spawn_failed(e: ChildError) -> Error {
+    match e {
+        ChildError::Sandbox(reason) => Error::Sandbox(reason),
+        ChildError::Spawn { .. } | ChildError::Gone | ChildError::Stalled | ChildError::Full => {
             Error::SpawnFailed
         }
     }
@@ -314,7 +325,7 @@ pub(crate) fn new_session(c: &Caller, stream: Option<ItemTx>) -> Result<NewSessi
         }
         None => Mux::spawn(&spec, span.clone(), &state.tracker, stream).map_err(|e| {
             tracing::error!(parent: &span, error = %e, "spawning the server failed");
-            Error::SpawnFailed
+            spawn_failed(e)
         })?,
     };
     Ok(NewSession {

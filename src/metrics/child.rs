@@ -13,6 +13,10 @@ pub(crate) enum ExitReason {
     Exited,
     /// Nobody is reading its output any more.
     ConsumerGone,
+    /// Killed by the OOM killer at its cgroup's memory limit (`sandbox.memory_max_bytes`).
+    Oom,
+    /// Exited after its tree hit the cgroup's process limit (`sandbox.pids_max`).
+    Pids,
 }
 
 /// What a child's life records: spawns, the live count, exits by reason, and the JSON-RPC
@@ -25,6 +29,8 @@ pub(crate) struct ChildMetrics {
     pub(super) exit_stopped: Counter,
     pub(super) exit_exited: Counter,
     pub(super) exit_consumer_gone: Counter,
+    pub(super) exit_oom: Counter,
+    pub(super) exit_pids: Counter,
     pub(super) bytes_to_child: Counter,
     pub(super) bytes_from_child: Counter,
     pub(super) messages_to_child: Counter,
@@ -60,6 +66,8 @@ impl ChildMetrics {
             ExitReason::Stopped => self.exit_stopped.inc(),
             ExitReason::Exited => self.exit_exited.inc(),
             ExitReason::ConsumerGone => self.exit_consumer_gone.inc(),
+            ExitReason::Oom => self.exit_oom.inc(),
+            ExitReason::Pids => self.exit_pids.inc(),
         };
     }
 }
@@ -70,5 +78,7 @@ pub(super) fn exit_reason_label(reason: ExitReason) -> &'static str {
         ExitReason::Stopped => "stopped",
         ExitReason::Exited => "exited",
         ExitReason::ConsumerGone => "consumer_gone",
+        ExitReason::Oom => "oom",
+        ExitReason::Pids => "pids",
     }
 }

@@ -51,6 +51,8 @@ impl ServerFamilies {
                 exit_stopped: exit(ExitReason::Stopped),
                 exit_exited: exit(ExitReason::Exited),
                 exit_consumer_gone: exit(ExitReason::ConsumerGone),
+                exit_oom: exit(ExitReason::Oom),
+                exit_pids: exit(ExitReason::Pids),
                 bytes_to_child: relay(&self.relayed_bytes, "to_child"),
                 bytes_from_child: relay(&self.relayed_bytes, "from_child"),
                 messages_to_child: relay(&self.relayed_messages, "to_child"),

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::budget::Budget;
 use crate::budget::queue::{self, Weigh};
 use crate::child::{self, ChildError, ChildHandle, ChildSpec, LineSink};
-use crate::metrics::ChildMetrics;
+use crate::metrics::{ChildMetrics, ExitReason};
 use crate::protocol::jsonrpc::{self, ClientMessage, Kind};
 use crate::sync::lock;
 use routes::{Route, Routes};
@@ -253,13 +253,19 @@ impl Mux {
     ) -> Arc<Mux> {
         let shared = Self::shared(spec, stream);
         let sink = Sink(shared.clone());
+        let exited = child.exited_token();
+        let reason = child.reason_cell();
         tracker.spawn(async move {
             while let Some(line) = output.recv().await {
                 if !sink.line(line).await {
                     break;
                 }
             }
-            sink.closed().await;
+            // Dropping the channel stops a child nobody reads; the reason is set as it ends.
+            drop(output);
+            let _ = tokio::time::timeout(Duration::from_secs(5), exited.cancelled()).await;
+            let reason = reason.get().copied().unwrap_or(ExitReason::Exited);
+            sink.closed(reason).await;
         });
         let mux = Self::new(child, shared, spec);
         mux.start_timer(tracker);

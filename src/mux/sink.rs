@@ -12,8 +12,9 @@ use super::rewrite;
 use super::{Item, ItemTx, Shared, lock};
 use crate::budget::queue::Refused;
 use crate::child::{CONSUMER_STALL_TIMEOUT, LineSink};
+use crate::metrics::ExitReason;
 use crate::protocol::jsonrpc::{self, Kind};
-use crate::protocol::{CHILD_EXITED, INTERNAL_ERROR, SUBSCRIPTION_ID};
+use crate::protocol::{CHILD_EXITED, CHILD_OOM, CHILD_PIDS, INTERNAL_ERROR, SUBSCRIPTION_ID};
 
 /// How long the errors for requests in flight may wait for a stuck stream when a child exits.
 const CLOSE_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
@@ -41,11 +42,17 @@ impl LineSink for Sink {
         true
     }
 
-    async fn closed(&self) {
+    async fn closed(&self, reason: ExitReason) {
         let routes = lock(&self.0.routes).close();
         let stream = lock(&self.0.stream).take();
+        // A limit that killed the child is a reported fault, not a mystery (issue 15).
+        let message = match reason {
+            ExitReason::Oom => CHILD_OOM,
+            ExitReason::Pids => CHILD_PIDS,
+            ExitReason::Stopped | ExitReason::Exited | ExitReason::ConsumerGone => CHILD_EXITED,
+        };
         for mut route in routes {
-            let line = jsonrpc::error_response(&route.original_id, INTERNAL_ERROR, CHILD_EXITED);
+            let line = jsonrpc::error_response(&route.original_id, INTERNAL_ERROR, message);
             if let Some(audit) = route.audit.take() {
                 audit.answered(&line);
             }

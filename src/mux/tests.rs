@@ -33,6 +33,7 @@ pub(super) fn spec(timeout: Duration) -> ChildSpec {
         max_queued_bytes: 8 << 20,
         max_pending_bytes: 8 << 20,
         metrics: ChildMetrics::default(),
+        sandbox: None,
     }
 }
 
@@ -230,7 +231,7 @@ async fn child_exit_fails_every_request_in_flight() {
                 .expect("sent"),
         );
     }
-    h.sink.closed().await;
+    h.sink.closed(ExitReason::Exited).await;
     h.mux.child().exit_in_memory();
     let mut ids = Vec::new();
     for _ in 0..2 {
@@ -343,4 +344,28 @@ async fn a_legacy_stream_waits_for_bytes_then_gives_up() {
     assert!(started.elapsed() >= crate::child::CONSUMER_STALL_TIMEOUT);
     assert_eq!(budget.used(), 0, "what waited is dropped at once");
     assert!(stream_rx.recv().await.is_none(), "the stream ends");
+}
+
+/// A child the OOM killer ended at its cgroup limit: its requests say so (issue 15).
+#[tokio::test]
+async fn an_oom_kill_is_reported_to_requests_in_flight() {
+    let h = harness(Duration::from_secs(60), None);
+    let (tx, mut rx) = q(8);
+    let _ticket = h
+        .mux
+        .send(
+            &body(json!({"jsonrpc":"2.0","id":"big","method":"tools/call"})),
+            dispatch(Some(9), &tx, true),
+        )
+        .await
+        .expect("sent");
+    h.sink.closed(ExitReason::Oom).await;
+    h.mux.child().exit_in_memory();
+    let answer = final_of(rx.recv().await);
+    assert_eq!(answer["id"], "big");
+    assert_eq!(answer["error"]["code"], -32603);
+    assert_eq!(
+        answer["error"]["message"],
+        "server process exceeded its memory limit"
+    );
 }

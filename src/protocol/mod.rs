@@ -40,6 +40,10 @@ pub(crate) const UNSUPPORTED_VERSION: i64 = -32022;
 pub(crate) const TIMED_OUT: &str = "request timed out";
 /// The message of every request whose child exited before answering (DESIGN §6).
 pub(crate) const CHILD_EXITED: &str = "server process exited";
+/// What in-flight requests get when the OOM killer ended the child at its cgroup's limit.
+pub(crate) const CHILD_OOM: &str = "server process exceeded its memory limit";
+/// … and when the child exited after its tree reached the cgroup's process limit.
+pub(crate) const CHILD_PIDS: &str = "server process exceeded its process limit";
 
 /// The session header (spec 2025-11-25 Transports §Session Management); also on `GET /sse`,
 /// so a load balancer can learn the session (DESIGN §5).
