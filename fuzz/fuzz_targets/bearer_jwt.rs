@@ -59,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
 
 fn check(token: &str) {
     if let Ok(principal) = fuzz::validate(authenticator(), token) {
-        assert_eq!(principal.iss, ISSUER);
+        assert_eq!(&*principal.iss, ISSUER);
         assert!(!principal.sub.is_empty());
         let parts = fuzz::unverified_parts(token).expect("an accepted token's header reads");
         assert_eq!((parts.alg.as_str(), parts.iss.as_str()), ("HS256", ISSUER));
