@@ -37,7 +37,6 @@ where
     let transport = transport_of(request.uri().path());
     let trust_forwarded = state.live.load().config.http.trust_forwarded_headers;
     let request_id = request_id(&request, trust_forwarded);
-    // What a refusal's audit line needs, taken before the request moves on.
     // What a refusal's audit line needs, taken before the request moves on; only cheap
     // handles (the URI and header values are shared buffers), the line's strings are built
     // only for a refusal.

@@ -104,7 +104,7 @@ impl Caller {
             .map(Into::into);
         Some(Arc::new(crate::telemetry::Context {
             parent,
-            server: self.route.name().into(),
+            server: self.route.server.name.clone(),
             sub: self.principal.sub.clone(),
             session: session.map(Into::into),
             protocol_version,

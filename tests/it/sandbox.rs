@@ -297,12 +297,7 @@ async fn an_impossible_sandbox_refuses_the_session_and_check_exits_64() {
     let path = dir.path().join("good.toml");
     let good = base_config(&server("default", dir.path(), ""));
     std::fs::write(&path, good).expect("write");
-    let out = std::process::Command::new(crate::common::proxy_binary())
-        .args(["check", "--config"])
-        .arg(&path)
-        .env("TEST_SECRET", crate::common::SECRET)
-        .output()
-        .expect("run check");
+    let out = crate::common::check_config(&path);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     for line in [
@@ -330,12 +325,7 @@ async fn an_impossible_sandbox_refuses_the_session_and_check_exits_64() {
             ))
         );
         std::fs::write(&path, text).expect("write");
-        let out = std::process::Command::new(crate::common::proxy_binary())
-            .args(["check", "--config"])
-            .arg(&path)
-            .env("TEST_SECRET", crate::common::SECRET)
-            .output()
-            .expect("run check");
+        let out = crate::common::check_config(&path);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "{sandbox}: {stderr}");
         assert!(stderr.contains(key), "{sandbox}: names {key}: {stderr}");

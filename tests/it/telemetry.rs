@@ -373,12 +373,7 @@ fn check_shows_the_exporter_and_refuses_a_bad_ratio_naming_the_key() {
     let path = dir.path().join("proxy.toml");
     let run = |text: &str| {
         std::fs::write(&path, text).expect("write config");
-        std::process::Command::new(crate::common::proxy_binary())
-            .args(["check", "--config"])
-            .arg(&path)
-            .env("TEST_SECRET", crate::common::SECRET)
-            .output()
-            .expect("run check")
+        crate::common::check_config(&path)
     };
     let on = "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.5\n";
     let out = run(&config(on));

@@ -205,6 +205,16 @@ pub fn hs_token(claims: &Map<String, Value>) -> String {
     .expect("sign")
 }
 
+/// Runs `mcp-auth-proxy check --config path` with `TEST_SECRET` set.
+pub fn check_config(path: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(proxy_binary())
+        .args(["check", "--config"])
+        .arg(path)
+        .env("TEST_SECRET", SECRET)
+        .output()
+        .expect("run check")
+}
+
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
