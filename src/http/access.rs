@@ -8,15 +8,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use http_body::Body as _;
 
 use super::{AppState, RequestId};
 use crate::error::Reason;
 use crate::metrics::{method_label, transport_of};
-use crate::protocol::SESSION_HEADER;
+use crate::protocol::{PROTOCOL_HEADER, SESSION_HEADER};
 use crate::telemetry::HttpSpan;
+
+/// The headers read for every request with the audit log on, as names: looked up by a
+/// `&str`, each lookup would parse the name first.
+const SESSION: HeaderName = HeaderName::from_static(SESSION_HEADER);
+const PROTOCOL: HeaderName = HeaderName::from_static(PROTOCOL_HEADER);
 
 /// Longest session id echoed into the log (ours are 32 hex digits).
 const MAX_LOGGED_SESSION_ID: usize = 64;
@@ -35,34 +40,52 @@ where
     let mut request = request;
     let method = method_label(request.method());
     let transport = transport_of(request.uri().path());
-    let trust_forwarded = state.live.load().config.http.trust_forwarded_headers;
+    let live = state.live.load();
+    let trust_forwarded = live.config.http.trust_forwarded_headers;
     let request_id = request_id(&request, trust_forwarded);
-    // What a refusal's audit line needs, taken before the request moves on; only cheap
-    // handles (the URI and header values are shared buffers), the line's strings are built
-    // only for a refusal.
+    // What a refusal's audit line needs, copied before the request moves on. Copied, not
+    // kept as handles: a URI or header value held to the end would share hyper's read buffer
+    // and make it allocate a new one for the connection's next request.
     let refusal = state
         .audit
         .as_ref()
         .filter(|_| transport != "other")
-        .map(|audit| Pending {
-            audit: audit.clone(),
-            client: super::limits::address_of(
-                request.headers(),
-                request.extensions(),
-                trust_forwarded,
-            ),
-            uri: request.uri().clone(),
-            era: era_of(&request, transport),
-            session: request.headers().get(SESSION_HEADER).cloned(),
-            request_bytes: request
+        .map(|audit| {
+            let session = request
+                .headers()
+                .get(&SESSION)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| legacy_session(request.uri().query()))
+                .filter(|s| plausible_session_id(s));
+            let context = crate::audit::Context::new(
+                audit,
+                crate::audit::Who {
+                    started,
+                    request_id: &request_id,
+                    client: super::limits::address_of(
+                        request.headers(),
+                        request.extensions(),
+                        trust_forwarded,
+                    ),
+                    iss: None,
+                    sub: None,
+                    server: server_of(&live.config, request.uri().path()),
+                    era: era_of(&request, transport),
+                    session,
+                },
+            );
+            let request_bytes = request
                 .headers()
                 .get(axum::http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse().ok())
-                .unwrap_or(0),
+                .unwrap_or(0);
+            (context, request_bytes)
         });
-    request
-        .extensions_mut()
-        .insert(RequestId(request_id.clone()));
+    drop(live);
+    request.extensions_mut().insert(RequestId {
+        id: request_id.clone(),
+        started,
+    });
     // The request's span, only with `[telemetry]` on (off, nothing is built).
     let span = (state.telemetry && transport != "other").then(|| {
         let span = HttpSpan::start(method, request.uri().path(), request.headers());
@@ -90,45 +113,20 @@ where
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
-    if let Some(pending) = refusal
+    if let Some((context, request_bytes)) = refusal
         && status >= 400
     {
         let reason = response
             .extensions()
             .get::<Reason>()
             .map_or("http_error", |r| r.0);
-        let session = pending
-            .session
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .or_else(|| legacy_session(pending.uri.query()))
-            .filter(|s| plausible_session_id(s))
-            .map(Into::into);
-        let context = crate::audit::Context {
-            audit: pending.audit.clone(),
-            request_id: request_id.clone(),
-            client: pending.client,
-            iss: None,
-            sub: None,
-            server: server_of(&state.live.load().config, pending.uri.path()).into(),
-            transport: if transport == "sse" {
-                "sse"
-            } else {
-                "streamable"
-            },
-            era: pending.era,
-            session,
-        };
-        pending.audit.refusal(crate::audit::Refusal {
-            context: Arc::new(context),
-            method: None,
-            target: None,
+        context.refused(
             status,
             reason,
             elapsed,
-            request_bytes: pending.request_bytes,
-            response_bytes: response.body().size_hint().exact().unwrap_or(0) as usize,
-        });
+            request_bytes,
+            response.body().size_hint().exact().unwrap_or(0) as usize,
+        );
     }
     if let Some((path, request_session)) = logged {
         let session = response
@@ -187,16 +185,6 @@ impl http_body::Body for SpannedBody {
     }
 }
 
-/// What an MCP request's refusal line would need, kept while the request is served.
-struct Pending {
-    audit: Arc<crate::audit::Audit>,
-    client: Option<std::net::IpAddr>,
-    uri: axum::http::Uri,
-    era: &'static str,
-    session: Option<HeaderValue>,
-    request_bytes: usize,
-}
-
 /// The `sessionId` (or `session_id`) of a legacy POST's query.
 fn legacy_session(query: Option<&str>) -> Option<&str> {
     query?.split('&').find_map(|pair| {
@@ -245,7 +233,7 @@ fn era_of(request: &Request, transport: &str) -> &'static str {
     }
     let modern = request
         .headers()
-        .get(crate::protocol::PROTOCOL_HEADER)
+        .get(&PROTOCOL)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| crate::protocol::MODERN_VERSIONS.contains(&v));
     if modern { "modern" } else { "session" }

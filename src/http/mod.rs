@@ -61,6 +61,8 @@ pub(crate) struct Caller {
     pub(crate) headers: HeaderMap,
     /// This HTTP request's id (`X-Request-Id`), for the audit log.
     pub(crate) request_id: Arc<str>,
+    /// When the access layer received it (the audit log's `time` and `duration_ms`).
+    pub(crate) started: std::time::Instant,
     /// The client's address (the trusted forwarded one, else the peer).
     pub(crate) client: Option<std::net::IpAddr>,
     /// The request's span (`[telemetry]` on), set by the access layer.
@@ -74,19 +76,21 @@ impl Caller {
         &self,
         era: &'static str,
         session: Option<&str>,
-    ) -> Option<Arc<crate::audit::Context>> {
+    ) -> Option<crate::audit::Context> {
         let audit = self.state.audit.as_ref()?;
-        Some(Arc::new(crate::audit::Context {
-            audit: audit.clone(),
-            request_id: self.request_id.clone(),
-            client: self.client,
-            iss: Some(self.principal.iss.clone()),
-            sub: Some(self.principal.sub.clone()),
-            server: self.route.server.name.clone(),
-            transport: if era == "legacy" { "sse" } else { "streamable" },
-            era,
-            session: session.map(Into::into),
-        }))
+        Some(crate::audit::Context::new(
+            audit,
+            crate::audit::Who {
+                started: self.started,
+                request_id: &self.request_id,
+                client: self.client,
+                iss: Some(&self.principal.iss),
+                sub: Some(&self.principal.sub),
+                server: &self.route.server.name,
+                era,
+                session,
+            },
+        ))
     }
 
     /// What the spans of this request's JSON-RPC requests share; `None` when telemetry is off
@@ -116,7 +120,7 @@ impl Caller {
     /// and, with telemetry on, a span that ends with the refusal's error.
     pub(crate) fn gate(
         &self,
-        audit: &Option<Arc<crate::audit::Context>>,
+        audit: &Option<crate::audit::Context>,
         trace: &Option<Arc<crate::telemetry::Context>>,
         message: &ClientMessage,
     ) -> Result<Option<Arc<dyn crate::mux::Finish>>, String> {
@@ -139,9 +143,12 @@ impl Caller {
     }
 }
 
-/// The id of an HTTP request (`X-Request-Id`), set by the access layer.
+/// The id of an HTTP request (`X-Request-Id`) and when it came, set by the access layer.
 #[derive(Debug, Clone)]
-pub(crate) struct RequestId(pub(crate) Arc<str>);
+pub(crate) struct RequestId {
+    pub(crate) id: Arc<str>,
+    pub(crate) started: std::time::Instant,
+}
 
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = Error;
@@ -175,10 +182,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         live.limits
             .check_principal(route.name(), &principal)
             .map_err(|l| rate_limited(state, l))?;
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .map_or_else(|| Arc::from(""), |r| r.0.clone());
+        let (request_id, started) = parts.extensions.get::<RequestId>().map_or_else(
+            || (Arc::from(""), std::time::Instant::now()),
+            |r| (r.id.clone(), r.started),
+        );
         Ok(Caller {
             state: state.clone(),
             live,
@@ -188,6 +195,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             // reads the request's headers but through the caller.
             headers: std::mem::take(&mut parts.headers),
             request_id,
+            started,
             client: address,
             span: parts
                 .extensions

@@ -141,7 +141,7 @@ pub(crate) struct Dispatch {
     pub(crate) finish: Option<Arc<dyn Finish>>,
     /// Who sent it, for the audit log: each request's line is written when its answer comes
     /// (`None`: the audit log is off, or the proxy's own request).
-    pub(crate) audit: Option<Arc<crate::audit::Context>>,
+    pub(crate) audit: Option<crate::audit::Context>,
     /// What its requests' spans share (`None`: telemetry is off, or the proxy's own request).
     /// With it, each request reaches the child with its span in `params._meta.traceparent`.
     pub(crate) trace: Option<Arc<crate::telemetry::Context>>,

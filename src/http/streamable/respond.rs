@@ -31,7 +31,7 @@ pub(super) struct Exchange<'a> {
     pub(super) timeout: bool,
     pub(super) finish: Option<Arc<dyn Finish>>,
     /// Who sent it, for the audit log.
-    pub(super) audit: Option<Arc<crate::audit::Context>>,
+    pub(super) audit: Option<crate::audit::Context>,
     /// What its spans share (`[telemetry]` on).
     pub(super) trace: Option<Arc<crate::telemetry::Context>>,
     /// What the answers waiting for the client are charged to (`sessions.max_pending_bytes`):
