@@ -6,27 +6,60 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use super::text::{ISS, REQUEST_ID, SERVER, SESSION, SUB, TARGET};
-use super::{IDLE_INTERVAL, Outcome, QUEUE, Queue, Record, Sink, WRITE_INTERVAL};
+use super::{Outcome, QUEUE, Queue, Record, Sink, WRITE_INTERVAL};
 
 /// The wall clock at one instant of the monotonic one, read once per batch: a record carries
-/// only the `Instant` its request came at (one clock read fewer on the request's task).
-#[derive(Clone, Copy)]
+/// only the `Instant` its request came at (one clock read fewer on the request's task). It
+/// keeps the last second it wrote as text: the lines of a batch mostly share it.
 struct Clock {
     system: SystemTime,
     instant: Instant,
+    /// Seconds since the epoch of `stamp`, and `stamp`: `2026-12-02T19:10:24.`.
+    second: u64,
+    stamp: Vec<u8>,
 }
 
 impl Clock {
-    fn now() -> Self {
+    fn new() -> Self {
         Self {
             system: SystemTime::now(),
             instant: Instant::now(),
+            second: u64::MAX,
+            stamp: Vec::with_capacity(24),
         }
     }
 
-    fn wall(self, at: Instant) -> SystemTime {
+    /// Reads both clocks again (once per batch).
+    fn tick(&mut self) {
+        self.system = SystemTime::now();
+        self.instant = Instant::now();
+    }
+
+    fn wall(&self, at: Instant) -> SystemTime {
         let ago = self.instant.saturating_duration_since(at);
         self.system.checked_sub(ago).unwrap_or(self.system)
+    }
+
+    /// `2026-12-02T19:10:24.123Z` (RFC 3339, UTC, milliseconds) of the request that came
+    /// at `at`, appended to `out`.
+    fn rfc3339_millis(&mut self, at: Instant, out: &mut Vec<u8>) {
+        let since = self
+            .wall(at)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        if since.as_secs() != self.second {
+            self.second = since.as_secs();
+            self.stamp.clear();
+            date_time(self.second, &mut self.stamp);
+        }
+        out.extend_from_slice(&self.stamp);
+        let ms = since.subsec_millis() as u16;
+        out.extend_from_slice(&[
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+        ]);
     }
 }
 
@@ -37,10 +70,10 @@ impl Record {
     /// `response_bytes`, and `arguments` when included. Written field by field rather than
     /// through a derived `Serialize`: the writer thread shares two cores with the proxy and the
     /// children, and this is a third of its instructions per line.
-    fn write_to(&self, out: &mut Vec<u8>, clock: Clock) {
+    fn write_to(&self, out: &mut Vec<u8>, clock: &mut Clock) {
         let text = &self.text;
         out.extend_from_slice(b"{\"time\":\"");
-        rfc3339_millis(clock.wall(self.started), out);
+        clock.rfc3339_millis(self.started, out);
         out.extend_from_slice(b"\",\"request_id\":");
         string(out, text.get(REQUEST_ID).unwrap_or_default());
         out.extend_from_slice(b",\"client\":");
@@ -89,8 +122,17 @@ impl Record {
             }
             Outcome::Ok | Outcome::Denied | Outcome::Cancelled => {}
         }
-        let ms = self.duration.as_secs_f64() * 1000.0;
-        number(out, "duration_ms", (ms * 1000.0).round() / 1000.0);
+        // Milliseconds with three decimals, from whole microseconds (no float formatting).
+        key(out, "duration_ms");
+        let micros = (self.duration.as_nanos() + 500) / 1000;
+        decimal(out, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
+        let frac = (micros % 1000) as u16;
+        out.extend_from_slice(&[
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
         key(out, "request_bytes");
         decimal(out, self.request_bytes as u64);
         key(out, "response_bytes");
@@ -155,9 +197,15 @@ fn number(out: &mut Vec<u8>, name: &str, value: impl serde::Serialize) {
     let _ = serde_json::to_writer(&mut *out, &value);
 }
 
-/// A JSON string, escaped as serde_json escapes it.
+/// A JSON string, escaped as serde_json escapes it; most need no escape and are copied.
 fn string(out: &mut Vec<u8>, value: &str) {
-    let _ = serde_json::to_writer(&mut *out, value);
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, value);
+    }
 }
 
 pub(super) fn open(sink: &Sink) -> std::io::Result<Box<dyn Write + Send>> {
@@ -182,13 +230,10 @@ pub(super) fn open(sink: &Sink) -> std::io::Result<Box<dyn Write + Send>> {
 pub(super) fn write_lines(sink: &Sink, mut out: Box<dyn Write + Send>, queue: &Queue) {
     let mut buf = Vec::with_capacity(64 * 1024);
     let mut records = Vec::with_capacity(QUEUE);
+    let mut clock = Clock::new();
     loop {
         if records.len() < QUEUE / 4 {
-            std::thread::sleep(if records.is_empty() {
-                IDLE_INTERVAL
-            } else {
-                WRITE_INTERVAL
-            });
+            std::thread::sleep(WRITE_INTERVAL);
         }
         let closed = queue.closed.load(Ordering::Acquire);
         if queue.reopen.swap(false, Ordering::AcqRel) {
@@ -204,9 +249,9 @@ pub(super) fn write_lines(sink: &Sink, mut out: Box<dyn Write + Send>, queue: &Q
         }
         records.clear();
         std::mem::swap(&mut *queue.lock(), &mut records);
-        let clock = Clock::now();
+        clock.tick();
         for record in &records {
-            record.write_to(&mut buf, clock);
+            record.write_to(&mut buf, &mut clock);
             if buf.len() >= 64 * 1024 {
                 flush(&mut out, &mut buf);
             }
@@ -228,10 +273,8 @@ fn flush(out: &mut Box<dyn Write + Send>, buf: &mut Vec<u8>) {
     buf.clear();
 }
 
-/// `2026-12-02T19:10:24.123Z` (RFC 3339, UTC, milliseconds), appended to `out`.
-fn rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
-    let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
+/// `2026-12-02T19:10:24.` for `secs` since the epoch (UTC), appended to `out`.
+fn date_time(secs: u64, out: &mut Vec<u8>) {
     let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
     let z = days + 719_468;
@@ -261,17 +304,23 @@ fn rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
     out.push(b':');
     digits(out, rest % 60, 2);
     out.push(b'.');
-    digits(out, u64::from(since.subsec_millis()), 3);
-    out.push(b'Z');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A clock that reads `system` at its own instant.
+    fn clock_at(system: SystemTime) -> Clock {
+        let mut clock = Clock::new();
+        clock.system = system;
+        clock
+    }
+
     fn rfc3339(t: SystemTime) -> String {
+        let mut clock = clock_at(t);
         let mut out = Vec::new();
-        rfc3339_millis(t, &mut out);
+        clock.rfc3339_millis(clock.instant, &mut out);
         String::from_utf8(out).expect("ASCII")
     }
 
@@ -282,6 +331,24 @@ mod tests {
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let leap = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    /// The stamp kept for one second is not reused for the next, nor for an earlier one.
+    #[test]
+    fn the_kept_second_follows_each_request() {
+        let mut clock =
+            clock_at(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_238_624_999));
+        let now = clock.instant;
+        let mut line = |ago_ms: u64| {
+            let mut out = Vec::new();
+            clock.rfc3339_millis(now - std::time::Duration::from_millis(ago_ms), &mut out);
+            String::from_utf8(out).expect("ASCII")
+        };
+        assert_eq!(line(0), "2026-12-02T19:10:24.999Z");
+        assert_eq!(line(500), "2026-12-02T19:10:24.499Z");
+        assert_eq!(line(1_000), "2026-12-02T19:10:23.999Z");
+        assert_eq!(line(0), "2026-12-02T19:10:24.999Z");
+        assert_eq!(line(86_400_000), "2026-12-01T19:10:24.999Z");
     }
 
     /// Every field in order, escaped, with the outcome's own fields; the line parses as JSON.
@@ -298,11 +365,9 @@ mod tests {
         ] {
             text.push(value);
         }
-        let started = Instant::now();
-        let clock = Clock {
-            system: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_238_624_123),
-            instant: started,
-        };
+        let mut clock =
+            clock_at(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_238_624_123));
+        let started = clock.instant;
         let record = Record {
             started,
             duration: std::time::Duration::from_nanos(1_234_560),
@@ -319,7 +384,7 @@ mod tests {
             arguments: serde_json::value::RawValue::from_string("{\n\"a\": 1}".into()).ok(),
         };
         let mut out = Vec::new();
-        record.write_to(&mut out, clock);
+        record.write_to(&mut out, &mut clock);
         let text = String::from_utf8(out).expect("UTF-8");
         assert!(
             text.ends_with("}\n") && text.matches('\n').count() == 1,

@@ -188,8 +188,8 @@ impl http_body::Body for SpannedBody {
 /// The `sessionId` (or `session_id`) of a legacy POST's query.
 fn legacy_session(query: Option<&str>) -> Option<&str> {
     query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        matches!(k, "sessionId" | "session_id").then_some(v)
+        pair.strip_prefix("sessionId=")
+            .or_else(|| pair.strip_prefix("session_id="))
     })
 }
 
@@ -280,5 +280,13 @@ mod tests {
         assert_eq!(a[..8], b[..8], "one prefix per process");
         let counter = |id: &str| u64::from_str_radix(&id[8..], 16).expect("hex");
         assert!(counter(&b) > counter(&a));
+    }
+
+    #[test]
+    fn a_legacy_posts_session_is_read_from_either_query_name() {
+        assert_eq!(legacy_session(Some("sessionId=ab12")), Some("ab12"));
+        assert_eq!(legacy_session(Some("x=1&session_id=cd34&y")), Some("cd34"));
+        assert_eq!(legacy_session(Some("sessionIdx=1&y=2")), None);
+        assert_eq!(legacy_session(None), None);
     }
 }

@@ -76,7 +76,7 @@ impl Sink {
             return true;
         };
         let routed = match probe.kind() {
-            Kind::Response => self.response(&line, probe.id),
+            Kind::Response => self.response(&line, probe.id, probe.error_code()),
             Kind::Notification => self.notification(&line, probe.method.as_deref()),
             Kind::Request => {
                 drop(probe);
@@ -99,7 +99,8 @@ enum Routed {
 }
 
 impl Sink {
-    fn response(&self, line: &str, id: Option<&RawValue>) -> Routed {
+    /// `error_code`: the child's answer is an error with this code (for the audit log).
+    fn response(&self, line: &str, id: Option<&RawValue>, error_code: Option<i64>) -> Routed {
         let Some(id) = id else {
             return Routed::Dropped;
         };
@@ -126,7 +127,7 @@ impl Sink {
             }
         }
         if let Some(audit) = route.audit.take() {
-            audit.answered(&restored);
+            audit.answered_with(error_code, restored.len());
         }
         if let Some(span) = route.trace.take() {
             span.answered(&restored, true);

@@ -32,8 +32,9 @@ pub(crate) struct Probe<'a> {
     jsonrpc: Option<Cow<'a, str>>,
     #[serde(default)]
     result: Option<IgnoredAny>,
-    #[serde(default)]
-    error: Option<IgnoredAny>,
+    /// Kept as text (skipped like any other value): only the audit log reads its code.
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
     #[serde(borrow, default)]
     params: Params<'a>,
 }
@@ -45,6 +46,18 @@ impl Probe<'_> {
             (Some(_), None) => Kind::Notification,
             (None, _) => Kind::Response,
         }
+    }
+
+    /// The `code` of an error answer's `error`; `None` for a result (or an error without an
+    /// integer code).
+    pub(crate) fn error_code(&self) -> Option<i64> {
+        #[derive(Deserialize)]
+        struct Code {
+            code: i64,
+        }
+        serde_json::from_str::<Code>(self.error?.get())
+            .ok()
+            .map(|c| c.code)
     }
 
     fn is_valid(&self) -> bool {
@@ -365,6 +378,22 @@ mod tests {
         let p = probe(r#"{"jsonrpc":"2.0","id":1,"method":"m","params":[1,{"name":2}]}"#)
             .expect("positional params read as empty");
         assert!(p.params.name.is_none());
+    }
+
+    #[test]
+    fn an_answers_error_code_is_read_and_a_malformed_error_is_still_an_answer() {
+        let code = |line| probe(line).expect("object").error_code();
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","id":7,"error":{"message":"x","code":-32001}}"#),
+            Some(-32001)
+        );
+        assert_eq!(
+            code(r#"{"jsonrpc":"2.0","id":7,"result":{"error":1}}"#),
+            None
+        );
+        let odd = probe(r#"{"jsonrpc":"2.0","id":7,"error":"boom"}"#).expect("object");
+        assert_eq!((odd.kind(), odd.error_code()), (Kind::Response, None));
+        assert!(odd.is_valid());
     }
 
     #[test]
