@@ -69,6 +69,10 @@ pub(crate) struct Args {
     /// Measured seconds per load run.
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// Rounds of the load scenarios: each runs every target once, one after the other, and
+    /// each row is the target's median round by calls/s (its note gives the range).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Unmeasured warm-up seconds before each load run.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
@@ -305,14 +309,17 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
             "tput-50x1" => (50, 1),
             _ => (0, 0),
         };
-        if sessions > 0 {
-            for (name, target) in &targets {
+        // Each round runs every target once, in order: a slow spell of the machine falls on
+        // all of them, and the median round of each target is its row.
+        let mut runs: Vec<Vec<Row>> = vec![Vec::new(); targets.len()];
+        for round in 0..if sessions > 0 { args.rounds.max(1) } else { 0 } {
+            for (i, (name, target)) in targets.iter().enumerate() {
                 // supergateway shares one child between all its sessions and broadcasts
                 // every answer to all of them: only single-session runs compare.
                 if *name == "supergateway" && sessions > 1 {
                     continue;
                 }
-                eprintln!("{scenario} {name} ...");
+                eprintln!("{scenario} {name} (round {}) ...", round + 1);
                 // The proxy the row measures.
                 let measured = match &tls_proxy {
                     Some((p, _)) if name.starts_with("tls-") => p,
@@ -351,11 +358,14 @@ async fn run(args: Args, soft: u64, hard: u64) -> Result<Report> {
                         .map(mib),
                     _ => row.rss_mib.or(measured.rss().map(mib)),
                 };
-                report.rows.push(row);
+                runs[i].push(row);
                 // Let the proxy reap the children of the run before the next.
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
+        report
+            .rows
+            .extend(runs.into_iter().filter_map(report::median_round));
         match scenario.as_str() {
             "idle" => {
                 eprintln!("idle-{} proxy-sse ...", args.idle_sessions);
