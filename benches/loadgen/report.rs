@@ -373,16 +373,10 @@ impl Report {
 /// note naming the range of all rounds; `None` for a target that ran no round.
 pub(crate) fn median_round(mut rounds: Vec<Row>) -> Option<Row> {
     let n = rounds.len();
-    let rates: Vec<f64> = rounds
-        .iter()
-        .map(|r| r.calls_per_sec.unwrap_or(0.0))
-        .collect();
-    rounds.sort_by(|a, b| {
-        let rate = |r: &Row| r.calls_per_sec.unwrap_or(0.0);
-        rate(a).total_cmp(&rate(b))
-    });
+    let rate = |r: &Row| r.calls_per_sec.unwrap_or(0.0);
+    let rates: Vec<f64> = rounds.iter().map(rate).collect();
+    rounds.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
     let range = (n > 1).then(|| {
-        let rate = |r: &Row| r.calls_per_sec.unwrap_or(0.0);
         format!(
             "median of {n} rounds ({:.0}–{:.0} calls/s)",
             rate(&rounds[0]),

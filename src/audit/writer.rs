@@ -53,13 +53,8 @@ impl Clock {
             date_time(self.second, &mut self.stamp);
         }
         out.extend_from_slice(&self.stamp);
-        let ms = since.subsec_millis() as u16;
-        out.extend_from_slice(&[
-            b'0' + (ms / 100) as u8,
-            b'0' + (ms / 10 % 10) as u8,
-            b'0' + (ms % 10) as u8,
-            b'Z',
-        ]);
+        padded(out, u64::from(since.subsec_millis()), 3);
+        out.push(b'Z');
     }
 }
 
@@ -126,13 +121,8 @@ impl Record {
         key(out, "duration_ms");
         let micros = (self.duration.as_nanos() + 500) / 1000;
         decimal(out, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
-        let frac = (micros % 1000) as u16;
-        out.extend_from_slice(&[
-            b'.',
-            b'0' + (frac / 100) as u8,
-            b'0' + (frac / 10 % 10) as u8,
-            b'0' + (frac % 10) as u8,
-        ]);
+        out.push(b'.');
+        padded(out, u64::try_from(micros % 1000).unwrap_or(0), 3);
         key(out, "request_bytes");
         decimal(out, self.request_bytes as u64);
         key(out, "response_bytes");
@@ -168,6 +158,13 @@ fn plain(out: &mut Vec<u8>, name: &str, value: &'static str) {
 }
 
 /// An unsigned integer in decimal.
+/// The last `width` decimal digits of `value`, zero-padded.
+fn padded(out: &mut Vec<u8>, value: u64, width: u32) {
+    for i in (0..width).rev() {
+        out.push(b'0' + (value / 10u64.pow(i) % 10) as u8);
+    }
+}
+
 fn decimal(out: &mut Vec<u8>, mut value: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
@@ -287,22 +284,17 @@ fn date_time(secs: u64, out: &mut Vec<u8>) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     // Digits by hand: `format!` costs more than the rest of the line (years 0-9999).
-    let digits = |out: &mut Vec<u8>, v: u64, width: u32| {
-        for i in (0..width).rev() {
-            out.push(b'0' + (v / 10u64.pow(i) % 10) as u8);
-        }
-    };
-    digits(out, year.clamp(0, 9999) as u64, 4);
+    padded(out, year.clamp(0, 9999) as u64, 4);
     out.push(b'-');
-    digits(out, month as u64, 2);
+    padded(out, month as u64, 2);
     out.push(b'-');
-    digits(out, day as u64, 2);
+    padded(out, day as u64, 2);
     out.push(b'T');
-    digits(out, rest / 3600, 2);
+    padded(out, rest / 3600, 2);
     out.push(b':');
-    digits(out, rest / 60 % 60, 2);
+    padded(out, rest / 60 % 60, 2);
     out.push(b':');
-    digits(out, rest % 60, 2);
+    padded(out, rest % 60, 2);
     out.push(b'.');
 }
 
